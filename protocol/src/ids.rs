@@ -1,0 +1,99 @@
+//! The numbers of the protocol: message ids, error numbers and versions.
+
+/// A message id (`msgid`) as listed in PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MsgId {
+    Login = 1,
+    LoginAck = 2,
+    Logout = 3,
+    Register = 4,
+    RegisterAck = 5,
+    OneChat = 6,
+    AddFriend = 7,
+    CreateGroup = 8,
+    AddGroup = 9,
+    GroupChat = 10,
+    Ack = 11,
+    Ping = 12,
+    Pong = 13,
+}
+
+impl MsgId {
+    /// The message id for a number, if the protocol defines one.
+    pub fn from_number(n: i64) -> Option<Self> {
+        use MsgId::*;
+        Some(match n {
+            1 => Login,
+            2 => LoginAck,
+            3 => Logout,
+            4 => Register,
+            5 => RegisterAck,
+            6 => OneChat,
+            7 => AddFriend,
+            8 => CreateGroup,
+            9 => AddGroup,
+            10 => GroupChat,
+            11 => Ack,
+            12 => Ping,
+            13 => Pong,
+            _ => return None,
+        })
+    }
+
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+}
+
+/// An error number (`errno`) as listed in PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Errno {
+    Ok = 0,
+    /// Bad credentials (LOGIN) or name taken (REGISTER).
+    BadCredentials = 1,
+    AlreadyLoggedIn = 2,
+    GroupNameTaken = 3,
+    NotFound = 4,
+    NotMember = 5,
+    BadRequest = 6,
+    NotAuthorized = 7,
+    FrameTooLarge = 8,
+    RateLimited = 9,
+    ServerError = 10,
+}
+
+impl Errno {
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// The message sent with this errno when the handler has nothing more
+    /// specific to say. Errnos 1 and 2 keep the original server's wording,
+    /// which the original client prints as is.
+    pub fn default_message(self) -> &'static str {
+        match self {
+            Errno::Ok => "ok",
+            Errno::BadCredentials => "incorrect id or password!",
+            Errno::AlreadyLoggedIn => "this account is using, input another!",
+            Errno::GroupNameTaken => "group name is taken",
+            Errno::NotFound => "no such user or group",
+            Errno::NotMember => "not a member of that group",
+            Errno::BadRequest => "bad request",
+            Errno::NotAuthorized => "not logged in, or id is not yours",
+            Errno::FrameTooLarge => "frame too large",
+            Errno::RateLimited => "too many failed logins, try again later",
+            Errno::ServerError => "server error, nothing was changed; try again",
+        }
+    }
+}
+
+/// The protocol level a connection speaks. A connection starts at v1 and
+/// moves to v2 for good with the first request that carries `"v": 2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Version {
+    #[default]
+    V1,
+    V2,
+}
