@@ -1,1 +1,23 @@
+//! The ChatChat chat server as a library: `main.rs` parses options and calls
+//! [`Server::start`] and [`Server::serve`]; tests do the same on port 0.
 
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod config;
+pub mod context;
+pub mod delivery;
+pub mod directory;
+pub mod error;
+pub mod hasher;
+pub mod mailbox;
+pub mod mid;
+pub mod rate_limit;
+pub mod registry;
+mod server;
+mod session;
+pub mod store;
+
+pub use config::{Args, Config};
+pub use error::{ConfigError, StartError, StoreError};
+pub use server::{run, Server};

@@ -1,1 +1,111 @@
-fn main() {}
+//! `chatserver IP PORT`: parse options, set up logging and signals, serve.
+
+use std::process::ExitCode;
+
+use chatserver::config::{mask_url, LogFormat};
+use chatserver::{Args, Config, Server};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Exit codes, as documented in --help and the README.
+const EXIT_BAD_CONFIG: u8 = 1;
+const EXIT_CANNOT_BIND: u8 = 2;
+const EXIT_DATABASE: u8 = 3;
+const EXIT_SECOND_SIGNAL: i32 = 130;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_BAD_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("chatserver: {error}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chatserver: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let listener = match TcpListener::bind(&config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("chatserver: cannot listen on {}: {error}", config.listen);
+            return ExitCode::from(EXIT_CANNOT_BIND);
+        }
+    };
+    let local_addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(error) => {
+            eprintln!("chatserver: cannot read the bound address: {error}");
+            return ExitCode::from(EXIT_CANNOT_BIND);
+        }
+    };
+    tracing::info!(database = %mask_url(&config.database_url), "starting");
+    let server = match Server::start(&config, local_addr).await {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("chatserver: {error}");
+            return ExitCode::from(EXIT_DATABASE);
+        }
+    };
+    println!("listening on {local_addr}");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    server.serve(listener, shutdown.cancelled_owned()).await;
+    ExitCode::SUCCESS
+}
+
+/// The first SIGINT or SIGTERM starts a clean shutdown; a second one exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        if round == 0 {
+            tracing::info!("signal received, shutting down (send again to exit at once)");
+            shutdown.cancel();
+        }
+    }
+    tracing::warn!("second signal, exiting now");
+    std::process::exit(EXIT_SECOND_SIGNAL);
+}

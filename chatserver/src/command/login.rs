@@ -1,0 +1,162 @@
+//! LOGIN: check the password, claim the user on this server, and answer
+//! with friends, groups and the offline messages.
+//!
+//! Exactly-once delivery around a login: the session is registered *before*
+//! the offline messages are read, so a message sent after that is pushed
+//! into the mailbox (and written after the LOGIN_ACK, since the session
+//! writes the ACK before it reads its mailbox again). A sender that found
+//! the user offline stores the message and then looks again; if the user is
+//! registered by then it asks the session for a second read
+//! (`Outbound::SweepOffline`). Rows are deleted only after they were written,
+//! and reads and deletes run one after another in the session, so no row is
+//! written twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::{
+    Errno, FriendEntry, GroupEntry, LoginSuccess, MemberEntry, MsgId, Presence, Reply, Role,
+    MAX_PASSWORD_BYTES,
+};
+
+use super::{refuse, server_error, AfterWrite, Outcome, SessionState, User};
+use crate::context::Context;
+use crate::error::StoreError;
+use crate::mailbox::mailbox;
+use crate::rate_limit::PER_CONNECTION;
+use crate::store::GroupMemberRow;
+
+pub async fn apply(
+    ctx: &Context,
+    session: &mut SessionState,
+    id: i64,
+    password: String,
+) -> Outcome {
+    if session.user.is_some() {
+        return refuse(
+            MsgId::Login,
+            Errno::AlreadyLoggedIn,
+            "this connection is already logged in",
+        )
+        .into();
+    }
+    let now = Instant::now();
+    if session.login_failures.exceeded(PER_CONNECTION, now)
+        || ctx.address_limiter.blocked(session.peer_ip, now)
+    {
+        return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
+    }
+    let name = match check_password(ctx, id, password).await {
+        Ok(Some(name)) => name,
+        Ok(None) => {
+            session.login_failures.record(now);
+            ctx.address_limiter.record_failure(session.peer_ip, now);
+            tracing::info!(user = id, "login refused: bad credentials");
+            return Reply::error(Some(MsgId::Login), Errno::BadCredentials).into();
+        }
+        Err(error) => return server_error(MsgId::Login, error).into(),
+    };
+    let (handle, mailbox) = mailbox(session.conn_id, ctx.limits.outbound_queue);
+    if !ctx.registry.claim(id, handle) {
+        return Reply::error(Some(MsgId::Login), Errno::AlreadyLoggedIn).into();
+    }
+    // From here on, messages for this user queue in `mailbox`.
+    let login = match load_login(ctx, id, name.clone()).await {
+        Ok(login) => login,
+        Err(error) => {
+            ctx.registry.release(id, session.conn_id);
+            return server_error(MsgId::Login, error).into();
+        }
+    };
+    ctx.directory.remember_name(id, name.clone());
+    session.user = Some(User { id, name });
+    session.mailbox = Some(mailbox);
+    tracing::Span::current().record("user", id);
+    tracing::info!("logged in");
+    let (offline, row_ids) = login;
+    Outcome {
+        reply: Reply::LoginOk(Box::new(offline)),
+        after_write: AfterWrite::DeleteOffline(row_ids),
+    }
+}
+
+/// Everything the LOGIN_ACK carries, and the offline rows it includes.
+async fn load_login(
+    ctx: &Context,
+    id: i64,
+    name: Arc<str>,
+) -> Result<(LoginSuccess, Vec<i64>), StoreError> {
+    ctx.store.set_online(&[id], true).await?;
+    let presence = |user: i64| {
+        if ctx.registry.is_online(user) {
+            Presence::Online
+        } else {
+            Presence::Offline
+        }
+    };
+    let friends = ctx
+        .store
+        .friends(id)
+        .await?
+        .into_iter()
+        .map(|(id, name)| FriendEntry {
+            id,
+            name,
+            state: presence(id),
+        })
+        .collect();
+    let groups = group_entries(ctx.store.groups_of(id).await?, presence);
+    let stored = ctx.store.offline_messages(id).await?;
+    let row_ids = stored.iter().map(|m| m.row_id).collect();
+    let login = LoginSuccess {
+        id,
+        name: name.to_string(),
+        friends,
+        groups,
+        offline: stored.into_iter().map(|m| m.payload).collect(),
+    };
+    Ok((login, row_ids))
+}
+
+/// Folds one row per (group, member) into groups with their member lists.
+fn group_entries(rows: Vec<GroupMemberRow>, presence: impl Fn(i64) -> Presence) -> Vec<GroupEntry> {
+    let mut groups: BTreeMap<i64, GroupEntry> = BTreeMap::new();
+    for row in rows {
+        let group = groups.entry(row.group_id).or_insert_with(|| GroupEntry {
+            id: row.group_id,
+            name: row.group_name,
+            desc: row.group_desc,
+            users: Vec::new(),
+        });
+        group.users.push(MemberEntry {
+            id: row.user_id,
+            name: row.user_name,
+            state: presence(row.user_id),
+            role: Role::parse(&row.role).unwrap_or(Role::Normal),
+        });
+    }
+    groups.into_values().collect()
+}
+
+/// The user's name when the password is right.
+async fn check_password(
+    ctx: &Context,
+    id: i64,
+    password: String,
+) -> Result<Option<Arc<str>>, StoreError> {
+    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+        return Ok(None);
+    }
+    let Some(credentials) = ctx.store.credentials(id).await? else {
+        return Ok(None);
+    };
+    if !ctx
+        .hasher
+        .verify(password, credentials.password_hash)
+        .await?
+    {
+        return Ok(None);
+    }
+    Ok(Some(credentials.name.into()))
+}

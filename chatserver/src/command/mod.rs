@@ -1,0 +1,157 @@
+//! Requests, one file each: `apply` takes a parsed request and the session's
+//! state and returns the reply. Nothing here touches a socket; the session
+//! writes the reply and then runs the outcome's `after_write`.
+
+mod add_friend;
+mod add_group;
+mod create_group;
+mod group_chat;
+mod login;
+mod logout;
+pub mod offline;
+mod one_chat;
+mod register;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use protocol::{Errno, MsgId, Reply, Request};
+
+use crate::context::Context;
+use crate::error::StoreError;
+use crate::mailbox::Mailbox;
+use crate::rate_limit::Failures;
+
+pub use logout::end_login;
+
+/// The logged-in user of a session.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    pub name: Arc<str>,
+}
+
+/// What commands know about a connection.
+#[derive(Debug)]
+pub struct SessionState {
+    pub conn_id: u64,
+    pub peer_ip: IpAddr,
+    pub user: Option<User>,
+    /// Present while logged in: where other sessions' messages arrive.
+    pub mailbox: Option<Mailbox>,
+    pub login_failures: Failures,
+}
+
+impl SessionState {
+    pub fn new(conn_id: u64, peer_ip: IpAddr) -> Self {
+        Self {
+            conn_id,
+            peer_ip,
+            user: None,
+            mailbox: None,
+            login_failures: Failures::default(),
+        }
+    }
+}
+
+/// Work that must wait until the reply is on the socket.
+#[derive(Debug, Default, PartialEq)]
+pub enum AfterWrite {
+    #[default]
+    Nothing,
+    /// Offline messages that were written: remove them from storage.
+    DeleteOffline(Vec<i64>),
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub reply: Reply,
+    pub after_write: AfterWrite,
+}
+
+impl From<Reply> for Outcome {
+    fn from(reply: Reply) -> Self {
+        Outcome {
+            reply,
+            after_write: AfterWrite::Nothing,
+        }
+    }
+}
+
+/// An error reply for `request` with a specific message.
+pub(crate) fn refuse(request: MsgId, errno: Errno, message: impl Into<Cow<'static, str>>) -> Reply {
+    Reply::Error {
+        request: Some(request),
+        errno,
+        message: message.into(),
+    }
+}
+
+/// Storage failed: log it and answer errno 10.
+pub(crate) fn server_error(request: MsgId, error: StoreError) -> Reply {
+    tracing::error!(%error, request = ?request, "request failed in storage");
+    Reply::error(Some(request), Errno::ServerError)
+}
+
+/// Checks who may send what, then runs the request.
+pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) -> Outcome {
+    let msgid = request.msgid();
+    match (&session.user, &request) {
+        (None, Request::Login { .. } | Request::Register { .. } | Request::Ping) => {}
+        (None, _) => return refuse(msgid, Errno::NotAuthorized, "log in first").into(),
+        (Some(user), _) => {
+            if request.claimed_id().is_some_and(|id| id != user.id) {
+                return refuse(msgid, Errno::NotAuthorized, "id is not yours").into();
+            }
+        }
+    }
+    match request {
+        Request::Login { id, password } => login::apply(ctx, session, id, password).await,
+        Request::Register { name, password } => register::apply(ctx, name, password).await.into(),
+        Request::Ping => Reply::Pong {
+            server: ctx.server_name.clone(),
+            load: ctx.registry.len() as u64,
+        }
+        .into(),
+        Request::Logout { .. } => logout::apply(ctx, session).await.into(),
+        Request::OneChat { to, msg, time, .. } => {
+            one_chat::apply(ctx, logged_in(session), to, &msg, time)
+                .await
+                .into()
+        }
+        Request::AddFriend { friend, .. } => add_friend::apply(ctx, logged_in(session), friend)
+            .await
+            .into(),
+        Request::CreateGroup { name, desc, .. } => {
+            create_group::apply(ctx, logged_in(session), &name, &desc)
+                .await
+                .into()
+        }
+        Request::AddGroup { group, .. } => add_group::apply(ctx, logged_in(session), group)
+            .await
+            .into(),
+        Request::GroupChat {
+            group, msg, time, ..
+        } => group_chat::apply(ctx, logged_in(session), group, &msg, time)
+            .await
+            .into(),
+    }
+}
+
+/// The user of a session that passed the login check in `apply`.
+fn logged_in(session: &SessionState) -> &User {
+    session
+        .user
+        .as_ref()
+        .expect("apply() refuses these requests before login")
+}
+
+/// The server's local time as `YYYY-MM-DD HH:MM:SS`, for chats sent without one.
+pub(crate) fn local_time() -> String {
+    chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,402 @@
+//! Settings: command line, environment and config file merged into one
+//! validated [`Config`]. Precedence: file < environment < flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://chat.db?mode=rwc";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
+pub const DEFAULT_MAX_FRAME: usize = protocol::DEFAULT_MAX_FRAME;
+/// OWASP's minimum recommendation for argon2id: 19 MiB, 2 passes, 1 lane.
+pub const DEFAULT_HASH_MEMORY_KIB: u32 = 19 * 1024;
+pub const DEFAULT_HASH_ITERATIONS: u32 = 2;
+pub const DEFAULT_LOGIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_V2_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const DEFAULT_FRAME_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+pub const DEFAULT_DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The ChatChat chat server.
+///
+/// Every option can also be given as an environment variable (shown below)
+/// or as a key of the TOML file passed with --config (see
+/// config/chatserver.toml); flags override the environment, which overrides
+/// the file.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Args {
+    /// Address to listen on [config: listen, default 127.0.0.1]
+    pub ip: Option<String>,
+    /// Port to listen on; 0 picks a free port [config: listen, default 6000]
+    pub port: Option<u16>,
+    /// TOML config file with the same settings as the options below.
+    #[arg(long, env = "CHAT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Storage: sqlite://FILE?mode=rwc (embedded, the default: chat.db in the
+    /// working directory) or mysql://USER:PASS@HOST:PORT/DB (MySQL/MariaDB; the
+    /// database is created when missing and the user may).
+    #[arg(long, env = "CHAT_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Largest accepted frame in bytes, terminator not counted [default 65536]
+    #[arg(long, env = "CHAT_MAX_FRAME", value_name = "BYTES")]
+    pub max_frame: Option<usize>,
+    /// argon2id memory cost in KiB for new password hashes [default 19456]
+    #[arg(long, env = "CHAT_HASH_MEMORY_KIB", value_name = "KIB")]
+    pub hash_memory_kib: Option<u32>,
+    /// argon2id passes for new password hashes [default 2]
+    #[arg(long, env = "CHAT_HASH_ITERATIONS", value_name = "N")]
+    pub hash_iterations: Option<u32>,
+    /// Threads that may hash passwords at once [default: number of CPUs]
+    #[arg(long, env = "CHAT_HASH_THREADS", value_name = "N")]
+    pub hash_threads: Option<usize>,
+    /// Close a connection that is not logged in and sends nothing this long [default 10m]
+    #[arg(long, env = "CHAT_LOGIN_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub login_idle_timeout: Option<String>,
+    /// Close a v2 connection that sends no frame this long [default 90s]
+    #[arg(long, env = "CHAT_V2_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub v2_idle_timeout: Option<String>,
+    /// Close a connection whose frame stays incomplete this long [default 60s]
+    #[arg(long, env = "CHAT_FRAME_STALL_TIMEOUT", value_name = "DURATION")]
+    pub frame_stall_timeout: Option<String>,
+    /// Frames queued for one connection before it is deemed too slow, closed,
+    /// and the rest stored as offline messages [default 1024]
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", value_name = "FRAMES")]
+    pub outbound_queue: Option<usize>,
+    /// How long to keep retrying the database at start-up [default 30s]
+    #[arg(long, env = "CHAT_DB_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub db_connect_timeout: Option<String>,
+    /// This server's name, shown in PONG and logs [default: IP:PORT]
+    #[arg(long, env = "CHAT_SERVER_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+    /// Log format: text or json (level from RUST_LOG, default info) [default text]
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The config file, as written. Unknown keys are rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database_url: Option<String>,
+    max_frame: Option<usize>,
+    hash_memory_kib: Option<u32>,
+    hash_iterations: Option<u32>,
+    hash_threads: Option<usize>,
+    login_idle_timeout: Option<String>,
+    v2_idle_timeout: Option<String>,
+    frame_stall_timeout: Option<String>,
+    outbound_queue: Option<usize>,
+    db_connect_timeout: Option<String>,
+    name: Option<String>,
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// argon2id cost for new hashes. Existing hashes keep the cost they were made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+}
+
+impl Default for HashCost {
+    fn default() -> Self {
+        Self {
+            memory_kib: DEFAULT_HASH_MEMORY_KIB,
+            iterations: DEFAULT_HASH_ITERATIONS,
+        }
+    }
+}
+
+/// Validated settings.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: String,
+    pub database_url: String,
+    pub max_frame: usize,
+    pub hash_cost: HashCost,
+    pub hash_threads: usize,
+    pub login_idle_timeout: Duration,
+    pub v2_idle_timeout: Duration,
+    pub frame_stall_timeout: Duration,
+    pub outbound_queue: usize,
+    pub db_connect_timeout: Duration,
+    /// `None` means "the bound address", known only after binding.
+    pub name: Option<String>,
+    pub log_format: LogFormat,
+}
+
+/// The database URL without its password, for logs and `Debug`.
+pub fn mask_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &mask_url(&self.database_url))
+            .field("max_frame", &self.max_frame)
+            .field("hash_cost", &self.hash_cost)
+            .field("hash_threads", &self.hash_threads)
+            .field("login_idle_timeout", &self.login_idle_timeout)
+            .field("v2_idle_timeout", &self.v2_idle_timeout)
+            .field("frame_stall_timeout", &self.frame_stall_timeout)
+            .field("outbound_queue", &self.outbound_queue)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_owned(),
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            max_frame: DEFAULT_MAX_FRAME,
+            hash_cost: HashCost::default(),
+            hash_threads: default_hash_threads(),
+            login_idle_timeout: DEFAULT_LOGIN_IDLE_TIMEOUT,
+            v2_idle_timeout: DEFAULT_V2_IDLE_TIMEOUT,
+            frame_stall_timeout: DEFAULT_FRAME_STALL_TIMEOUT,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            db_connect_timeout: DEFAULT_DB_CONNECT_TIMEOUT,
+            name: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+fn default_hash_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+impl Config {
+    /// Merges the file named by `--config` (if any) under the flags.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let defaults = Config::default();
+        let listen = match (args.ip, args.port, file.listen) {
+            (Some(ip), Some(port), _) => join_host_port(&ip, port),
+            (Some(ip), None, _) => join_host_port(&ip, 6000),
+            (None, _, Some(listen)) => listen,
+            (None, _, None) => defaults.listen,
+        };
+        let config = Config {
+            listen,
+            database_url: args
+                .database_url
+                .or(file.database_url)
+                .unwrap_or(defaults.database_url),
+            max_frame: args
+                .max_frame
+                .or(file.max_frame)
+                .unwrap_or(defaults.max_frame),
+            hash_cost: HashCost {
+                memory_kib: args
+                    .hash_memory_kib
+                    .or(file.hash_memory_kib)
+                    .unwrap_or(DEFAULT_HASH_MEMORY_KIB),
+                iterations: args
+                    .hash_iterations
+                    .or(file.hash_iterations)
+                    .unwrap_or(DEFAULT_HASH_ITERATIONS),
+            },
+            hash_threads: args
+                .hash_threads
+                .or(file.hash_threads)
+                .unwrap_or(defaults.hash_threads),
+            login_idle_timeout: duration(
+                "login-idle-timeout",
+                args.login_idle_timeout.or(file.login_idle_timeout),
+                defaults.login_idle_timeout,
+            )?,
+            v2_idle_timeout: duration(
+                "v2-idle-timeout",
+                args.v2_idle_timeout.or(file.v2_idle_timeout),
+                defaults.v2_idle_timeout,
+            )?,
+            frame_stall_timeout: duration(
+                "frame-stall-timeout",
+                args.frame_stall_timeout.or(file.frame_stall_timeout),
+                defaults.frame_stall_timeout,
+            )?,
+            outbound_queue: args
+                .outbound_queue
+                .or(file.outbound_queue)
+                .unwrap_or(defaults.outbound_queue),
+            db_connect_timeout: duration(
+                "db-connect-timeout",
+                args.db_connect_timeout.or(file.db_connect_timeout),
+                defaults.db_connect_timeout,
+            )?,
+            name: args.name.or(file.name),
+            log_format: match args.log_format.or(file.log_format).as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        option: "log-format",
+                        message: format!("{other:?} is not text or json"),
+                    })
+                }
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |option: &'static str, message: &str| {
+            Err(ConfigError::Invalid {
+                option,
+                message: message.to_owned(),
+            })
+        };
+        if self.max_frame < 64 {
+            return invalid("max-frame", "must be at least 64 bytes");
+        }
+        if self.hash_cost.memory_kib < 8 || self.hash_cost.iterations < 1 {
+            return invalid(
+                "hash-memory-kib/hash-iterations",
+                "argon2 needs at least 8 KiB and 1 pass",
+            );
+        }
+        if self.hash_threads == 0 {
+            return invalid("hash-threads", "must be at least 1");
+        }
+        if self.outbound_queue == 0 {
+            return invalid("outbound-queue", "must be at least 1");
+        }
+        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("mysql:")) {
+            return invalid("database-url", "must start with sqlite: or mysql:");
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return invalid("listen", &format!("{:?} is not IP:PORT", self.listen));
+        }
+        Ok(())
+    }
+}
+
+fn join_host_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') && !ip.starts_with('[') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+fn duration(
+    option: &'static str,
+    text: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match text {
+        None => Ok(default),
+        Some(text) => humantime::parse_duration(&text).map_err(|e| ConfigError::Invalid {
+            option,
+            message: format!("{text:?}: {e}"),
+        }),
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Config, ConfigError> {
+        let mut full = vec!["chatserver"];
+        full.extend_from_slice(argv);
+        Config::from_args(Args::try_parse_from(full).unwrap())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_database_and_owasp_cost() {
+        let config = parse(&["127.0.0.1", "0"]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:0");
+        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.hash_cost.memory_kib, 19456);
+        assert_eq!(config.hash_cost.iterations, 2);
+        assert_eq!(config.max_frame, 65536);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_unknown_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("chatcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ok.toml");
+        std::fs::write(&path, "max_frame = 1000\noutbound_queue = 7\n").unwrap();
+        let config = parse(&["--config", path.to_str().unwrap(), "--max-frame", "2000"]).unwrap();
+        assert_eq!(config.max_frame, 2000);
+        assert_eq!(config.outbound_queue, 7);
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "max_frame = 1000\nmax_frames = 3\n").unwrap();
+        let message = parse(&["--config", bad.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("max_frames"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let message = parse(&["--v2-idle-timeout", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("v2-idle-timeout"), "{message}");
+        let message = parse(&["--database-url", "postgres://x"])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("database-url"), "{message}");
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_url("mysql://root:secret@127.0.0.1:3306/chat"),
+            "mysql://root:***@127.0.0.1:3306/chat"
+        );
+        assert_eq!(mask_url("sqlite://chat.db"), "sqlite://chat.db");
+    }
+}

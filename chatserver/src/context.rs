@@ -1,0 +1,32 @@
+//! Everything a command may use, built once at start-up and shared by all
+//! sessions through an `Arc`. No globals.
+
+use std::time::Duration;
+
+use crate::directory::Directory;
+use crate::hasher::PasswordHasher;
+use crate::mid::MidGenerator;
+use crate::rate_limit::AddressLimiter;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Per-connection limits, copied out of the config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame: usize,
+    pub outbound_queue: usize,
+    pub login_idle_timeout: Duration,
+    pub v2_idle_timeout: Duration,
+    pub frame_stall_timeout: Duration,
+}
+
+pub struct Context {
+    pub server_name: String,
+    pub limits: Limits,
+    pub store: Store,
+    pub registry: Registry,
+    pub directory: Directory,
+    pub hasher: PasswordHasher,
+    pub address_limiter: AddressLimiter,
+    pub mids: MidGenerator,
+}

@@ -1,0 +1,55 @@
+//! Getting a pushed message to its receivers: into the mailbox of a session
+//! here, or into offline storage. Never both, never neither.
+
+use crate::context::Context;
+use crate::error::StoreError;
+use crate::mailbox::{Offer, Outbound, Pushed};
+use crate::store::OfflineMessage;
+
+/// Delivers one message to each receiver. An error means storage failed for
+/// receivers that could not take it now; those online got it regardless.
+pub async fn deliver(ctx: &Context, receivers: &[i64], pushed: &Pushed) -> Result<(), StoreError> {
+    let mut offline = Vec::new();
+    for &receiver in receivers {
+        let offer = match ctx.registry.get(receiver) {
+            Some(handle) => handle.offer(Outbound::Push(pushed.clone())),
+            None => Offer::Gone,
+        };
+        if offer != Offer::Queued {
+            offline.push(receiver);
+        }
+    }
+    store_for_later(ctx, &offline, std::slice::from_ref(pushed)).await
+}
+
+/// Stores messages for receivers who cannot take them now. A receiver who
+/// logged in meanwhile may already have read its offline messages, so its
+/// session is told to look again: the stored row is then delivered once,
+/// either by the login or by that second look.
+pub async fn store_for_later(
+    ctx: &Context,
+    receivers: &[i64],
+    messages: &[Pushed],
+) -> Result<(), StoreError> {
+    if receivers.is_empty() || messages.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<OfflineMessage> = receivers
+        .iter()
+        .flat_map(|&user_id| {
+            messages.iter().map(move |pushed| OfflineMessage {
+                user_id,
+                mid: pushed.mid,
+                payload: pushed.payload(),
+            })
+        })
+        .collect();
+    ctx.store.store_offline(&rows).await?;
+    for &receiver in receivers {
+        if let Some(handle) = ctx.registry.get(receiver) {
+            // Full or gone: the session is closing and the row stays stored.
+            handle.offer(Outbound::SweepOffline);
+        }
+    }
+    Ok(())
+}

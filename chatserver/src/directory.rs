@@ -1,0 +1,78 @@
+//! Caches of data that chat delivery reads on every message: user names
+//! (users are never renamed or deleted, so a cached name never goes stale)
+//! and group members (invalidated on every join).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::StoreError;
+use crate::store::Store;
+
+#[derive(Default)]
+struct GroupCache {
+    /// Bumped by every invalidation, so a load that raced with a join does
+    /// not put the member list it read before the join back into the cache.
+    generation: u64,
+    members: HashMap<i64, Arc<[i64]>>,
+}
+
+#[derive(Clone)]
+pub struct Directory {
+    store: Store,
+    names: Arc<Mutex<HashMap<i64, Arc<str>>>>,
+    groups: Arc<Mutex<GroupCache>>,
+}
+
+impl Directory {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            names: Arc::default(),
+            groups: Arc::default(),
+        }
+    }
+
+    /// The user's name, or `None` when no such user exists.
+    pub async fn user_name(&self, user_id: i64) -> Result<Option<Arc<str>>, StoreError> {
+        if let Some(name) = self.names.lock().expect("names lock").get(&user_id) {
+            return Ok(Some(name.clone()));
+        }
+        let Some(name) = self.store.user_name(user_id).await? else {
+            return Ok(None);
+        };
+        let name: Arc<str> = name.into();
+        self.remember_name(user_id, name.clone());
+        Ok(Some(name))
+    }
+
+    pub fn remember_name(&self, user_id: i64, name: Arc<str>) {
+        self.names.lock().expect("names lock").insert(user_id, name);
+    }
+
+    /// The group's member ids (sorted), or `None` when no such group exists.
+    pub async fn group_members(&self, group_id: i64) -> Result<Option<Arc<[i64]>>, StoreError> {
+        let generation = {
+            let groups = self.groups.lock().expect("groups lock");
+            if let Some(members) = groups.members.get(&group_id) {
+                return Ok(Some(members.clone()));
+            }
+            groups.generation
+        };
+        let Some(members) = self.store.group_members(group_id).await? else {
+            return Ok(None);
+        };
+        let members: Arc<[i64]> = members.into();
+        let mut groups = self.groups.lock().expect("groups lock");
+        if groups.generation == generation {
+            groups.members.insert(group_id, members.clone());
+        }
+        Ok(Some(members))
+    }
+
+    /// Forgets a group's members after someone joined it.
+    pub fn invalidate_group(&self, group_id: i64) {
+        let mut groups = self.groups.lock().expect("groups lock");
+        groups.generation += 1;
+        groups.members.remove(&group_id);
+    }
+}

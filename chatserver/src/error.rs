@@ -1,0 +1,44 @@
+//! The crate's error types.
+
+use std::path::PathBuf;
+
+/// A setting that cannot be used; the message names the option.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid --{option}: {message}")]
+    Invalid {
+        option: &'static str,
+        message: String,
+    },
+}
+
+/// Storage failed. Requests that hit it get errno 10; nothing was half-done
+/// because multi-row writes run in transactions.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+/// Why the server could not start; `main` maps each to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("database unreachable at start-up: {0}")]
+    Database(StoreError),
+}

@@ -1,0 +1,149 @@
+//! Accepting connections, and shutting down cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::context::{Context, Limits};
+use crate::directory::Directory;
+use crate::error::StartError;
+use crate::hasher::PasswordHasher;
+use crate::mid::MidGenerator;
+use crate::rate_limit::AddressLimiter;
+use crate::registry::Registry;
+use crate::session;
+use crate::store::Store;
+
+/// Time sessions get to flush and log out at shutdown; with the final
+/// storage updates this keeps a clean exit under 5 s.
+const SESSION_DRAIN: Duration = Duration::from_secs(3);
+const FINAL_STORAGE_UPDATE: Duration = Duration::from_secs(1);
+
+/// A started server: storage connected and migrated, ready to accept.
+pub struct Server {
+    ctx: Arc<Context>,
+}
+
+impl Server {
+    /// Connects storage. `local_addr` names the server when no name is set.
+    pub async fn start(config: &Config, local_addr: SocketAddr) -> Result<Server, StartError> {
+        let store = Store::connect(&config.database_url, config.db_connect_timeout)
+            .await
+            .map_err(StartError::Database)?;
+        // A single server owns every session, so nobody is online yet.
+        store
+            .reset_online_states()
+            .await
+            .map_err(StartError::Database)?;
+        let ctx = Context {
+            server_name: config
+                .name
+                .clone()
+                .unwrap_or_else(|| local_addr.to_string()),
+            limits: Limits {
+                max_frame: config.max_frame,
+                outbound_queue: config.outbound_queue,
+                login_idle_timeout: config.login_idle_timeout,
+                v2_idle_timeout: config.v2_idle_timeout,
+                frame_stall_timeout: config.frame_stall_timeout,
+            },
+            directory: Directory::new(store.clone()),
+            store,
+            registry: Registry::default(),
+            hasher: PasswordHasher::new(config.hash_cost, config.hash_threads),
+            address_limiter: AddressLimiter::default(),
+            mids: MidGenerator::new(0),
+        };
+        Ok(Server { ctx: Arc::new(ctx) })
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets sessions
+    /// flush and log out, and records their users offline.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let stop = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        let mut next_conn_id: u64 = 0;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        next_conn_id += 1;
+                        configure(&stream);
+                        sessions.spawn(session::serve(
+                            self.ctx.clone(),
+                            stream,
+                            peer,
+                            next_conn_id,
+                            stop.child_token(),
+                        ));
+                    }
+                    Err(error) => {
+                        // Out of file descriptors, usually: back off, keep serving.
+                        tracing::error!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        tracing::info!(sessions = sessions.len(), "shutting down");
+        stop.cancel();
+        sessions.close();
+        if tokio::time::timeout(SESSION_DRAIN, sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = sessions.len(),
+                "sessions still closing at the deadline"
+            );
+        }
+        let still_online = self.ctx.registry.users();
+        let final_update = async {
+            if let Err(error) = self.ctx.store.set_online(&still_online, false).await {
+                tracing::error!(%error, "could not record users offline");
+            }
+            self.ctx.store.close().await;
+        };
+        let _ = tokio::time::timeout(FINAL_STORAGE_UPDATE, final_update).await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Keepalive finds peers that vanished without a FIN (idle 60 s, then 3
+/// probes 10 s apart); no Nagle delay on small chat frames.
+fn configure(stream: &TcpStream) {
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let socket = SockRef::from(stream);
+    if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+        tracing::warn!(%error, "cannot enable TCP keepalive");
+    }
+    let _ = stream.set_nodelay(true);
+}
+
+/// Starts a server on `listener` and serves until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        address: config.listen.clone(),
+        source,
+    })?;
+    let server = Server::start(&config, local_addr).await?;
+    server.serve(listener, shutdown).await;
+    Ok(())
+}

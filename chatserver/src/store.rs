@@ -1,0 +1,433 @@
+//! Storage: users, friends, groups, members and offline messages, in
+//! MySQL/MariaDB or SQLite through one sqlx `Any` pool. Every query is
+//! parameterized; the two engines differ only in the `Dialect` below.
+
+use std::time::{Duration, Instant};
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::{Any, AnyPool, QueryBuilder, Row};
+
+use crate::config::mask_url;
+use crate::error::StoreError;
+
+static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/mysql");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Rows per multi-row INSERT: far below both engines' bind-variable limits.
+const INSERT_CHUNK: usize = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    MySql,
+    Sqlite,
+}
+
+impl Dialect {
+    /// The id of the row the connection inserted last.
+    fn last_insert_id(self) -> &'static str {
+        match self {
+            Dialect::MySql => "SELECT CAST(LAST_INSERT_ID() AS SIGNED)",
+            Dialect::Sqlite => "SELECT last_insert_rowid()",
+        }
+    }
+
+    fn insert_ignore(self) -> &'static str {
+        match self {
+            Dialect::MySql => "INSERT IGNORE",
+            Dialect::Sqlite => "INSERT OR IGNORE",
+        }
+    }
+}
+
+/// What LOGIN needs to check a password.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub name: String,
+    pub password_hash: String,
+}
+
+/// One member of one of the user's groups, as read at login.
+#[derive(Debug, Clone)]
+pub struct GroupMemberRow {
+    pub group_id: i64,
+    pub group_name: String,
+    pub group_desc: String,
+    pub user_id: i64,
+    pub user_name: String,
+    pub role: String,
+}
+
+/// An offline message still in storage.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub row_id: i64,
+    pub payload: String,
+}
+
+/// A message to store for a receiver who could not take it now.
+#[derive(Debug, Clone)]
+pub struct OfflineMessage<'a> {
+    pub user_id: i64,
+    pub mid: i64,
+    pub payload: &'a str,
+}
+
+/// A cloneable handle on the pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn placeholders(n: usize) -> String {
+    let mut text = "?,".repeat(n);
+    text.pop();
+    text
+}
+
+impl Store {
+    /// Connects (retrying until `patience` runs out, since the database may
+    /// still be starting), creates a missing MySQL database when allowed, and
+    /// applies the migrations of the engine.
+    pub async fn connect(url: &str, patience: Duration) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("mysql:") {
+            Dialect::MySql
+        } else {
+            Dialect::Sqlite
+        };
+        let deadline = Instant::now() + patience;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match Self::try_connect(url, dialect).await {
+                Ok(store) => return Ok(store),
+                Err(error) if Instant::now() + backoff < deadline => {
+                    tracing::warn!(url = %mask_url(url), %error, "database not ready, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn try_connect(url: &str, dialect: Dialect) -> Result<Store, StoreError> {
+        if dialect == Dialect::MySql && !Any::database_exists(url).await? {
+            Any::create_database(url).await?;
+        }
+        let options = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(match dialect {
+                Dialect::MySql => 16,
+                Dialect::Sqlite => 8,
+            });
+        let options = if dialect == Dialect::Sqlite {
+            options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options.connect(url).await?;
+        match dialect {
+            Dialect::MySql => MYSQL_MIGRATIONS.run(&pool).await?,
+            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(Store { pool, dialect })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Registers a user; `None` when the name is taken.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let result =
+            sqlx::query("INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)")
+                .bind(name)
+                .bind(password_hash)
+                .bind(now_ms())
+                .execute(&mut *conn)
+                .await;
+        match result {
+            Ok(_) => Ok(Some(self.inserted_id(&mut conn).await?)),
+            Err(error) if is_unique_violation(&error) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The id generated by the connection's last INSERT (the `Any` driver
+    /// does not report it for SQLite).
+    async fn inserted_id(&self, conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar::<_, i64>(self.dialect.last_insert_id())
+            .fetch_one(conn)
+            .await
+    }
+
+    pub async fn credentials(&self, user_id: i64) -> Result<Option<Credentials>, StoreError> {
+        let row = sqlx::query("SELECT name, password_hash FROM users WHERE id = ?")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|row| -> Result<_, sqlx::Error> {
+                Ok(Credentials {
+                    name: row.try_get(0)?,
+                    password_hash: row.try_get(1)?,
+                })
+            })
+            .transpose()?)
+    }
+
+    pub async fn user_name(&self, user_id: i64) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT name FROM users WHERE id = ?")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get(0)).transpose()?)
+    }
+
+    /// Records users as online or offline (kept for operators and for the
+    /// original schema's readers; presence itself lives in memory).
+    pub async fn set_online(&self, user_ids: &[i64], online: bool) -> Result<(), StoreError> {
+        let state = if online { "online" } else { "offline" };
+        for chunk in user_ids.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "UPDATE users SET state = ? WHERE id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(state);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks everyone offline: a single server that starts owns every session.
+    pub async fn reset_online_states(&self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET state = 'offline' WHERE state <> 'offline'")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes two users friends of each other; repeating it changes nothing.
+    pub async fn add_friends(&self, a: i64, b: i64) -> Result<(), StoreError> {
+        let sql = format!(
+            "{} INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)",
+            self.dialect.insert_ignore()
+        );
+        sqlx::query(&sql)
+            .bind(a)
+            .bind(b)
+            .bind(b)
+            .bind(a)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn friends(&self, user_id: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id \
+             WHERE f.user_id = ? ORDER BY u.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// Creates a group with its creator as first member; `None` when the
+    /// name is taken. One transaction: a group never exists without its creator.
+    pub async fn create_group(
+        &self,
+        creator: i64,
+        name: &str,
+        desc: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted =
+            sqlx::query("INSERT INTO chat_groups (name, description, created_at) VALUES (?, ?, ?)")
+                .bind(name)
+                .bind(desc)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await;
+        let group_id = match inserted {
+            Ok(_) => self.inserted_id(&mut tx).await?,
+            Err(error) if is_unique_violation(&error) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        sqlx::query("INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, 'creator')")
+            .bind(group_id)
+            .bind(creator)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(group_id))
+    }
+
+    /// The member ids of a group, or `None` when there is no such group.
+    pub async fn group_members(&self, group_id: i64) -> Result<Option<Vec<i64>>, StoreError> {
+        let exists = sqlx::query("SELECT 1 FROM chat_groups WHERE id = ?")
+            .bind(group_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows =
+            sqlx::query("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id")
+                .bind(group_id)
+                .fetch_all(&self.pool)
+                .await?;
+        let members = rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(members))
+    }
+
+    /// Adds a normal member; `false` when there is no such group. Joining
+    /// twice, or joining one's own group, changes nothing.
+    pub async fn join_group(&self, group_id: i64, user_id: i64) -> Result<bool, StoreError> {
+        let exists = sqlx::query("SELECT 1 FROM chat_groups WHERE id = ?")
+            .bind(group_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        let sql = format!(
+            "{} INTO group_members (group_id, user_id, role) VALUES (?, ?, 'normal')",
+            self.dialect.insert_ignore()
+        );
+        sqlx::query(&sql)
+            .bind(group_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(true)
+    }
+
+    /// Every member of every group the user belongs to, in one query.
+    pub async fn groups_of(&self, user_id: i64) -> Result<Vec<GroupMemberRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT g.id, g.name, g.description, u.id, u.name, all_members.role \
+             FROM group_members mine \
+             JOIN chat_groups g ON g.id = mine.group_id \
+             JOIN group_members all_members ON all_members.group_id = g.id \
+             JOIN users u ON u.id = all_members.user_id \
+             WHERE mine.user_id = ? ORDER BY g.id, u.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(group_member_row)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+
+    /// Stores messages for later delivery, all or none.
+    pub async fn store_offline(&self, messages: &[OfflineMessage<'_>]) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in messages.chunks(INSERT_CHUNK) {
+            let mut insert =
+                QueryBuilder::<Any>::new("INSERT INTO offline_messages (user_id, mid, payload) ");
+            insert.push_values(chunk, |mut row, message| {
+                row.push_bind(message.user_id)
+                    .push_bind(message.mid)
+                    .push_bind(message.payload.to_owned());
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The user's stored messages, oldest first.
+    pub async fn offline_messages(&self, user_id: i64) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, payload FROM offline_messages WHERE user_id = ? ORDER BY mid, id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredMessage {
+                    row_id: row.try_get(0)?,
+                    payload: long_text(row, 1)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes delivered messages, by row id: rows stored meanwhile stay.
+    pub async fn delete_offline(&self, row_ids: &[i64]) -> Result<(), StoreError> {
+        for chunk in row_ids.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "DELETE FROM offline_messages WHERE id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A MEDIUMTEXT column: MySQL reports it as a BLOB type, which `Any`
+/// decodes only as bytes; SQLite reports TEXT.
+fn long_text(row: &AnyRow, index: usize) -> Result<String, sqlx::Error> {
+    match row.try_get::<String, _>(index) {
+        Ok(text) => Ok(text),
+        Err(_) => {
+            let bytes: Vec<u8> = row.try_get(index)?;
+            String::from_utf8(bytes).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        }
+    }
+}
+
+fn group_member_row(row: &AnyRow) -> Result<GroupMemberRow, sqlx::Error> {
+    Ok(GroupMemberRow {
+        group_id: row.try_get(0)?,
+        group_name: row.try_get(1)?,
+        group_desc: row.try_get(2)?,
+        user_id: row.try_get(3)?,
+        user_name: row.try_get(4)?,
+        role: row.try_get(5)?,
+    })
+}
