@@ -1,0 +1,223 @@
+//! The admin HTTP server: `/metrics` in Prometheus text and `/status` in JSON.
+//!
+//! Metrics are read from the backends' own atomic counters at scrape time by
+//! a `prometheus-client` collector, so the data path never touches a metrics
+//! registry and removed backends simply disappear from the output once they
+//! have drained.
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::{BackendStatus, Shared, Status};
+
+/// The OpenMetrics text content type that `prometheus-client` writes.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+}
+
+/// Serves the admin endpoints on `listener` until the task is aborted.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(BalancerCollector {
+        shared: shared.clone(),
+    }));
+    let state = AdminState {
+        shared,
+        registry: Arc::new(registry),
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(state);
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "admin server listening");
+    }
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "admin server stopped");
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Json<Status> {
+    Json(state.shared.status())
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Turns a [`Status`] into metric families at scrape time.
+struct BalancerCollector {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for BalancerCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BalancerCollector")
+    }
+}
+
+fn backend_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    backends: &[BackendStatus],
+    value: impl Fn(&BackendStatus) -> i64,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for b in backends {
+        let labels = [("backend", b.address.as_str())];
+        ConstGauge::new(value(b)).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn backend_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    backends: &[BackendStatus],
+    value: impl Fn(&BackendStatus) -> u64,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for b in backends {
+        let labels = [("backend", b.address.as_str())];
+        ConstCounter::new(value(b)).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn plain_counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl Collector for BalancerCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let s = self.shared.status();
+        let b = &s.backends;
+        backend_gauge(
+            &mut e,
+            "balancer_backend_up",
+            "1 when the backend is in rotation",
+            b,
+            |b| i64::from(b.up),
+        )?;
+        backend_gauge(
+            &mut e,
+            "balancer_backend_in_config",
+            "0 for a removed backend still draining",
+            b,
+            |b| i64::from(b.in_config),
+        )?;
+        backend_gauge(
+            &mut e,
+            "balancer_backend_weight",
+            "Configured weight",
+            b,
+            |b| i64::from(b.weight),
+        )?;
+        backend_gauge(
+            &mut e,
+            "balancer_backend_effective_weight",
+            "Weight for new connections now (0 when down, ramping under slow start)",
+            b,
+            |b| i64::from(b.effective_weight),
+        )?;
+        backend_gauge(
+            &mut e,
+            "balancer_backend_active_connections",
+            "Open proxied connections",
+            b,
+            |b| b.active as i64,
+        )?;
+        backend_counter(
+            &mut e,
+            "balancer_backend_connections",
+            "Proxied connections",
+            b,
+            |b| b.total,
+        )?;
+        backend_counter(
+            &mut e,
+            "balancer_backend_bytes_to_backend",
+            "Bytes sent from clients to the backend",
+            b,
+            |b| b.bytes_to_backend,
+        )?;
+        backend_counter(
+            &mut e,
+            "balancer_backend_bytes_to_client",
+            "Bytes sent from the backend to clients",
+            b,
+            |b| b.bytes_to_client,
+        )?;
+        backend_counter(
+            &mut e,
+            "balancer_backend_connect_failures",
+            "Client connections whose connect to the backend failed",
+            b,
+            |b| b.connect_failures,
+        )?;
+        backend_counter(
+            &mut e,
+            "balancer_backend_check_failures",
+            "Failed health checks",
+            b,
+            |b| b.check_failures,
+        )?;
+        plain_counter(
+            &mut e,
+            "balancer_client_connections",
+            "Accepted client connections",
+            s.clients_total,
+        )?;
+        plain_counter(
+            &mut e,
+            "balancer_client_rejected",
+            "Clients closed because no backend accepted them",
+            s.clients_rejected,
+        )?;
+        plain_counter(
+            &mut e,
+            "balancer_reloads",
+            "Applied config reloads",
+            s.reloads_ok,
+        )?;
+        plain_counter(
+            &mut e,
+            "balancer_reload_failures",
+            "Rejected config files",
+            s.reloads_failed,
+        )?;
+        let g = ConstGauge::new(s.config_generation as i64);
+        g.encode(e.encode_descriptor(
+            "balancer_config_generation",
+            "Reloads that changed the config",
+            None,
+            g.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}

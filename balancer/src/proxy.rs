@@ -1,0 +1,205 @@
+//! The data path: accept a client, pick a backend (retrying the next one when
+//! a connect fails), then copy bytes both ways untouched until either side is
+//! done, the idle timeout fires, a drain times out or shutdown's grace ends.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::backend::{BackendState, Transition};
+use crate::Shared;
+
+/// Size of each direction's copy buffer.
+const BUF_SIZE: usize = 16 * 1024;
+/// First and longest pause after a failing `accept` (out of file descriptors, say).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts clients until shutdown; each connection runs in its own task on
+/// the shared tracker so shutdown can wait for them.
+pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                shared.clients_total.fetch_add(1, Ordering::Relaxed);
+                let span = info_span!("conn", %peer, backend = tracing::field::Empty);
+                let task_shared = shared.clone();
+                shared
+                    .tracker
+                    .spawn(handle_client(task_shared, client, peer).instrument(span));
+            }
+            Err(e) => {
+                // Errors such as EMFILE would spin the loop; wait, growing the pause.
+                warn!(error = %e, "accept failed; pausing {backoff:?}");
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+    debug!("accept loop stopped");
+}
+
+/// Releases the backend slot however the connection ends.
+struct Slot(Arc<BackendState>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// Tries backends until one accepts; `None` when none did.
+async fn connect_backend(shared: &Shared) -> Option<(TcpStream, Slot)> {
+    // Hold this snapshot for the whole connect phase: a reload meanwhile
+    // affects the next client, not the one half-way through picking.
+    let snapshot = shared.snapshot();
+    let config = &snapshot.config;
+    let any_up = snapshot.members.iter().any(|m| m.state.is_up());
+    // Bounded tries; when everything looks down, every backend gets one try.
+    let max_tries = if any_up {
+        (config.retries as usize + 1).min(snapshot.members.len())
+    } else {
+        snapshot.members.len()
+    };
+    let mut tried = Vec::with_capacity(max_tries);
+    let mut attempts = 0;
+    while attempts < max_tries {
+        let i = snapshot.pick(&mut tried)?;
+        attempts += 1;
+        let member = &snapshot.members[i];
+        let slot = Slot(member.state.clone());
+        let address = &member.state.address;
+        let result =
+            tokio::time::timeout(config.connect_timeout, TcpStream::connect(address)).await;
+        let error = match result {
+            Ok(Ok(stream)) => {
+                member.state.record_connect_success();
+                return Some((stream, slot));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("timed out after {:?}", config.connect_timeout),
+        };
+        drop(slot);
+        member
+            .state
+            .stats
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(backend = %address, %error, attempt = attempts, "backend connect failed; trying the next");
+        if member.state.record_failure(config.health.fall) == Transition::WentDown {
+            warn!(backend = %address, "backend is down (client connects failed)");
+        }
+    }
+    None
+}
+
+async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
+    let Some((backend, slot)) = connect_backend(&shared).await else {
+        shared.clients_rejected.fetch_add(1, Ordering::Relaxed);
+        warn!("no backend accepted the connection; closing the client");
+        return;
+    };
+    let state = slot.0.clone();
+    tracing::Span::current().record("backend", state.address.as_str());
+    state.stats.total.fetch_add(1, Ordering::Relaxed);
+    let _ = client.set_nodelay(true);
+    let _ = backend.set_nodelay(true);
+    let idle = shared.snapshot().config.idle_timeout;
+    let kill = state.kill_token();
+    debug!(%peer, "proxying");
+    let started = Instant::now();
+    let reason = tokio::select! {
+        r = pump(client, backend, &state, idle) => r,
+        _ = kill.cancelled() => "drain timeout",
+        _ = shared.hard_stop.cancelled() => "shutdown grace period over",
+    };
+    info!(reason, duration = ?started.elapsed(), "connection closed");
+    drop(slot);
+}
+
+/// Copies both ways until both directions reached EOF (half-closes are
+/// passed on), one side fails, or nothing moved for `idle`.
+async fn pump(
+    mut client: TcpStream,
+    mut backend: TcpStream,
+    state: &BackendState,
+    idle: Option<Duration>,
+) -> &'static str {
+    let start = Instant::now();
+    // Milliseconds since `start` of the last byte moved, shared by both directions.
+    let last = AtomicU64::new(0);
+    let (mut cr, mut cw) = client.split();
+    let (mut br, mut bw) = backend.split();
+    let up = copy_counted(
+        &mut cr,
+        &mut bw,
+        &state.stats.bytes_to_backend,
+        &last,
+        start,
+    );
+    let down = copy_counted(&mut br, &mut cw, &state.stats.bytes_to_client, &last, start);
+    let copy = async {
+        match tokio::try_join!(up, down) {
+            Ok(_) => "closed",
+            Err(_) => "error",
+        }
+    };
+    match idle {
+        None => copy.await,
+        Some(idle) => tokio::select! {
+            r = copy => r,
+            _ = idle_watch(idle, &last, start) => "idle timeout",
+        },
+    }
+}
+
+/// Resolves once nothing moved for `idle`.
+async fn idle_watch(idle: Duration, last: &AtomicU64, start: Instant) {
+    loop {
+        let last_at = start + Duration::from_millis(last.load(Ordering::Relaxed));
+        let deadline = last_at + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+async fn copy_counted<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    counter: &AtomicU64,
+    last: &AtomicU64,
+    start: Instant,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            // Pass the half-close on; the other direction may still be talking.
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        writer.write_all(&buf[..n]).await?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,261 @@
+//! Hot reload: a file watcher and SIGHUP both only signal; one task re-reads
+//! the file, validates it, diffs it against the running config and applies
+//! it. An invalid file is logged and the running config stays.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::Shared;
+
+/// How long to wait after a change before reading the file, so the several
+/// events of one editor save collapse into one reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// What changed between two configs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Diff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// `(address, old weight, new weight)`.
+    pub reweighted: Vec<(String, u32, u32)>,
+    /// Backends whose connection limit changed.
+    pub relimited: Vec<String>,
+    /// Needs a restart: a reload keeps the old address.
+    pub listen_changed: bool,
+    /// Needs a restart: a reload keeps the old address.
+    pub admin_changed: bool,
+    pub health_changed: bool,
+    /// Timeouts, retries, slow start, drain or grace period.
+    pub settings_changed: bool,
+    /// Backend order changed (it decides the order of the all-down fallback).
+    pub reordered: bool,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        *self == Diff::default()
+    }
+}
+
+/// Compares two validated configs; pure.
+pub fn diff(old: &Config, new: &Config) -> Diff {
+    let old_by_addr: HashMap<&str, _> = old
+        .backends
+        .iter()
+        .map(|b| (b.address.as_str(), b))
+        .collect();
+    let new_by_addr: HashMap<&str, _> = new
+        .backends
+        .iter()
+        .map(|b| (b.address.as_str(), b))
+        .collect();
+    let mut d = Diff::default();
+    for b in &new.backends {
+        match old_by_addr.get(b.address.as_str()) {
+            None => d.added.push(b.address.clone()),
+            Some(o) => {
+                if o.weight != b.weight {
+                    d.reweighted.push((b.address.clone(), o.weight, b.weight));
+                }
+                if o.max_connections != b.max_connections {
+                    d.relimited.push(b.address.clone());
+                }
+            }
+        }
+    }
+    for b in &old.backends {
+        if !new_by_addr.contains_key(b.address.as_str()) {
+            d.removed.push(b.address.clone());
+        }
+    }
+    let kept = |c: &Config| -> Vec<String> {
+        c.backends
+            .iter()
+            .filter(|b| {
+                old_by_addr.contains_key(b.address.as_str())
+                    && new_by_addr.contains_key(b.address.as_str())
+            })
+            .map(|b| b.address.clone())
+            .collect()
+    };
+    d.reordered = kept(old) != kept(new);
+    d.listen_changed = old.listen != new.listen;
+    d.admin_changed = old.admin != new.admin;
+    d.health_changed = old.health != new.health;
+    d.settings_changed = old.connect_timeout != new.connect_timeout
+        || old.retries != new.retries
+        || old.slow_start != new.slow_start
+        || old.drain_timeout != new.drain_timeout
+        || old.shutdown_grace != new.shutdown_grace
+        || old.idle_timeout != new.idle_timeout;
+    d
+}
+
+/// Watches the directory holding `path`: editors often save by writing a
+/// new file and renaming it over the old one, which a watch on the file
+/// itself would lose. The callback runs on notify's thread and only signals.
+fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+            // Full means a reload is already pending, which will read the latest file.
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Re-reads `path` whenever the watcher or SIGHUP signals, until shutdown.
+pub async fn reload_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<()>, path: PathBuf) {
+    let _watcher = match watch(&path, shared.reload_tx.clone()) {
+        Ok(w) => {
+            info!(path = %path.display(), "watching the config file");
+            Some(w)
+        }
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            m = rx.recv() => if m.is_none() { return },
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(DEBOUNCE) => {}
+        }
+        while rx.try_recv().is_ok() {}
+        match Config::load(&path) {
+            Ok(config) => {
+                let d = shared.apply(config);
+                if !d.is_empty() {
+                    info!(?d, "config reloaded");
+                } else {
+                    debug!("config file touched, nothing changed");
+                }
+            }
+            Err(e) => {
+                shared.record_reload_error(e.to_string());
+                error!("config reload rejected, keeping the running config: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn cfg(extra: &str, backends: &[(&str, u32)]) -> Config {
+        let mut text = format!("listen = \"127.0.0.1:8000\"\n{extra}\n");
+        for (a, w) in backends {
+            text += &format!("[[backend]]\naddress = \"{a}\"\nweight = {w}\n");
+        }
+        Config::parse(&text, "t").unwrap()
+    }
+
+    #[test]
+    fn diff_table() {
+        let base = cfg("", &[("a:1", 3), ("b:1", 1)]);
+        struct Case {
+            name: &'static str,
+            new: Config,
+            want: Diff,
+        }
+        let cases = [
+            Case {
+                name: "same",
+                new: base.clone(),
+                want: Diff::default(),
+            },
+            Case {
+                name: "add",
+                new: cfg("", &[("a:1", 3), ("b:1", 1), ("c:1", 2)]),
+                want: Diff {
+                    added: vec!["c:1".into()],
+                    ..Diff::default()
+                },
+            },
+            Case {
+                name: "remove",
+                new: cfg("", &[("a:1", 3)]),
+                want: Diff {
+                    removed: vec!["b:1".into()],
+                    ..Diff::default()
+                },
+            },
+            Case {
+                name: "reweight",
+                new: cfg("", &[("a:1", 1), ("b:1", 1)]),
+                want: Diff {
+                    reweighted: vec![("a:1".into(), 3, 1)],
+                    ..Diff::default()
+                },
+            },
+            Case {
+                name: "replace and reorder",
+                new: cfg("", &[("c:1", 1), ("b:1", 1), ("a:1", 3)]),
+                want: Diff {
+                    added: vec!["c:1".into()],
+                    reordered: true,
+                    ..Diff::default()
+                },
+            },
+            Case {
+                name: "listen and admin",
+                new: {
+                    let mut c = cfg("admin = \"127.0.0.1:9\"", &[("a:1", 3), ("b:1", 1)]);
+                    c.listen = "127.0.0.1:8001".into();
+                    c
+                },
+                want: Diff {
+                    listen_changed: true,
+                    admin_changed: true,
+                    ..Diff::default()
+                },
+            },
+            Case {
+                name: "health and settings",
+                new: cfg(
+                    "retries = 5\n[health]\nkind = \"tcp\"",
+                    &[("a:1", 3), ("b:1", 1)],
+                ),
+                want: Diff {
+                    health_changed: true,
+                    settings_changed: true,
+                    ..Diff::default()
+                },
+            },
+            Case {
+                name: "limit",
+                new: cfg("max_connections = 10", &[("a:1", 3), ("b:1", 1)]),
+                want: Diff {
+                    relimited: vec!["a:1".into(), "b:1".into()],
+                    ..Diff::default()
+                },
+            },
+        ];
+        for case in cases {
+            assert_eq!(diff(&base, &case.new), case.want, "case {}", case.name);
+        }
+    }
+}
