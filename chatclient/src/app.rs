@@ -1,0 +1,1030 @@
+//! The client's state machine: menu, login, commands, replies, reconnects,
+//! heartbeats and the end of input. No I/O: every method takes an event and
+//! the current instant and returns the effects for the driver to carry out,
+//! so the whole behaviour is unit-tested without sockets or terminals.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::command::{self, Command};
+use crate::wire::{self, Ack, Chat, Friend, Group, LoginAck, Member, Outgoing, ServerFrame};
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: bad usage (command line, or input ended mid-dialog).
+pub const EXIT_USAGE: u8 = 1;
+/// Exit code: cannot connect, or the connection was lost for good.
+pub const EXIT_CONNECTION: u8 = 2;
+/// Exit code: bad credentials, or the account is already logged in.
+pub const EXIT_CREDENTIALS: u8 = 3;
+
+/// How long to wait between LOGIN retries on errno 2 after a reconnect.
+pub const RELOGIN_RETRY_STEP: Duration = Duration::from_secs(1);
+
+/// What the driver needs to know to run the state machine.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A person at a terminal (prompts, menu, colours) rather than a script.
+    pub interactive: bool,
+    /// Print received frames raw on stdout instead of formatted lines.
+    pub json: bool,
+    /// How long to keep receiving after the end of input (scripted mode).
+    pub linger: Duration,
+    pub ping_interval: Duration,
+    /// A request with no reply for this long means the link is dead.
+    pub reply_timeout: Duration,
+    /// How long after a reconnect a LOGIN refused with errno 2 is retried.
+    pub relogin_window: Duration,
+    /// `--login ID`, with the password when one was given.
+    pub auto_login: Option<(i64, Option<String>)>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            interactive: false,
+            json: false,
+            linger: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(30),
+            reply_timeout: Duration::from_secs(15),
+            relogin_window: Duration::from_secs(10),
+            auto_login: None,
+        }
+    }
+}
+
+/// Which line the input side should read next (and how to prompt for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    Menu,
+    UserId,
+    UserName,
+    /// Read without echo.
+    Password,
+    Command,
+}
+
+/// The logged-in user and what the server told us at login, kept up to
+/// date with the results of later commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub id: i64,
+    pub name: String,
+    pub friends: Vec<Friend>,
+    pub groups: Vec<Group>,
+}
+
+/// Something to show. Where it goes (stdout, stderr, above the prompt) and
+/// how it looks is the UI's business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A received chat message, live or stored while away.
+    Chat(Chat),
+    /// A received frame as it came (`--json`).
+    Raw(String),
+    /// The summary after a login.
+    Welcome(Profile),
+    Friends(Vec<Friend>),
+    Groups(Vec<Group>),
+    Registered {
+        id: i64,
+        name: String,
+    },
+    Menu,
+    Help,
+    /// The good result of a command.
+    Done(String),
+    /// Connection news and other status.
+    Warn(String),
+    Error(String),
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Write one frame (JSON text without terminator).
+    Send(String),
+    Show(Output),
+    /// Read one more line of input.
+    Ask(Ask),
+    /// Close the connection (it is dead); the driver then reports
+    /// [`App::on_disconnected`] and reconnects.
+    Disconnect(String),
+    Exit(u8),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Menu,
+    LoginId,
+    LoginPassword {
+        id: i64,
+    },
+    RegisterName,
+    RegisterPassword {
+        name: String,
+    },
+    /// LOGIN sent, or waiting for the connection to send it.
+    LoggingIn,
+    Registering,
+    /// Logged in (or logging in again after a reconnect): reading commands.
+    Commands,
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pending {
+    Login,
+    Register { name: String },
+    Logout,
+    Chat { to: i64 },
+    GroupChat { group: i64 },
+    AddFriend { id: i64 },
+    CreateGroup { name: String, desc: String },
+    AddGroup { id: i64 },
+}
+
+#[derive(Debug, Clone)]
+struct PendingEntry {
+    what: Pending,
+    sent_at: Instant,
+    /// What the user typed, to report it if the reply never comes.
+    line: String,
+}
+
+#[derive(Clone)]
+struct Credentials {
+    id: i64,
+    password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("id", &self.id)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// The client state machine.
+#[derive(Debug)]
+pub struct App {
+    settings: Settings,
+    phase: Phase,
+    /// A line has been asked for and not yet delivered.
+    asking: bool,
+    connected: bool,
+    /// When the current connection was made, if it replaced a lost one.
+    reconnected_at: Option<Instant>,
+    /// Who to log in as whenever a connection is made.
+    creds: Option<Credentials>,
+    profile: Option<Profile>,
+    /// The current connection has a successful LOGIN.
+    logged_in: bool,
+    next_rid: u64,
+    pending: BTreeMap<u64, PendingEntry>,
+    next_ping: Option<Instant>,
+    ping_sent: Option<Instant>,
+    relogin_at: Option<Instant>,
+    /// Scripted lines read while logging in again, sent once logged in.
+    held: Vec<String>,
+    /// End of input: exit at this instant.
+    linger_until: Option<Instant>,
+}
+
+fn errno_text(errno: i64) -> &'static str {
+    use protocol::Errno::*;
+    let known = match errno {
+        0 => Ok,
+        1 => BadCredentials,
+        2 => AlreadyLoggedIn,
+        3 => GroupNameTaken,
+        4 => NotFound,
+        5 => NotMember,
+        6 => BadRequest,
+        7 => NotAuthorized,
+        8 => FrameTooLarge,
+        9 => RateLimited,
+        10 => ServerError,
+        _ => return "unknown error",
+    };
+    known.default_message()
+}
+
+/// The server's message for a failed reply, or the standard one.
+fn failure(errno: i64, errmsg: Option<&str>) -> String {
+    let text = errmsg
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(|| errno_text(errno));
+    format!("{text} (errno {errno})")
+}
+
+impl App {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            phase: Phase::Menu,
+            asking: false,
+            connected: false,
+            reconnected_at: None,
+            creds: None,
+            profile: None,
+            logged_in: false,
+            next_rid: 1,
+            pending: BTreeMap::new(),
+            next_ping: None,
+            ping_sent: None,
+            relogin_at: None,
+            held: Vec::new(),
+            linger_until: None,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Logged in on the current connection.
+    pub fn is_logged_in(&self) -> bool {
+        self.logged_in
+    }
+
+    pub fn profile(&self) -> Option<&Profile> {
+        self.profile.as_ref()
+    }
+
+    /// The first connection is up: show the menu, or log in for `--login`.
+    pub fn start(&mut self, now: Instant) -> Vec<Effect> {
+        self.connected = true;
+        self.next_ping = Some(now + self.settings.ping_interval);
+        let mut fx = Vec::new();
+        match self.settings.auto_login.clone() {
+            Some((id, Some(password))) => self.begin_login(id, password, now, &mut fx),
+            Some((id, None)) => {
+                self.phase = Phase::LoginPassword { id };
+                self.ask(Ask::Password, &mut fx);
+            }
+            None => self.back_to_menu(&mut fx),
+        }
+        fx
+    }
+
+    /// The earliest instant at which [`App::on_tick`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut times = vec![self.linger_until];
+        if self.connected {
+            times.push(self.next_ping);
+            times.push(self.relogin_at);
+            times.push(
+                self.pending
+                    .values()
+                    .map(|p| p.sent_at + self.settings.reply_timeout)
+                    .min(),
+            );
+        }
+        times.into_iter().flatten().min()
+    }
+
+    // ----- input -------------------------------------------------------
+
+    /// One line of input, answering the last [`Effect::Ask`].
+    pub fn on_input(&mut self, line: &str, now: Instant) -> Vec<Effect> {
+        self.asking = false;
+        let line = line.trim_end_matches(['\n', '\r']);
+        let mut fx = Vec::new();
+        match self.phase.clone() {
+            Phase::Menu => match line.trim() {
+                "1" => {
+                    self.phase = Phase::LoginId;
+                    self.ask(Ask::UserId, &mut fx);
+                }
+                "2" => {
+                    self.phase = Phase::RegisterName;
+                    self.ask(Ask::UserName, &mut fx);
+                }
+                "3" => self.exit(EXIT_OK, &mut fx),
+                "" if self.settings.interactive => self.ask(Ask::Menu, &mut fx),
+                other => {
+                    fx.push(error(format!(
+                        "invalid input {other:?}: answer 1 (login), 2 (register) or 3 (quit)"
+                    )));
+                    self.back_to_menu(&mut fx);
+                }
+            },
+            Phase::LoginId => match line.trim().parse::<i64>() {
+                Ok(id) if id > 0 => {
+                    self.phase = Phase::LoginPassword { id };
+                    self.ask(Ask::Password, &mut fx);
+                }
+                _ => {
+                    fx.push(error(format!(
+                        "a user id is a positive number, not {:?}",
+                        line.trim()
+                    )));
+                    self.back_to_menu(&mut fx);
+                }
+            },
+            Phase::LoginPassword { id } => {
+                if line.is_empty() {
+                    fx.push(error("empty password: login cancelled".to_owned()));
+                    if self.settings.interactive {
+                        self.back_to_menu(&mut fx);
+                    } else {
+                        self.exit(EXIT_USAGE, &mut fx);
+                    }
+                } else {
+                    self.begin_login(id, line.to_owned(), now, &mut fx);
+                }
+            }
+            Phase::RegisterName => {
+                let name = line.trim();
+                if protocol::valid_name(name) {
+                    self.phase = Phase::RegisterPassword {
+                        name: name.to_owned(),
+                    };
+                    self.ask(Ask::Password, &mut fx);
+                } else {
+                    fx.push(error(format!(
+                        "a user name has 1 to {} characters",
+                        protocol::MAX_NAME_CHARS
+                    )));
+                    self.back_to_menu(&mut fx);
+                }
+            }
+            Phase::RegisterPassword { name } => {
+                if line.is_empty() || line.len() > protocol::MAX_PASSWORD_BYTES {
+                    fx.push(error(format!(
+                        "a password has 1 to {} bytes: registration cancelled",
+                        protocol::MAX_PASSWORD_BYTES
+                    )));
+                    self.back_to_menu(&mut fx);
+                } else if !self.connected {
+                    fx.push(error(
+                        "not connected to the server: registration not sent, try again".to_owned(),
+                    ));
+                    self.back_to_menu(&mut fx);
+                } else {
+                    self.phase = Phase::Registering;
+                    let request = Outgoing::Register {
+                        name: name.clone(),
+                        password: line.to_owned(),
+                    };
+                    self.send(
+                        request,
+                        Pending::Register { name },
+                        "register",
+                        now,
+                        &mut fx,
+                    );
+                }
+            }
+            Phase::Commands => {
+                if !self.logged_in && !self.settings.interactive {
+                    // A script's line read while logging in again: keep it for later.
+                    self.held.push(line.to_owned());
+                } else {
+                    self.command(line, now, &mut fx);
+                    if self.phase == Phase::Commands {
+                        self.ask(Ask::Command, &mut fx);
+                    }
+                }
+            }
+            Phase::LoggingIn | Phase::Registering | Phase::Done => {}
+        }
+        fx
+    }
+
+    /// Ctrl-C at a prompt (interactive): leave the current dialog.
+    pub fn on_interrupt(&mut self, _now: Instant) -> Vec<Effect> {
+        self.asking = false;
+        let mut fx = Vec::new();
+        match self.phase {
+            Phase::Menu => self.exit(EXIT_OK, &mut fx),
+            Phase::Commands => {
+                fx.push(Effect::Show(Output::Warn(
+                    "(type quit or press Ctrl-D to leave)".to_owned(),
+                )));
+                self.ask(Ask::Command, &mut fx);
+            }
+            Phase::LoginId
+            | Phase::LoginPassword { .. }
+            | Phase::RegisterName
+            | Phase::RegisterPassword { .. } => self.back_to_menu(&mut fx),
+            Phase::LoggingIn | Phase::Registering | Phase::Done => {}
+        }
+        fx
+    }
+
+    /// End of input: interactive users leave at once; scripts keep
+    /// receiving for the linger time, then leave.
+    pub fn on_input_eof(&mut self, now: Instant) -> Vec<Effect> {
+        self.asking = false;
+        let mut fx = Vec::new();
+        if self.settings.interactive {
+            self.exit(EXIT_OK, &mut fx);
+            return fx;
+        }
+        match self.phase {
+            Phase::Menu if self.pending.is_empty() => self.finish(&mut fx),
+            Phase::LoginId
+            | Phase::LoginPassword { .. }
+            | Phase::RegisterName
+            | Phase::RegisterPassword { .. } => {
+                fx.push(error(
+                    "input ended in the middle of a login or registration".to_owned(),
+                ));
+                self.exit(EXIT_USAGE, &mut fx);
+            }
+            _ => {
+                self.linger_until = Some(now + self.settings.linger);
+                if self.settings.linger.is_zero() {
+                    self.finish(&mut fx);
+                }
+            }
+        }
+        fx
+    }
+
+    fn command(&mut self, line: &str, now: Instant, fx: &mut Vec<Effect>) {
+        let command = match command::parse(line) {
+            Ok(Some(command)) => command,
+            Ok(None) => return,
+            Err(e) => {
+                fx.push(error(e.to_string()));
+                return;
+            }
+        };
+        let Some(profile) = self.profile.clone() else {
+            return;
+        };
+        let (me, my_name) = (profile.id, profile.name.clone());
+        match command {
+            Command::Help => fx.push(Effect::Show(Output::Help)),
+            Command::Friends => fx.push(Effect::Show(Output::Friends(profile.friends))),
+            Command::Groups => fx.push(Effect::Show(Output::Groups(profile.groups))),
+            Command::Quit => {
+                if self.settings.interactive {
+                    self.exit(EXIT_OK, fx);
+                } else {
+                    self.phase = Phase::Done;
+                    fx.extend(self.on_input_eof(now));
+                }
+            }
+            Command::Loginout => {
+                if self.connected && self.logged_in {
+                    self.send(Outgoing::Logout { id: me }, Pending::Logout, line, now, fx);
+                } else {
+                    fx.push(Effect::Show(Output::Done(
+                        "logged out (locally: not connected)".to_owned(),
+                    )));
+                }
+                self.creds = None;
+                self.profile = None;
+                self.logged_in = false;
+                self.relogin_at = None;
+                self.back_to_menu(fx);
+            }
+            other => {
+                if !self.connected || !self.logged_in {
+                    let why = if self.connected {
+                        "still logging in again"
+                    } else {
+                        "not connected"
+                    };
+                    fx.push(error(format!("not sent ({why}): {line}")));
+                    return;
+                }
+                let (request, what) = match other {
+                    Command::Chat { to, msg } => (
+                        Outgoing::OneChat {
+                            id: me,
+                            name: my_name,
+                            to,
+                            msg,
+                        },
+                        Pending::Chat { to },
+                    ),
+                    Command::GroupChat { group, msg } => (
+                        Outgoing::GroupChat {
+                            id: me,
+                            name: my_name,
+                            group,
+                            msg,
+                        },
+                        Pending::GroupChat { group },
+                    ),
+                    Command::AddFriend { id } => (
+                        Outgoing::AddFriend { id: me, friend: id },
+                        Pending::AddFriend { id },
+                    ),
+                    Command::AddGroup { id } => (
+                        Outgoing::AddGroup { id: me, group: id },
+                        Pending::AddGroup { id },
+                    ),
+                    Command::CreateGroup { name, desc } => (
+                        Outgoing::CreateGroup {
+                            id: me,
+                            name: name.clone(),
+                            desc: desc.clone(),
+                        },
+                        Pending::CreateGroup { name, desc },
+                    ),
+                    Command::Help
+                    | Command::Friends
+                    | Command::Groups
+                    | Command::Quit
+                    | Command::Loginout => return,
+                };
+                self.send(request, what, line, now, fx);
+            }
+        }
+    }
+
+    // ----- connection ----------------------------------------------------
+
+    /// A new connection replaced a lost one: log in again if we were.
+    pub fn on_connected(&mut self, now: Instant) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        self.connected = true;
+        self.reconnected_at = Some(now);
+        self.next_ping = Some(now + self.settings.ping_interval);
+        self.ping_sent = None;
+        fx.push(Effect::Show(Output::Warn(
+            "reconnected to the server".to_owned(),
+        )));
+        if let Some(creds) = self.creds.clone() {
+            self.send_login(creds, now, &mut fx);
+        }
+        fx
+    }
+
+    /// The connection is gone. Reports every request whose fate is unknown.
+    pub fn on_disconnected(&mut self, reason: &str, _now: Instant) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        if !self.connected {
+            return fx;
+        }
+        self.connected = false;
+        self.logged_in = false;
+        self.ping_sent = None;
+        self.next_ping = None;
+        self.relogin_at = None;
+        fx.push(Effect::Show(Output::Warn(format!(
+            "connection lost ({reason}); reconnecting"
+        ))));
+        for entry in std::mem::take(&mut self.pending).into_values() {
+            match entry.what {
+                Pending::Login | Pending::Logout => {}
+                Pending::Register { .. } => {
+                    fx.push(error(
+                        "registration: no reply before the connection was lost; \
+                         the account may or may not have been created"
+                            .to_owned(),
+                    ));
+                    if self.phase == Phase::Registering {
+                        self.back_to_menu(&mut fx);
+                    }
+                }
+                _ => fx.push(error(format!(
+                    "not confirmed, the connection was lost: {}",
+                    entry.line
+                ))),
+            }
+        }
+        fx
+    }
+
+    /// Reconnecting failed for good.
+    pub fn on_reconnect_gave_up(&mut self, reason: &str) -> Vec<Effect> {
+        let mut fx = vec![error(format!("could not reconnect: {reason}"))];
+        self.report_held(&mut fx);
+        self.exit(EXIT_CONNECTION, &mut fx);
+        fx
+    }
+
+    /// Timers: heartbeat, reply timeouts, login retries, the end of lingering.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        if self.linger_until.is_some_and(|t| now >= t) {
+            self.finish(&mut fx);
+            return fx;
+        }
+        if !self.connected {
+            return fx;
+        }
+        let timeout = self.settings.reply_timeout;
+        if self.pending.values().any(|p| now >= p.sent_at + timeout) {
+            fx.push(Effect::Disconnect(format!(
+                "no reply from the server in {} s",
+                timeout.as_secs_f64()
+            )));
+            return fx;
+        }
+        if self.next_ping.is_some_and(|t| now >= t) {
+            if self.ping_sent.is_some() {
+                fx.push(Effect::Disconnect(format!(
+                    "no reply to a heartbeat in {} s",
+                    self.settings.ping_interval.as_secs_f64()
+                )));
+                return fx;
+            }
+            let rid = self.rid();
+            fx.push(Effect::Send(Outgoing::Ping.to_json(rid)));
+            self.ping_sent = Some(now);
+            self.next_ping = Some(now + self.settings.ping_interval);
+        }
+        if self.relogin_at.is_some_and(|t| now >= t) {
+            self.relogin_at = None;
+            if let Some(creds) = self.creds.clone() {
+                self.send_login(creds, now, &mut fx);
+            }
+        }
+        fx
+    }
+
+    // ----- frames from the server ----------------------------------------
+
+    /// One frame from the server. Bad frames are reported, never fatal.
+    pub fn on_frame(&mut self, frame: &[u8], now: Instant) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        // Any frame shows the link is alive.
+        self.ping_sent = None;
+        let parsed = wire::parse_server_frame(frame);
+        if self.settings.json && parsed.is_ok() {
+            fx.push(Effect::Show(Output::Raw(
+                String::from_utf8_lossy(frame).trim().to_owned(),
+            )));
+        }
+        match parsed {
+            Err(e) => fx.push(Effect::Show(Output::Warn(format!(
+                "ignored a bad frame from the server ({e}): {}",
+                preview(frame)
+            )))),
+            Ok(ServerFrame::Chat(chat)) => self.show(Output::Chat(chat), &mut fx),
+            Ok(ServerFrame::LoginAck(ack)) => self.on_login_ack(*ack, now, &mut fx),
+            Ok(ServerFrame::RegisterAck {
+                rid,
+                errno,
+                errmsg,
+                id,
+            }) => self.on_register_ack(rid, errno, errmsg, id, &mut fx),
+            Ok(ServerFrame::Ack(ack)) => self.on_ack(ack, &mut fx),
+            Ok(ServerFrame::Pong { .. }) => {}
+            Ok(ServerFrame::Other { msgid }) => fx.push(Effect::Show(Output::Warn(format!(
+                "ignored a frame with unexpected msgid {msgid}"
+            )))),
+        }
+        fx
+    }
+
+    fn take_pending(&mut self, rid: Option<u64>, kind: fn(&Pending) -> bool) -> Option<Pending> {
+        let rid = rid
+            .filter(|rid| self.pending.contains_key(rid))
+            .or_else(|| {
+                // A reply without our rid: match the oldest request of its kind.
+                self.pending
+                    .iter()
+                    .find(|(_, p)| kind(&p.what))
+                    .map(|(rid, _)| *rid)
+            })?;
+        self.pending.remove(&rid).map(|p| p.what)
+    }
+
+    fn on_login_ack(&mut self, ack: LoginAck, now: Instant, fx: &mut Vec<Effect>) {
+        if self
+            .take_pending(ack.rid, |p| matches!(p, Pending::Login))
+            .is_none()
+        {
+            fx.push(Effect::Show(Output::Warn(
+                "ignored a login reply to no login of ours".to_owned(),
+            )));
+            return;
+        }
+        let Some(creds) = self.creds.clone() else {
+            return;
+        };
+        if ack.errno == 0 {
+            let profile = Profile {
+                id: ack.id.unwrap_or(creds.id),
+                name: ack.name.clone().unwrap_or_default(),
+                friends: ack.friends,
+                groups: ack.groups,
+            };
+            self.profile = Some(profile.clone());
+            self.logged_in = true;
+            self.relogin_at = None;
+            if ack.skipped > 0 {
+                fx.push(Effect::Show(Output::Warn(format!(
+                    "{} unreadable entries in the friend and group lists were skipped",
+                    ack.skipped
+                ))));
+            }
+            let first = self.phase == Phase::LoggingIn;
+            if first {
+                self.show(Output::Welcome(profile), fx);
+            } else {
+                fx.push(Effect::Show(Output::Warn(format!(
+                    "logged in again as {} {}",
+                    profile.id, profile.name
+                ))));
+            }
+            for item in ack.offline {
+                match item {
+                    Ok(chat) => self.show(Output::Chat(chat), fx),
+                    Err(text) => fx.push(Effect::Show(Output::Warn(format!(
+                        "unreadable offline message: {}",
+                        preview(text.as_bytes())
+                    )))),
+                }
+            }
+            if first {
+                self.phase = Phase::Commands;
+                self.ask(Ask::Command, fx);
+            } else {
+                for line in std::mem::take(&mut self.held) {
+                    self.command(&line, now, fx);
+                }
+                if self.phase == Phase::Commands {
+                    self.ask(Ask::Command, fx);
+                }
+            }
+            return;
+        }
+        let busy = ack.errno == 2;
+        let just_reconnected = self
+            .reconnected_at
+            .is_some_and(|t| now < t + self.settings.relogin_window);
+        if busy && just_reconnected {
+            fx.push(Effect::Show(Output::Warn(
+                "the account is still logged in (the old session may still be closing); retrying"
+                    .to_owned(),
+            )));
+            self.relogin_at = Some(now + RELOGIN_RETRY_STEP);
+            return;
+        }
+        fx.push(error(format!(
+            "login failed: {}",
+            failure(ack.errno, ack.errmsg.as_deref())
+        )));
+        self.creds = None;
+        self.profile = None;
+        self.logged_in = false;
+        if self.settings.interactive {
+            self.report_held(fx);
+            self.back_to_menu(fx);
+        } else {
+            self.report_held(fx);
+            let code = if ack.errno == 1 || ack.errno == 2 {
+                EXIT_CREDENTIALS
+            } else {
+                EXIT_CONNECTION
+            };
+            self.exit(code, fx);
+        }
+    }
+
+    fn on_register_ack(
+        &mut self,
+        rid: Option<u64>,
+        errno: i64,
+        errmsg: Option<String>,
+        id: Option<i64>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(Pending::Register { name }) =
+            self.take_pending(rid, |p| matches!(p, Pending::Register { .. }))
+        else {
+            fx.push(Effect::Show(Output::Warn(
+                "ignored a registration reply to no registration of ours".to_owned(),
+            )));
+            return;
+        };
+        match (errno, id) {
+            (0, Some(id)) => self.show(Output::Registered { id, name }, fx),
+            (0, None) => fx.push(error(
+                "registration: the server sent no id (malformed reply)".to_owned(),
+            )),
+            _ => fx.push(error(format!(
+                "registration failed: {}",
+                failure(errno, errmsg.as_deref())
+            ))),
+        }
+        if self.phase == Phase::Registering {
+            self.back_to_menu(fx);
+        }
+    }
+
+    fn on_ack(&mut self, ack: Ack, fx: &mut Vec<Effect>) {
+        let what = ack.rid.and_then(|rid| self.pending.remove(&rid));
+        let Some(entry) = what else {
+            if ack.errno != 0 {
+                fx.push(error(format!(
+                    "server error: {}",
+                    failure(ack.errno, ack.errmsg.as_deref())
+                )));
+            }
+            return;
+        };
+        if ack.errno != 0 {
+            let what = match &entry.what {
+                Pending::Chat { to } => format!("chat to {to}"),
+                Pending::GroupChat { group } => format!("groupchat to group {group}"),
+                Pending::AddFriend { id } => format!("addfriend {id}"),
+                Pending::CreateGroup { name, .. } => format!("creategroup {name}"),
+                Pending::AddGroup { id } => format!("addgroup {id}"),
+                Pending::Logout => "loginout".to_owned(),
+                Pending::Login => "login".to_owned(),
+                Pending::Register { .. } => "registration".to_owned(),
+            };
+            fx.push(error(format!(
+                "{what} failed: {}",
+                failure(ack.errno, ack.errmsg.as_deref())
+            )));
+            return;
+        }
+        let done = match entry.what {
+            Pending::Chat { to } => format!("sent to {to}"),
+            Pending::GroupChat { group } => format!("sent to group {group}"),
+            Pending::AddFriend { id } => {
+                if let Some(p) = self.profile.as_mut() {
+                    if !p.friends.iter().any(|f| f.id == id) {
+                        p.friends.push(Friend {
+                            id,
+                            name: String::new(),
+                            state: String::new(),
+                        });
+                    }
+                }
+                format!("friend added: id {id}")
+            }
+            Pending::CreateGroup { name, desc } => match ack.groupid {
+                Some(gid) => {
+                    if let Some(p) = self.profile.as_mut() {
+                        let me = Member {
+                            id: p.id,
+                            name: p.name.clone(),
+                            state: "online".into(),
+                            role: "creator".into(),
+                        };
+                        p.groups.push(Group {
+                            id: gid,
+                            name: name.clone(),
+                            desc,
+                            users: vec![me],
+                        });
+                    }
+                    format!("created group: id {gid} {name}")
+                }
+                None => format!("created group {name} (the server sent no group id)"),
+            },
+            Pending::AddGroup { id } => {
+                if let Some(p) = self.profile.as_mut() {
+                    if !p.groups.iter().any(|g| g.id == id) {
+                        p.groups.push(Group {
+                            id,
+                            name: String::new(),
+                            desc: String::new(),
+                            users: Vec::new(),
+                        });
+                    }
+                }
+                format!("joined group: id {id}")
+            }
+            Pending::Logout => "logged out".to_owned(),
+            Pending::Login | Pending::Register { .. } => return,
+        };
+        self.show(Output::Done(done), fx);
+    }
+
+    // ----- helpers --------------------------------------------------------
+
+    fn rid(&mut self) -> u64 {
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        rid
+    }
+
+    fn send(
+        &mut self,
+        request: Outgoing,
+        what: Pending,
+        line: &str,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let rid = self.rid();
+        fx.push(Effect::Send(request.to_json(rid)));
+        self.pending.insert(
+            rid,
+            PendingEntry {
+                what,
+                sent_at: now,
+                line: line.to_owned(),
+            },
+        );
+    }
+
+    fn begin_login(&mut self, id: i64, password: String, now: Instant, fx: &mut Vec<Effect>) {
+        self.phase = Phase::LoggingIn;
+        let creds = Credentials { id, password };
+        self.creds = Some(creds.clone());
+        if self.connected {
+            self.send_login(creds, now, fx);
+        } else {
+            fx.push(Effect::Show(Output::Warn(
+                "not connected: logging in as soon as the connection is back".to_owned(),
+            )));
+        }
+    }
+
+    fn send_login(&mut self, creds: Credentials, now: Instant, fx: &mut Vec<Effect>) {
+        if self.pending.values().any(|p| p.what == Pending::Login) {
+            return;
+        }
+        let line = format!("login {}", creds.id);
+        let request = Outgoing::Login {
+            id: creds.id,
+            password: creds.password,
+        };
+        self.send(request, Pending::Login, &line, now, fx);
+    }
+
+    fn back_to_menu(&mut self, fx: &mut Vec<Effect>) {
+        self.phase = Phase::Menu;
+        if self.settings.interactive {
+            fx.push(Effect::Show(Output::Menu));
+        }
+        self.ask(Ask::Menu, fx);
+    }
+
+    fn ask(&mut self, ask: Ask, fx: &mut Vec<Effect>) {
+        if !self.asking && self.linger_until.is_none() {
+            self.asking = true;
+            fx.push(Effect::Ask(ask));
+        }
+    }
+
+    /// Output that `--json` replaces with the raw frames.
+    fn show(&self, output: Output, fx: &mut Vec<Effect>) {
+        if !self.settings.json {
+            fx.push(Effect::Show(output));
+        }
+    }
+
+    fn report_held(&mut self, fx: &mut Vec<Effect>) {
+        for line in std::mem::take(&mut self.held) {
+            fx.push(error(format!("not sent: {line}")));
+        }
+    }
+
+    /// The end of a scripted run: report what never got an answer, then exit.
+    fn finish(&mut self, fx: &mut Vec<Effect>) {
+        for entry in std::mem::take(&mut self.pending).into_values() {
+            if !matches!(entry.what, Pending::Logout) {
+                fx.push(error(format!("no reply before exit: {}", entry.line)));
+            }
+        }
+        self.report_held(fx);
+        let code = if self.connected {
+            EXIT_OK
+        } else {
+            EXIT_CONNECTION
+        };
+        self.exit(code, fx);
+    }
+
+    fn exit(&mut self, code: u8, fx: &mut Vec<Effect>) {
+        self.phase = Phase::Done;
+        self.linger_until = None;
+        fx.push(Effect::Exit(code));
+    }
+}
+
+fn error(text: String) -> Effect {
+    Effect::Show(Output::Error(text))
+}
+
+/// The start of a frame, printable, for error messages.
+fn preview(frame: &[u8]) -> String {
+    const MAX: usize = 80;
+    let text = String::from_utf8_lossy(frame);
+    let mut out: String = text
+        .chars()
+        .take(MAX)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().count() > MAX {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
