@@ -110,9 +110,10 @@ impl Store {
         loop {
             match Self::try_connect(url, dialect).await {
                 Ok(store) => return Ok(store),
-                Err(error) if Instant::now() + backoff < deadline => {
+                Err(error) if Instant::now() < deadline => {
                     tracing::warn!(url = %mask_url(url), %error, "database not ready, retrying");
-                    tokio::time::sleep(backoff).await;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(backoff.min(left)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(error) => return Err(error),

@@ -1,0 +1,273 @@
+//! The `chatserver` binary itself: options, exit codes, the ready line,
+//! and clean shutdown on signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Backend, Client};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_chatserver");
+
+fn chatserver(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CHAT_DATABASE_URL")
+        .env_remove("CHAT_CONFIG")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "chatchat-bin-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs to completion with a time bound; returns (exit code, stderr).
+fn run_to_exit(mut command: Command) -> (i32, String) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20)).expect("exits in time");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    (status.code().unwrap_or(-1), stderr)
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// Starts the server and waits for its `listening on ADDR` line.
+fn start(mut command: Command) -> (Child, SocketAddr) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server prints its address");
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn help_names_every_option() {
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8(output.stdout).unwrap();
+    for option in [
+        "--config",
+        "--database-url",
+        "CHAT_DATABASE_URL",
+        "--max-frame",
+        "--hash-memory-kib",
+        "--hash-iterations",
+        "--hash-threads",
+        "--login-idle-timeout",
+        "--v2-idle-timeout",
+        "--frame-stall-timeout",
+        "--outbound-queue",
+        "--db-connect-timeout",
+        "--name",
+        "--log-format",
+    ] {
+        assert!(help.contains(option), "--help lacks {option}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_1_naming_the_option() {
+    let dir = temp_dir("badargs");
+    let (code, stderr) = run_to_exit(chatserver(&dir, &["127.0.0.1", "0", "--max-frame", "lots"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--max-frame"), "{stderr}");
+    let (code, stderr) = run_to_exit(chatserver(&dir, &["127.0.0.1", "0", "--log-format", "xml"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("log-format"), "{stderr}");
+    std::fs::write(
+        dir.join("bad.toml"),
+        "outbound_queue = 3\nno_such_key = 1\n",
+    )
+    .unwrap();
+    let (code, stderr) = run_to_exit(chatserver(&dir, &["--config", "bad.toml"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no_such_key"), "{stderr}");
+}
+
+#[test]
+fn busy_port_exits_2() {
+    let dir = temp_dir("busy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, stderr) = run_to_exit(chatserver(&dir, &["127.0.0.1", &port]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+}
+
+#[test]
+fn unreachable_database_exits_3_after_retrying() {
+    let dir = temp_dir("nodb");
+    let started = Instant::now();
+    let (code, stderr) = run_to_exit(chatserver(
+        &dir,
+        &[
+            "127.0.0.1",
+            "0",
+            "--database-url",
+            "mysql://root@127.0.0.1:1/chat",
+            "--db-connect-timeout",
+            "1s",
+        ],
+    ));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "it retried"
+    );
+    assert!(stderr.contains("database"), "{stderr}");
+}
+
+/// No options at all: an embedded chat.db in the working directory. SIGTERM
+/// then exits 0 within 5 s with the logged-in users recorded offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_on_the_embedded_default_and_shuts_down_cleanly() {
+    let dir = temp_dir("default");
+    let (child, addr) = start(chatserver(
+        &dir,
+        &[
+            "127.0.0.1",
+            "0",
+            "--hash-memory-kib",
+            "64",
+            "--hash-iterations",
+            "1",
+        ],
+    ));
+    assert!(
+        dir.join("chat.db").exists(),
+        "chat.db created in the working directory"
+    );
+    let mut alice = Client::connect(addr).await;
+    let id = alice.register("alice", "pw").await;
+    alice.login(id, "pw").await;
+    let mut bob = Client::connect(addr).await;
+    let bob_id = bob.register("bob", "pw").await;
+    bob.login(bob_id, "pw").await;
+    let url = format!("sqlite://{}/chat.db", dir.display());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let online: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE state = 'online'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(online, 2);
+
+    let mut child = child;
+    let stopping = Instant::now();
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = wait_with_timeout(&mut child, Duration::from_secs(5));
+        (status, child)
+    })
+    .await
+    .unwrap()
+    .0
+    .expect("exits within 5 s");
+    assert_eq!(status.code(), Some(0));
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    // Both clients see their connection closed.
+    assert!(alice.next_frame().await.is_none());
+    assert!(bob.next_frame().await.is_none());
+    let online: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE state = 'online'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(online, 0, "users recorded offline at shutdown");
+
+    // A restart on the same file keeps the data.
+    let (mut child, addr) = start(chatserver(&dir, &["127.0.0.1", "0"]));
+    let mut again = Client::connect(addr).await;
+    let ack = again.login(id, "pw").await;
+    assert_eq!(ack["name"], "alice");
+    signal(&child, "INT");
+    let status = wait_with_timeout(&mut child, Duration::from_secs(5)).expect("exits on SIGINT");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// The same binary against MariaDB: the database is created when missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_a_missing_mariadb_database() {
+    let dir = temp_dir("maria");
+    let url = common::fresh_database_url(Backend::MariaDb);
+    let (mut child, addr) = start(chatserver(
+        &dir,
+        &[
+            "127.0.0.1",
+            "0",
+            "--database-url",
+            &url,
+            "--hash-memory-kib",
+            "64",
+        ],
+    ));
+    let mut client = Client::connect(addr).await;
+    let id = client.register("maria", "pw").await;
+    let ack = client
+        .call(json!({"msgid": 1, "id": id, "password": "pw"}))
+        .await;
+    assert_eq!(ack["errno"], 0);
+    signal(&child, "TERM");
+    let status = wait_with_timeout(&mut child, Duration::from_secs(5)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM users")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(names, vec!["maria".to_owned()]);
+}
