@@ -667,7 +667,10 @@ impl App {
                 "ignored a bad frame from the server ({e}): {}",
                 preview(frame)
             )))),
-            Ok(ServerFrame::Chat(chat)) => self.show(Output::Chat(chat), &mut fx),
+            Ok(ServerFrame::Chat(chat)) => {
+                self.seen_online(&chat);
+                self.show(Output::Chat(chat), &mut fx);
+            }
             Ok(ServerFrame::LoginAck(ack)) => self.on_login_ack(*ack, now, &mut fx),
             Ok(ServerFrame::RegisterAck {
                 rid,
@@ -904,6 +907,24 @@ impl App {
     }
 
     // ----- helpers --------------------------------------------------------
+
+    /// The server sends no presence updates; a live message shows that its
+    /// sender is online, so the lists shown by `friends` and `groups` say so.
+    fn seen_online(&mut self, chat: &Chat) {
+        let Some(profile) = self.profile.as_mut() else {
+            return;
+        };
+        let members = profile.groups.iter_mut().flat_map(|g| g.users.iter_mut());
+        for member in members.filter(|m| m.id == chat.from) {
+            member.state = "online".to_owned();
+        }
+        for friend in profile.friends.iter_mut().filter(|f| f.id == chat.from) {
+            friend.state = "online".to_owned();
+            if friend.name.is_empty() {
+                friend.name.clone_from(&chat.name);
+            }
+        }
+    }
 
     fn rid(&mut self) -> u64 {
         let rid = self.next_rid;

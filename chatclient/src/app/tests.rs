@@ -338,6 +338,10 @@ fn pushed_messages_are_shown_and_json_mode_shows_raw_frames() {
                       "time": "t", "mid": 3, "ts": 4});
     let fx = app.on_frame(&frame(push.clone()), now);
     assert!(matches!(&fx[..], [Effect::Show(Output::Chat(c))] if c.msg == "hey"));
+    // A live message shows its sender online in the lists.
+    app.profile.as_mut().unwrap().friends[0].state = "offline".into();
+    app.on_frame(&frame(push.clone()), now);
+    assert_eq!(app.profile().unwrap().friends[0].state, "online");
 
     let mut app = App::new(Settings {
         json: true,
