@@ -34,8 +34,10 @@ struct Health {
     up: bool,
     successes: u32,
     failures: u32,
-    /// When the backend last came up (or was added): the start of its slow start.
-    up_since: Instant,
+    /// When the backend last came up or was added by a reload: the start of
+    /// its slow start. `None` for backends present at start-up, which all
+    /// begin together, so ramping them would only distort their shares.
+    up_since: Option<Instant>,
 }
 
 /// What a health result did to the backend.
@@ -74,7 +76,7 @@ impl BackendState {
                 up: true,
                 successes: 0,
                 failures: 0,
-                up_since: Instant::now(),
+                up_since: None,
             }),
             removed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -90,10 +92,14 @@ impl BackendState {
         self.removed.load(Ordering::Relaxed)
     }
 
-    /// How long ago the backend came up, or `None` while it is down.
+    /// How long ago the backend came up (`Duration::MAX` when it has been up
+    /// since start-up), or `None` while it is down.
     pub fn up_for(&self, now: Instant) -> Option<Duration> {
         let h = self.health.lock().unwrap();
-        h.up.then(|| now.saturating_duration_since(h.up_since))
+        h.up.then(|| {
+            h.up_since
+                .map_or(Duration::MAX, |t| now.saturating_duration_since(t))
+        })
     }
 
     /// Records a successful check. Only health checks count successes: a
@@ -108,7 +114,7 @@ impl BackendState {
         if h.successes >= rise {
             h.up = true;
             h.successes = 0;
-            h.up_since = Instant::now();
+            h.up_since = Some(Instant::now());
             self.up.store(true, Ordering::Relaxed);
             return Transition::WentUp;
         }
@@ -180,7 +186,7 @@ impl BackendState {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let mut h = self.health.lock().unwrap();
         if h.up {
-            h.up_since = Instant::now();
+            h.up_since = Some(Instant::now());
         }
     }
 

@@ -300,6 +300,8 @@ impl Handle {
 #[derive(Debug)]
 pub struct Balancer {
     shared: Arc<Shared>,
+    /// Started in `new`, so a change made as soon as `new` returns is seen.
+    watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Balancer {
@@ -318,7 +320,11 @@ impl Balancer {
             registry.current[&b.address].0.clone()
         });
         let (reload_tx, reload_rx) = mpsc::channel(1);
+        let watcher = config_path
+            .as_deref()
+            .and_then(|p| reload::start_watcher(p, reload_tx.clone()));
         Self {
+            watcher,
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 registry: Mutex::new(registry),
@@ -355,7 +361,7 @@ impl Balancer {
         admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        let shared = self.shared;
+        let Balancer { shared, watcher } = self;
         *shared.listen_addr.lock().unwrap() = listener.local_addr().ok();
 
         let checkers: Vec<_> = {
@@ -370,6 +376,7 @@ impl Balancer {
                 shared.clone(),
                 rx,
                 path.clone(),
+                watcher,
             ))),
             _ => None,
         };

@@ -101,7 +101,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
 /// Watches the directory holding `path`: editors often save by writing a
 /// new file and renaming it over the old one, which a watch on the file
 /// itself would lose. The callback runs on notify's thread and only signals.
-fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -121,9 +121,9 @@ fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recommende
     Ok(watcher)
 }
 
-/// Re-reads `path` whenever the watcher or SIGHUP signals, until shutdown.
-pub async fn reload_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<()>, path: PathBuf) {
-    let _watcher = match watch(&path, shared.reload_tx.clone()) {
+/// Starts watching `path`, or logs why it cannot (SIGHUP still works).
+pub fn start_watcher(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    match watch(path, tx) {
         Ok(w) => {
             info!(path = %path.display(), "watching the config file");
             Some(w)
@@ -132,7 +132,17 @@ pub async fn reload_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<()>, path: 
             warn!(path = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
             None
         }
-    };
+    }
+}
+
+/// Re-reads `path` whenever the watcher or SIGHUP signals, until shutdown.
+/// `_watcher` is only kept alive here: dropping it stops the watch.
+pub async fn reload_task(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<()>,
+    path: PathBuf,
+    _watcher: Option<notify::RecommendedWatcher>,
+) {
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,

@@ -1,0 +1,324 @@
+//! The data path against real sockets: distribution, health, retries,
+//! limits, the all-down fallback, idle timeout and graceful shutdown.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use balancer::config::HealthKind;
+use balancer::health;
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+fn addrs(backends: &[&TestBackend]) -> Vec<String> {
+    backends.iter().map(|b| b.address()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_distribution_is_exact_per_cycle() {
+    let a = TestBackend::start("a", Mode::Chat).await;
+    let b = TestBackend::start("b", Mode::Chat).await;
+    let c = TestBackend::start("c", Mode::Chat).await;
+    let [aa, ba, ca] = <[String; 3]>::try_from(addrs(&[&a, &b, &c])).unwrap();
+    let toml = config_toml("[health]\nkind = \"tcp\"", &[(&aa, 5), (&ba, 1), (&ca, 1)]);
+    let lb = Lb::start(&toml, false).await;
+
+    let mut seq = String::new();
+    for _ in 0..70 {
+        seq += &who_serves(lb.addr).await.unwrap();
+    }
+    for cycle in seq.as_bytes().chunks(7) {
+        assert_eq!(
+            std::str::from_utf8(cycle).unwrap(),
+            "aabacaa",
+            "whole sequence: {seq}"
+        );
+    }
+    let status = lb.status();
+    let totals: Vec<u64> = status.backends.iter().map(|b| b.total).collect();
+    assert_eq!(totals, vec![50, 10, 10]);
+    lb.shutdown().await;
+}
+
+/// Sequential short connections in the background, counting outcomes.
+struct Traffic {
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(addr: std::net::SocketAddr) -> Self {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (ok, failures, stop) = (ok.clone(), failures.clone(), stop.clone());
+            async move {
+                while !stop.is_cancelled() {
+                    match who_serves(addr).await {
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        Traffic {
+            ok,
+            failures,
+            stop,
+            task,
+        }
+    }
+
+    async fn wait_for_more(&self, n: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        assert!(
+            wait_until(WAIT, || self.ok.load(Ordering::Relaxed) >= target).await,
+            "traffic stalled"
+        );
+    }
+
+    /// Stops and returns (successes, failure messages).
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_leaves_rotation_and_revived_backend_returns() {
+    let interval = Duration::from_millis(200);
+    let timeout = Duration::from_millis(200);
+    let (rise, fall) = (2u32, 3u32);
+    let a = TestBackend::start("a", Mode::Chat).await;
+    let mut b = TestBackend::start("b", Mode::Chat).await;
+    let (aa, ba) = (a.address(), b.address());
+    let toml = config_toml(
+        &format!("[health]\nkind = \"chat\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = {rise}\nfall = {fall}"),
+        &[(&aa, 1), (&ba, 1)],
+    );
+    let lb = Lb::start(&toml, false).await;
+    let traffic = Traffic::start(lb.addr);
+    traffic.wait_for_more(20).await;
+
+    b.kill().await;
+    let killed_at = Instant::now();
+    assert!(wait_until(WAIT, || lb.backend_up(&ba) == Some(false)).await);
+    let took = killed_at.elapsed();
+    // fall checks one interval apart, plus up to one interval until the first.
+    assert!(
+        took <= interval * fall + interval,
+        "took {took:?} to leave rotation"
+    );
+    traffic.wait_for_more(20).await;
+    for _ in 0..10 {
+        assert_eq!(who_serves(lb.addr).await.unwrap(), "a");
+    }
+
+    b.revive().await;
+    let revived_at = Instant::now();
+    assert!(wait_until(WAIT, || lb.backend_up(&ba) == Some(true)).await);
+    let took = revived_at.elapsed();
+    assert!(
+        took <= interval * rise + interval + timeout,
+        "took {took:?} to come back"
+    );
+    traffic.wait_for_more(10).await;
+    let (ok, failures) = traffic.stop().await;
+    assert!(failures.is_empty(), "client failures: {failures:?}");
+    assert!(ok >= 50);
+    let served: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(who_serves(lb.addr).await.unwrap());
+        }
+        v
+    };
+    assert!(served.contains(&"b".to_string()), "{served:?}");
+    let status = lb.status();
+    assert_eq!(status.clients_rejected, 0);
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_check_takes_out_a_backend_that_never_answers_pong() {
+    let a = TestBackend::start("a", Mode::Chat).await;
+    let m = TestBackend::start("m", Mode::Mute).await;
+    let (aa, ma) = (a.address(), m.address());
+    let t = Duration::from_millis(200);
+    // The checks themselves: TCP is fooled, the chat check is not.
+    health::check(HealthKind::Chat, &aa, t).await.unwrap();
+    health::check(HealthKind::Tcp, &ma, t).await.unwrap();
+    let err = health::check(HealthKind::Chat, &ma, t).await.unwrap_err();
+    assert!(matches!(err, health::CheckError::Timeout), "{err}");
+
+    let toml = config_toml(
+        "[health]\nkind = \"chat\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 2",
+        &[(&aa, 1), (&ma, 1)],
+    );
+    let lb = Lb::start(&toml, false).await;
+    assert!(wait_until(WAIT, || lb.backend_up(&ma) == Some(false)).await);
+    for _ in 0..10 {
+        assert_eq!(who_serves(lb.addr).await.unwrap(), "a");
+    }
+    let status = lb.status();
+    let mute = status.backends.iter().find(|b| b.address == ma).unwrap();
+    assert!(mute.check_failures >= 2);
+    assert_eq!(mute.connect_failures, 0);
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_all_are_down_backends_are_still_tried_in_order() {
+    // A port with nothing listening.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    // Echoes, so it never answers PING with PONG: chat checks mark it down.
+    let mut e = TestBackend::start("e", Mode::Echo).await;
+    let ea = e.address();
+    let toml = config_toml(
+        "retries = 0\n[health]\nkind = \"chat\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 1",
+        &[(&dead, 1), (&ea, 1)],
+    );
+    let lb = Lb::start(&toml, false).await;
+    assert!(
+        wait_until(WAIT, || lb.backend_up(&dead) == Some(false)
+            && lb.backend_up(&ea) == Some(false))
+        .await
+    );
+    // Everything looks down: the dead one is tried first, then the echo one
+    // accepts, despite retries = 0.
+    let mut c = Client::connect(lb.addr).await.unwrap();
+    assert_eq!(c.roundtrip("hello\n").await.unwrap(), "hello\n");
+    let status = lb.status();
+    assert!(status.backends[0].connect_failures >= 1);
+    assert_eq!(status.backends[1].total, 1);
+    assert_eq!(status.clients_rejected, 0);
+
+    // None accepts: only then is the client closed.
+    e.kill().await;
+    let mut c2 = Client::connect(lb.addr).await.unwrap();
+    assert!(c2.roundtrip("hello\n").await.is_err());
+    assert!(wait_until(WAIT, || lb.status().clients_rejected == 1).await);
+    // The established connection was not affected.
+    assert_eq!(c.roundtrip("still here\n").await.unwrap(), "still here\n");
+    drop(c);
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_backend_is_skipped_without_counting_a_failure() {
+    let a = TestBackend::start("a", Mode::Chat).await;
+    let b = TestBackend::start("b", Mode::Chat).await;
+    let (aa, ba) = (a.address(), b.address());
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\n[health]\nkind = \"tcp\"\n\
+         [[backend]]\naddress = \"{aa}\"\nweight = 5\nmax_connections = 1\n\
+         [[backend]]\naddress = \"{ba}\"\nweight = 1\n"
+    );
+    let lb = Lb::start(&toml, false).await;
+    let mut held = Client::connect(lb.addr).await.unwrap();
+    assert_eq!(held.ping().await.unwrap(), "a");
+    for _ in 0..5 {
+        assert_eq!(who_serves(lb.addr).await.unwrap(), "b");
+    }
+    drop(held);
+    assert!(
+        wait_until(WAIT, || lb.status().backends[0].active == 0).await,
+        "slot not released"
+    );
+    assert_eq!(who_serves(lb.addr).await.unwrap(), "a");
+    let status = lb.status();
+    assert_eq!(status.backends[0].connect_failures, 0);
+    assert!(status.backends[0].up);
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_only_idle_connections() {
+    let a = TestBackend::start("a", Mode::Chat).await;
+    let toml = config_toml(
+        "idle_timeout = \"300ms\"\n[health]\nkind = \"tcp\"",
+        &[(&a.address(), 1)],
+    );
+    let lb = Lb::start(&toml, false).await;
+    let mut idle = Client::connect(lb.addr).await.unwrap();
+    idle.ping().await.unwrap();
+    let mut busy = Client::connect(lb.addr).await.unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(900) {
+        busy.ping().await.expect("a busy connection must stay open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(idle.closed_within(WAIT).await);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    busy.ping().await.unwrap();
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_lets_connections_finish() {
+    let a = TestBackend::start("a", Mode::Chat).await;
+    let toml = config_toml(
+        "shutdown_grace = \"20s\"\n[health]\nkind = \"tcp\"",
+        &[(&a.address(), 1)],
+    );
+    let mut lb = Lb::start(&toml, false).await;
+    let addr = lb.addr;
+    let mut c = Client::connect(addr).await.unwrap();
+    c.ping().await.unwrap();
+    let done = tokio::spawn(lb.begin_shutdown());
+    // New connections are refused once the listener is gone.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still accepting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The established connection still works during the grace period.
+    assert_eq!(c.ping().await.unwrap(), "a");
+    assert!(!done.is_finished());
+    drop(c);
+    tokio::time::timeout(WAIT, done)
+        .await
+        .expect("run did not return after the last connection closed")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_period_is_bounded() {
+    let a = TestBackend::start("a", Mode::Chat).await;
+    let toml = config_toml(
+        "shutdown_grace = \"200ms\"\n[health]\nkind = \"tcp\"",
+        &[(&a.address(), 1)],
+    );
+    let mut lb = Lb::start(&toml, false).await;
+    let mut c = Client::connect(lb.addr).await.unwrap();
+    c.ping().await.unwrap();
+    let started = Instant::now();
+    let done = tokio::spawn(lb.begin_shutdown());
+    assert!(
+        c.closed_within(WAIT).await,
+        "lingering connection not closed"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    tokio::time::timeout(WAIT, done)
+        .await
+        .expect("run did not return")
+        .unwrap()
+        .unwrap();
+}
