@@ -1036,11 +1036,15 @@ fn error(text: String) -> Effect {
 fn preview(frame: &[u8]) -> String {
     const MAX: usize = 80;
     let text = String::from_utf8_lossy(frame);
-    let mut out: String = text
-        .chars()
-        .take(MAX)
-        .flat_map(char::escape_debug)
-        .collect();
+    let text = text.trim();
+    let mut out = String::new();
+    for c in text.chars().take(MAX) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
     if text.chars().count() > MAX {
         out.push('…');
     }

@@ -2,45 +2,13 @@
 
 mod common;
 
-use common::{client_command, closed_port, Client, FakeServer};
+use common::{
+    client_command, closed_port, logged_in, server_with_alice_and_bob, Client, FakeServer,
+};
 use serde_json::{json, Value};
 
 fn code(status: std::process::ExitStatus) -> i32 {
     status.code().expect("exited by signal")
-}
-
-async fn server_with_alice_and_bob() -> FakeServer {
-    let server = FakeServer::start().await;
-    server.add_user(13, "alice", "pw-a");
-    server.add_user(15, "bob li", "pw-b");
-    server.befriend(13, 15);
-    server.add_group(
-        1,
-        "rustaceans",
-        "we like: rust",
-        &[(13, "creator"), (15, "normal")],
-    );
-    server
-}
-
-/// A client logged in with `--login`, its password in the environment.
-async fn logged_in(server: &FakeServer, id: i64, password: &str) -> Client {
-    let port = server.port().to_string();
-    let id_text = id.to_string();
-    let mut command = client_command(&[
-        "127.0.0.1",
-        &port,
-        "--linger",
-        "0.3",
-        "--login",
-        &id_text,
-        "--password-env",
-        "CHAT_PW",
-    ]);
-    command.env("CHAT_PW", password);
-    let mut client = Client::spawn(command);
-    client.expect_out(&format!("logged in: id {id} ")).await;
-    client
 }
 
 #[tokio::test]
@@ -103,8 +71,8 @@ async fn menu_login_shows_profile_and_offline_messages() {
 #[tokio::test]
 async fn two_clients_chat_and_group_chat() {
     let server = server_with_alice_and_bob().await;
-    let mut alice = logged_in(&server, 13, "pw-a").await;
-    let mut bob = logged_in(&server, 15, "pw-b").await;
+    let mut alice = logged_in(&server, 13, "pw-a", &[]).await;
+    let mut bob = logged_in(&server, 15, "pw-b", &[]).await;
 
     let text = "你好 😀 \"quoted\" 'single' a:b:c \\ back";
     alice.send(&format!("chat:15:{text}\n")).await;
@@ -152,7 +120,7 @@ async fn two_clients_chat_and_group_chat() {
 #[tokio::test]
 async fn server_errors_and_bad_commands_go_to_stderr() {
     let server = server_with_alice_and_bob().await;
-    let mut alice = logged_in(&server, 13, "pw-a").await;
+    let mut alice = logged_in(&server, 13, "pw-a", &[]).await;
     alice.send("chat:999:anyone there?\n").await;
     assert_eq!(
         alice.expect_err("chat to 999").await,
@@ -187,7 +155,7 @@ async fn bad_credentials_and_busy_accounts_exit_3() {
     let (status, _, _) = client.finish().await;
     assert_eq!(code(status), 3);
 
-    let _alice = logged_in(&server, 13, "pw-a").await;
+    let _alice = logged_in(&server, 13, "pw-a", &[]).await;
     let mut again = Client::start(server.port(), &[]);
     again.send("1\n13\npw-a\n").await;
     again.expect_err("this account is using").await;
@@ -298,7 +266,7 @@ async fn password_file_login() {
 #[tokio::test]
 async fn json_mode_prints_frames_raw() {
     let server = server_with_alice_and_bob().await;
-    let mut bob = logged_in(&server, 15, "pw-b").await;
+    let mut bob = logged_in(&server, 15, "pw-b", &[]).await;
     let mut command = client_command(&[
         "127.0.0.1",
         &server.port().to_string(),

@@ -631,3 +631,41 @@ pub async fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap().port()
 }
+
+/// A client logged in with `--login`, its password in the environment.
+pub async fn logged_in(server: &FakeServer, id: i64, password: &str, extra: &[&str]) -> Client {
+    let port = server.port().to_string();
+    let id_text = id.to_string();
+    let mut args = vec![
+        "127.0.0.1",
+        &port,
+        "--linger",
+        "0.3",
+        "--login",
+        &id_text,
+        "--password-env",
+        "CHAT_PW",
+    ];
+    args.extend_from_slice(extra);
+    let mut command = client_command(&args);
+    command.env("CHAT_PW", password);
+    let mut client = Client::spawn(command);
+    client.expect_out(&format!("logged in: id {id} ")).await;
+    client
+}
+
+/// The fake server with two friends, alice (13) and bob li (15), both in
+/// group 1.
+pub async fn server_with_alice_and_bob() -> FakeServer {
+    let server = FakeServer::start().await;
+    server.add_user(13, "alice", "pw-a");
+    server.add_user(15, "bob li", "pw-b");
+    server.befriend(13, 15);
+    server.add_group(
+        1,
+        "rustaceans",
+        "we like: rust",
+        &[(13, "creator"), (15, "normal")],
+    );
+    server
+}
