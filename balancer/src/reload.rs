@@ -44,6 +44,46 @@ impl Diff {
     }
 }
 
+/// One log line's worth: `added [a:1] removed [b:1] weights [c:1 3→1] …`.
+impl std::fmt::Display for Diff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.added.is_empty() {
+            parts.push(format!("added [{}]", self.added.join(" ")));
+        }
+        if !self.removed.is_empty() {
+            parts.push(format!("removed [{}]", self.removed.join(" ")));
+        }
+        if !self.reweighted.is_empty() {
+            let w: Vec<String> = self
+                .reweighted
+                .iter()
+                .map(|(a, from, to)| format!("{a} {from}→{to}"))
+                .collect();
+            parts.push(format!("weights [{}]", w.join(", ")));
+        }
+        if !self.relimited.is_empty() {
+            parts.push(format!("limits [{}]", self.relimited.join(" ")));
+        }
+        for (changed, what) in [
+            (self.reordered, "order"),
+            (self.health_changed, "health"),
+            (self.settings_changed, "settings"),
+            (self.listen_changed, "listen (ignored until restart)"),
+            (self.admin_changed, "admin (ignored until restart)"),
+        ] {
+            if changed {
+                parts.push(what.to_string());
+            }
+        }
+        if parts.is_empty() {
+            f.write_str("no change")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
 /// Compares two validated configs; pure.
 pub fn diff(old: &Config, new: &Config) -> Diff {
     let old_by_addr: HashMap<&str, _> = old
@@ -157,7 +197,7 @@ pub async fn reload_task(
             Ok(config) => {
                 let d = shared.apply(config);
                 if !d.is_empty() {
-                    info!(?d, "config reloaded");
+                    info!(changes = %d, "config reloaded");
                 } else {
                     debug!("config file touched, nothing changed");
                 }
@@ -267,5 +307,20 @@ mod tests {
         for case in cases {
             assert_eq!(diff(&base, &case.new), case.want, "case {}", case.name);
         }
+    }
+
+    #[test]
+    fn diff_reads_as_one_line() {
+        let d = Diff {
+            added: vec!["c:1".into()],
+            reweighted: vec![("a:1".into(), 3, 1)],
+            listen_changed: true,
+            ..Diff::default()
+        };
+        assert_eq!(
+            d.to_string(),
+            "added [c:1]; weights [a:1 3→1]; listen (ignored until restart)"
+        );
+        assert_eq!(Diff::default().to_string(), "no change");
     }
 }
