@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info_span, warn, Instrument};
 
 use crate::backend::{BackendState, Transition};
 use crate::Shared;
@@ -127,7 +127,7 @@ async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr)
         _ = kill.cancelled() => "drain timeout",
         _ = shared.hard_stop.cancelled() => "shutdown grace period over",
     };
-    info!(reason, duration = ?started.elapsed(), "connection closed");
+    debug!(reason, duration = ?started.elapsed(), "connection closed");
     drop(slot);
 }
 
