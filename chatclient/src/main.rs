@@ -66,7 +66,9 @@ struct Cli {
     host: String,
     /// Port of the chat server or balancer.
     port: u16,
-    /// Log in as this user id at start, without the menu.
+    /// Log in as this user id at start, without the menu. The password comes
+    /// from --password-env or --password-file; without either it is asked
+    /// for (in scripted mode: the first line of stdin).
     #[arg(long, value_name = "ID")]
     login: Option<i64>,
     /// With --login: read the password from this environment variable.

@@ -15,7 +15,7 @@ use rustyline::highlight::{CmdKind, Highlighter};
 use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
-use rustyline::{ColorMode, Config, Editor, ExternalPrinter, Helper};
+use rustyline::{ColorMode, CompletionType, Config, Editor, ExternalPrinter, Helper};
 use tokio::sync::mpsc;
 
 use crate::app::{Ask, Output, Profile};
@@ -485,6 +485,7 @@ pub fn spawn_interactive_input(
     let config = Config::builder()
         .auto_add_history(false)
         .max_history_size(1000)?
+        .completion_type(CompletionType::List)
         .build();
     let mut editor: Editor<ClientHelper, DefaultHistory> = Editor::with_config(config)?;
     editor.set_helper(Some(ClientHelper {
