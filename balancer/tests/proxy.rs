@@ -3,14 +3,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use balancer::config::HealthKind;
 use balancer::health;
 use common::*;
-use tokio_util::sync::CancellationToken;
 
 fn addrs(backends: &[&TestBackend]) -> Vec<String> {
     backends.iter().map(|b| b.address()).collect()
@@ -42,58 +39,6 @@ async fn weighted_distribution_is_exact_per_cycle() {
     lb.shutdown().await;
 }
 
-/// Sequential short connections in the background, counting outcomes.
-struct Traffic {
-    ok: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Traffic {
-    fn start(addr: std::net::SocketAddr) -> Self {
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let (ok, failures, stop) = (ok.clone(), failures.clone(), stop.clone());
-            async move {
-                while !stop.is_cancelled() {
-                    match who_serves(addr).await {
-                        Ok(_) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => failures.lock().unwrap().push(e.to_string()),
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        });
-        Traffic {
-            ok,
-            failures,
-            stop,
-            task,
-        }
-    }
-
-    async fn wait_for_more(&self, n: u64) {
-        let target = self.ok.load(Ordering::Relaxed) + n;
-        assert!(
-            wait_until(WAIT, || self.ok.load(Ordering::Relaxed) >= target).await,
-            "traffic stalled"
-        );
-    }
-
-    /// Stops and returns (successes, failure messages).
-    async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.cancel();
-        self.task.await.unwrap();
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_leaves_rotation_and_revived_backend_returns() {
     let interval = Duration::from_millis(200);
@@ -107,7 +52,7 @@ async fn killed_backend_leaves_rotation_and_revived_backend_returns() {
         &[(&aa, 1), (&ba, 1)],
     );
     let lb = Lb::start(&toml, false).await;
-    let traffic = Traffic::start(lb.addr);
+    let traffic = Traffic::start(lb.addr, 1, Duration::from_millis(5));
     traffic.wait_for_more(20).await;
 
     b.kill().await;

@@ -3,65 +3,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::*;
-use tokio_util::sync::CancellationToken;
-
-/// Several workers making short connections in a loop, counting outcomes.
-struct Traffic {
-    ok: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(addr: std::net::SocketAddr, workers: usize) -> Self {
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let tasks = (0..workers)
-            .map(|_| {
-                let (ok, failures, stop) = (ok.clone(), failures.clone(), stop.clone());
-                tokio::spawn(async move {
-                    while !stop.is_cancelled() {
-                        match who_serves(addr).await {
-                            Ok(_) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => failures.lock().unwrap().push(e.to_string()),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Traffic {
-            ok,
-            failures,
-            stop,
-            tasks,
-        }
-    }
-
-    async fn wait_for_more(&self, n: u64) {
-        let target = self.ok.load(Ordering::Relaxed) + n;
-        assert!(
-            wait_until(WAIT, || self.ok.load(Ordering::Relaxed) >= target).await,
-            "traffic stalled"
-        );
-    }
-
-    async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.cancel();
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
-}
 
 fn in_snapshot(lb: &Lb, address: &str) -> Option<u32> {
     lb.handle
@@ -92,7 +36,7 @@ async fn reload_under_traffic_drops_nothing() {
     assert!(long_lived.iter().any(|(_, s)| s == "a"));
     assert!(long_lived.iter().any(|(_, s)| s == "b"));
 
-    let traffic = Traffic::start(lb.addr, 3);
+    let traffic = Traffic::start(lb.addr, 3, Duration::ZERO);
     traffic.wait_for_more(30).await;
 
     // 1. Add c, replacing the file by rename as editors do.

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use balancer::config::Config;
@@ -345,4 +345,65 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (head, body) = text.split_once("\r\n\r\n").expect("no header end");
     let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (code, body.to_string())
+}
+
+/// Workers making short connections (connect, PING, PONG, close) in a loop,
+/// counting successes and keeping every failure's message.
+pub struct Traffic {
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Traffic {
+    /// `workers` loops, each pausing `pause` between connections.
+    pub fn start(addr: SocketAddr, workers: usize, pause: Duration) -> Self {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let tasks = (0..workers)
+            .map(|_| {
+                let (ok, failures, stop) = (ok.clone(), failures.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.is_cancelled() {
+                        match who_serves(addr).await {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => failures.lock().unwrap().push(e.to_string()),
+                        }
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            ok,
+            failures,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Waits for `n` more successful connections.
+    pub async fn wait_for_more(&self, n: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        assert!(
+            wait_until(WAIT, || self.ok.load(Ordering::Relaxed) >= target).await,
+            "traffic stalled"
+        );
+    }
+
+    /// Stops and returns (successes, failure messages).
+    pub async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.cancel();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
 }
