@@ -242,3 +242,21 @@ fn redact(text: &str) -> String {
         _ => text.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_logs_mask_passwords() {
+        let login = wire::Outgoing::Login {
+            id: 1,
+            password: "hunter2".into(),
+        }
+        .to_json(1);
+        let logged = redact(&login);
+        assert!(!logged.contains("hunter2"), "{logged}");
+        assert!(logged.contains("\"password\":\"***\""), "{logged}");
+        assert_eq!(redact("not json"), "not json");
+    }
+}
