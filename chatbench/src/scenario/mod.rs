@@ -1,0 +1,8 @@
+//! The scenarios, one file each.
+
+pub mod fanout;
+pub mod idle;
+pub mod login;
+pub mod offline;
+pub mod pingpong;
+pub mod register;
