@@ -21,6 +21,8 @@ pub const DEFAULT_V2_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEFAULT_FRAME_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 pub const DEFAULT_DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_REDIS_PREFIX: &str = "chat:";
+pub const DEFAULT_PRESENCE_LEASE: Duration = Duration::from_secs(15);
 
 /// The ChatChat chat server.
 ///
@@ -71,6 +73,16 @@ pub struct Args {
     /// How long to keep retrying the database at start-up [default 30s]
     #[arg(long, env = "CHAT_DB_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub db_connect_timeout: Option<String>,
+    /// Cluster mode: redis://HOST:PORT for presence and delivery between
+    /// servers sharing one MySQL database [default: single server, no Redis]
+    #[arg(long, env = "CHAT_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so clusters can share a Redis [default chat:]
+    #[arg(long, env = "CHAT_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// How long a crashed server's users stay locked to it [default 15s]
+    #[arg(long, env = "CHAT_PRESENCE_LEASE", value_name = "DURATION")]
+    pub presence_lease: Option<String>,
     /// This server's name, shown in PONG and logs [default: IP:PORT]
     #[arg(long, env = "CHAT_SERVER_NAME", value_name = "NAME")]
     pub name: Option<String>,
@@ -94,6 +106,9 @@ struct FileConfig {
     frame_stall_timeout: Option<String>,
     outbound_queue: Option<usize>,
     db_connect_timeout: Option<String>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    presence_lease: Option<String>,
     name: Option<String>,
     log_format: Option<String>,
 }
@@ -133,6 +148,10 @@ pub struct Config {
     pub frame_stall_timeout: Duration,
     pub outbound_queue: usize,
     pub db_connect_timeout: Duration,
+    /// `Some` turns on cluster mode.
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub presence_lease: Duration,
     /// `None` means "the bound address", known only after binding.
     pub name: Option<String>,
     pub log_format: LogFormat,
@@ -169,6 +188,9 @@ impl std::fmt::Debug for Config {
             .field("v2_idle_timeout", &self.v2_idle_timeout)
             .field("frame_stall_timeout", &self.frame_stall_timeout)
             .field("outbound_queue", &self.outbound_queue)
+            .field("redis_url", &self.redis_url.as_deref().map(mask_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("presence_lease", &self.presence_lease)
             .field("name", &self.name)
             .finish()
     }
@@ -187,6 +209,9 @@ impl Default for Config {
             frame_stall_timeout: DEFAULT_FRAME_STALL_TIMEOUT,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             db_connect_timeout: DEFAULT_DB_CONNECT_TIMEOUT,
+            redis_url: None,
+            redis_prefix: DEFAULT_REDIS_PREFIX.to_owned(),
+            presence_lease: DEFAULT_PRESENCE_LEASE,
             name: None,
             log_format: LogFormat::Text,
         }
@@ -259,6 +284,16 @@ impl Config {
                 args.db_connect_timeout.or(file.db_connect_timeout),
                 defaults.db_connect_timeout,
             )?,
+            redis_url: args.redis_url.or(file.redis_url),
+            redis_prefix: args
+                .redis_prefix
+                .or(file.redis_prefix)
+                .unwrap_or(defaults.redis_prefix),
+            presence_lease: duration(
+                "presence-lease",
+                args.presence_lease.or(file.presence_lease),
+                defaults.presence_lease,
+            )?,
             name: args.name.or(file.name),
             log_format: match args.log_format.or(file.log_format).as_deref() {
                 None | Some("text") => LogFormat::Text,
@@ -299,6 +334,16 @@ impl Config {
         }
         if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("mysql:")) {
             return invalid("database-url", "must start with sqlite: or mysql:");
+        }
+        if self
+            .redis_url
+            .as_deref()
+            .is_some_and(|url| !url.starts_with("redis://") && !url.starts_with("rediss://"))
+        {
+            return invalid("redis-url", "must start with redis:// or rediss://");
+        }
+        if self.presence_lease < Duration::from_secs(1) {
+            return invalid("presence-lease", "must be at least 1s");
         }
         if self.listen.parse::<SocketAddr>().is_err() {
             return invalid("listen", &format!("{:?} is not IP:PORT", self.listen));

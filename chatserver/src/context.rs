@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::cluster::Cluster;
 use crate::directory::Directory;
 use crate::hasher::PasswordHasher;
 use crate::mid::MidGenerator;
@@ -29,4 +32,6 @@ pub struct Context {
     pub hasher: PasswordHasher,
     pub address_limiter: AddressLimiter,
     pub mids: MidGenerator,
+    /// Present in cluster mode (`--redis-url`).
+    pub cluster: Option<Arc<Cluster>>,
 }

@@ -6,18 +6,34 @@ use crate::error::StoreError;
 use crate::mailbox::{Offer, Outbound, Pushed};
 use crate::store::OfflineMessage;
 
-/// Delivers one message to each receiver. An error means storage failed for
-/// receivers that could not take it now; those online got it regardless.
+/// Delivers one message to each receiver: to sessions here, then through
+/// the cluster to other servers, and into storage for everyone else. An
+/// error means storage failed for receivers that could not take it now;
+/// those online got it regardless.
 pub async fn deliver(ctx: &Context, receivers: &[i64], pushed: &Pushed) -> Result<(), StoreError> {
     let mut offline = Vec::new();
+    let mut elsewhere = Vec::new();
     for &receiver in receivers {
-        let offer = match ctx.registry.get(receiver) {
-            Some(handle) => handle.offer(Outbound::Push(pushed.clone())),
-            None => Offer::Gone,
-        };
-        if offer != Offer::Queued {
-            offline.push(receiver);
+        match ctx.registry.get(receiver) {
+            Some(handle) => {
+                if handle.offer(Outbound::Push(pushed.clone())) != Offer::Queued {
+                    offline.push(receiver);
+                }
+            }
+            None => elsewhere.push(receiver),
         }
+    }
+    match &ctx.cluster {
+        Some(cluster) if !elsewhere.is_empty() => {
+            match cluster.hand_off(&elsewhere, pushed).await {
+                Ok(not_taken) => offline.extend(not_taken),
+                Err(error) => {
+                    tracing::warn!(%error, "cluster unavailable; storing messages for other servers' users");
+                    offline.extend(elsewhere);
+                }
+            }
+        }
+        _ => offline.extend(elsewhere),
     }
     store_for_later(ctx, &offline, std::slice::from_ref(pushed)).await
 }
@@ -45,10 +61,20 @@ pub async fn store_for_later(
         })
         .collect();
     ctx.store.store_offline(&rows).await?;
+    let mut elsewhere = Vec::new();
     for &receiver in receivers {
-        if let Some(handle) = ctx.registry.get(receiver) {
+        match ctx.registry.get(receiver) {
             // Full or gone: the session is closing and the row stays stored.
-            handle.offer(Outbound::SweepOffline);
+            Some(handle) => {
+                handle.offer(Outbound::SweepOffline);
+            }
+            None => elsewhere.push(receiver),
+        }
+    }
+    if let Some(cluster) = &ctx.cluster {
+        if let Err(error) = cluster.request_sweep(&elsewhere).await {
+            // The rows stay stored; they arrive at the receivers' next login.
+            tracing::debug!(%error, "sweep request not sent");
         }
     }
     Ok(())

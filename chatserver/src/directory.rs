@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::StoreError;
 use crate::store::Store;
@@ -13,7 +14,7 @@ struct GroupCache {
     /// Bumped by every invalidation, so a load that raced with a join does
     /// not put the member list it read before the join back into the cache.
     generation: u64,
-    members: HashMap<i64, Arc<[i64]>>,
+    members: HashMap<i64, (Arc<[i64]>, Instant)>,
 }
 
 #[derive(Clone)]
@@ -21,14 +22,18 @@ pub struct Directory {
     store: Store,
     names: Arc<Mutex<HashMap<i64, Arc<str>>>>,
     groups: Arc<Mutex<GroupCache>>,
+    /// In a cluster, joins on other servers are announced over Redis; this
+    /// bounds staleness when such an announcement is lost in an outage.
+    group_ttl: Option<Duration>,
 }
 
 impl Directory {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, group_ttl: Option<Duration>) -> Self {
         Self {
             store,
             names: Arc::default(),
             groups: Arc::default(),
+            group_ttl,
         }
     }
 
@@ -53,8 +58,10 @@ impl Directory {
     pub async fn group_members(&self, group_id: i64) -> Result<Option<Arc<[i64]>>, StoreError> {
         let generation = {
             let groups = self.groups.lock().expect("groups lock");
-            if let Some(members) = groups.members.get(&group_id) {
-                return Ok(Some(members.clone()));
+            if let Some((members, loaded)) = groups.members.get(&group_id) {
+                if self.group_ttl.is_none_or(|ttl| loaded.elapsed() < ttl) {
+                    return Ok(Some(members.clone()));
+                }
             }
             groups.generation
         };
@@ -64,9 +71,18 @@ impl Directory {
         let members: Arc<[i64]> = members.into();
         let mut groups = self.groups.lock().expect("groups lock");
         if groups.generation == generation {
-            groups.members.insert(group_id, members.clone());
+            groups
+                .members
+                .insert(group_id, (members.clone(), Instant::now()));
         }
         Ok(Some(members))
+    }
+
+    /// Forgets every cached membership (after missing cluster announcements).
+    pub fn clear_groups(&self) {
+        let mut groups = self.groups.lock().expect("groups lock");
+        groups.generation += 1;
+        groups.members.clear();
     }
 
     /// Forgets a group's members after someone joined it.

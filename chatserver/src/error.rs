@@ -29,6 +29,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("password hashing failed: {0}")]
     Hash(String),
+    #[error("cluster unavailable: {0}")]
+    Cluster(String),
 }
 
 /// Why the server could not start; `main` maps each to an exit code.
@@ -41,4 +43,6 @@ pub enum StartError {
     },
     #[error("database unreachable at start-up: {0}")]
     Database(StoreError),
+    #[error("redis unreachable at start-up: {0}")]
+    Redis(crate::cluster::ClusterError),
 }

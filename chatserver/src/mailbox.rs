@@ -62,15 +62,20 @@ pub enum Offer {
 pub struct SessionHandle {
     pub conn_id: u64,
     tx: mpsc::Sender<Outbound>,
-    too_slow: CancellationToken,
+    evict: CancellationToken,
 }
 
 impl SessionHandle {
+    /// Asks the session to close (its user is logged out, queued messages stored).
+    pub fn evict(&self) {
+        self.evict.cancel();
+    }
+
     pub fn offer(&self, item: Outbound) -> Offer {
         match self.tx.try_send(item) {
             Ok(()) => Offer::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.too_slow.cancel();
+                self.evict();
                 Offer::Full
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
@@ -82,8 +87,9 @@ impl SessionHandle {
 #[derive(Debug)]
 pub struct Mailbox {
     pub rx: mpsc::Receiver<Outbound>,
-    /// Cancelled when a sender found the queue full.
-    pub too_slow: CancellationToken,
+    /// Cancelled when a sender found the queue full, or when the cluster
+    /// gave this user's login to another server: the session must close.
+    pub evict: CancellationToken,
 }
 
 impl Mailbox {
@@ -102,14 +108,14 @@ impl Mailbox {
 
 pub fn mailbox(conn_id: u64, capacity: usize) -> (SessionHandle, Mailbox) {
     let (tx, rx) = mpsc::channel(capacity);
-    let too_slow = CancellationToken::new();
+    let evict = CancellationToken::new();
     (
         SessionHandle {
             conn_id,
             tx,
-            too_slow: too_slow.clone(),
+            evict: evict.clone(),
         },
-        Mailbox { rx, too_slow },
+        Mailbox { rx, evict },
     )
 }
 
@@ -123,7 +129,7 @@ mod tests {
         let push = Pushed::new(1, "{}".into());
         assert_eq!(handle.offer(Outbound::Push(push.clone())), Offer::Queued);
         assert_eq!(handle.offer(Outbound::Push(push.clone())), Offer::Full);
-        assert!(mailbox.too_slow.is_cancelled());
+        assert!(mailbox.evict.is_cancelled());
         let undelivered = mailbox.close_and_drain();
         assert_eq!(undelivered.len(), 1);
         assert_eq!(undelivered[0].payload(), "{}");

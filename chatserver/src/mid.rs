@@ -14,7 +14,8 @@ pub const MAX_NODE: u64 = (1 << NODE_BITS) - 1;
 
 #[derive(Debug)]
 pub struct MidGenerator {
-    node: u64,
+    /// The server number; may change when a cluster re-leases it.
+    node: AtomicU64,
     /// Last issued (milliseconds << SEQ_BITS | sequence).
     last: AtomicU64,
 }
@@ -22,9 +23,13 @@ pub struct MidGenerator {
 impl MidGenerator {
     pub fn new(node: u64) -> Self {
         Self {
-            node: node & MAX_NODE,
+            node: AtomicU64::new(node & MAX_NODE),
             last: AtomicU64::new(0),
         }
+    }
+
+    pub fn set_node(&self, node: u64) {
+        self.node.store(node & MAX_NODE, Ordering::Relaxed);
     }
 
     pub fn next(&self) -> i64 {
@@ -45,7 +50,8 @@ impl MidGenerator {
         };
         let millis = issued >> SEQ_BITS;
         let seq = issued & ((1 << SEQ_BITS) - 1);
-        ((millis << (NODE_BITS + SEQ_BITS)) | (self.node << SEQ_BITS) | seq) as i64
+        let node = self.node.load(Ordering::Relaxed);
+        ((millis << (NODE_BITS + SEQ_BITS)) | (node << SEQ_BITS) | seq) as i64
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::context::{Context, Limits};
 use crate::directory::Directory;
@@ -25,6 +26,32 @@ use crate::store::Store;
 /// storage updates this keeps a clean exit under 5 s.
 const SESSION_DRAIN: Duration = Duration::from_secs(3);
 const FINAL_STORAGE_UPDATE: Duration = Duration::from_secs(1);
+const GROUP_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Connects to Redis, retrying like the database: a cluster may start
+/// before its Redis does.
+async fn connect_cluster(config: &Config, url: &str, name: &str) -> Result<Cluster, StartError> {
+    let deadline = tokio::time::Instant::now() + config.db_connect_timeout;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match Cluster::connect(url, &config.redis_prefix, name, config.presence_lease).await {
+            Ok(cluster) => {
+                tracing::info!(
+                    token = cluster.token(),
+                    node = cluster.node(),
+                    "joined the cluster"
+                );
+                return Ok(cluster);
+            }
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%error, "redis not ready, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => return Err(StartError::Redis(error)),
+        }
+    }
+}
 
 /// A started server: storage connected and migrated, ready to accept.
 pub struct Server {
@@ -37,16 +64,26 @@ impl Server {
         let store = Store::connect(&config.database_url, config.db_connect_timeout)
             .await
             .map_err(StartError::Database)?;
-        // A single server owns every session, so nobody is online yet.
-        store
-            .reset_online_states()
-            .await
-            .map_err(StartError::Database)?;
+        let server_name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
+        let cluster = match &config.redis_url {
+            Some(url) => Some(Arc::new(connect_cluster(config, url, &server_name).await?)),
+            None => {
+                // A single server owns every session, so nobody is online yet.
+                store
+                    .reset_online_states()
+                    .await
+                    .map_err(StartError::Database)?;
+                None
+            }
+        };
+        // Cached memberships expire in a cluster, in case a join announced
+        // on another server is missed during a Redis outage.
+        let group_ttl = cluster.as_ref().map(|_| GROUP_CACHE_TTL);
         let ctx = Context {
-            server_name: config
-                .name
-                .clone()
-                .unwrap_or_else(|| local_addr.to_string()),
+            server_name,
             limits: Limits {
                 max_frame: config.max_frame,
                 outbound_queue: config.outbound_queue,
@@ -54,12 +91,13 @@ impl Server {
                 v2_idle_timeout: config.v2_idle_timeout,
                 frame_stall_timeout: config.frame_stall_timeout,
             },
-            directory: Directory::new(store.clone()),
+            directory: Directory::new(store.clone(), group_ttl),
             store,
             registry: Registry::default(),
             hasher: PasswordHasher::new(config.hash_cost, config.hash_threads),
             address_limiter: AddressLimiter::default(),
-            mids: MidGenerator::new(0),
+            mids: MidGenerator::new(cluster.as_ref().map_or(0, |c| c.node())),
+            cluster,
         };
         Ok(Server { ctx: Arc::new(ctx) })
     }
@@ -69,6 +107,11 @@ impl Server {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let stop = CancellationToken::new();
         let sessions = TaskTracker::new();
+        let cluster_tasks = self
+            .ctx
+            .cluster
+            .clone()
+            .map(|cluster| cluster::spawn_tasks(self.ctx.clone(), cluster, stop.clone()));
         let mut next_conn_id: u64 = 0;
         tokio::pin!(shutdown);
         loop {
@@ -109,6 +152,12 @@ impl Server {
         }
         let still_online = self.ctx.registry.users();
         let final_update = async {
+            if let Some(tasks) = cluster_tasks {
+                tasks.wait().await;
+            }
+            if let Some(cluster) = &self.ctx.cluster {
+                cluster.leave(&still_online).await;
+            }
             if let Err(error) = self.ctx.store.set_online(&still_online, false).await {
                 tracing::error!(%error, "could not record users offline");
             }

@@ -44,8 +44,8 @@ enum Closing {
     FrameTooLarge,
     #[error("idle: {0}")]
     Idle(&'static str),
-    #[error("receiver too slow: outbound queue full")]
-    TooSlow,
+    #[error("evicted: outbound queue full, or the login moved to another server")]
+    Evicted,
     #[error("server shutting down")]
     Shutdown,
 }
@@ -105,7 +105,7 @@ impl Connection {
     async fn serve(&mut self, shutdown: &CancellationToken) -> Closing {
         loop {
             let deadline = self.deadline();
-            let too_slow = self.state.mailbox.as_ref().map(|m| m.too_slow.clone());
+            let evict = self.state.mailbox.as_ref().map(|m| m.evict.clone());
             let mailbox = self.state.mailbox.as_mut();
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK);
@@ -113,8 +113,8 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Closing::Shutdown,
-                _ = async { match &too_slow { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
-                    return Closing::TooSlow;
+                _ = async { match &evict { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
+                    return Closing::Evicted;
                 }
                 item = async { match mailbox { Some(m) => m.rx.recv().await, None => std::future::pending().await } } => {
                     if let Some(item) = item {
@@ -310,15 +310,15 @@ impl Connection {
     /// One frame per write call: the original client parses each read as
     /// one message. A peer that stops reading ends the connection.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Closing> {
-        let too_slow = self.state.mailbox.as_ref().map(|m| m.too_slow.clone());
+        let evict = self.state.mailbox.as_ref().map(|m| m.evict.clone());
         tokio::select! {
             written = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.stream.write_all(bytes)) => match written {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(error)) => Err(Closing::WriteFailed(error)),
                 Err(_) => Err(Closing::WriteStalled),
             },
-            _ = async { match &too_slow { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
-                Err(Closing::TooSlow)
+            _ = async { match &evict { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
+                Err(Closing::Evicted)
             }
         }
     }

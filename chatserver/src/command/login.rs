@@ -11,7 +11,7 @@
 //! and reads and deletes run one after another in the session, so no row is
 //! written twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -61,11 +61,29 @@ pub async fn apply(
     if !ctx.registry.claim(id, handle) {
         return Reply::error(Some(MsgId::Login), Errno::AlreadyLoggedIn).into();
     }
-    // From here on, messages for this user queue in `mailbox`.
+    // From here on, messages for this user that reach this server queue in
+    // `mailbox`; claiming the user in the cluster makes the others send here.
+    if let Some(cluster) = &ctx.cluster {
+        let refusal = match cluster.claim(id).await {
+            Ok(true) => None,
+            Ok(false) => Some(Errno::AlreadyLoggedIn),
+            Err(error) => {
+                tracing::warn!(%error, "cannot check the login across the cluster");
+                Some(Errno::ServerError)
+            }
+        };
+        if let Some(errno) = refusal {
+            ctx.registry.release(id, session.conn_id);
+            return Reply::error(Some(MsgId::Login), errno).into();
+        }
+    }
     let login = match load_login(ctx, id, name.clone()).await {
         Ok(login) => login,
         Err(error) => {
             ctx.registry.release(id, session.conn_id);
+            if let Some(cluster) = &ctx.cluster {
+                cluster.release(id).await;
+            }
             return server_error(MsgId::Login, error).into();
         }
     };
@@ -88,17 +106,30 @@ async fn load_login(
     name: Arc<str>,
 ) -> Result<(LoginSuccess, Vec<i64>), StoreError> {
     ctx.store.set_online(&[id], true).await?;
+    let friends = ctx.store.friends(id).await?;
+    let members = ctx.store.groups_of(id).await?;
+    let elsewhere = match &ctx.cluster {
+        Some(cluster) => {
+            let mut ids: Vec<i64> = friends.iter().map(|(id, _)| *id).collect();
+            ids.extend(members.iter().map(|m| m.user_id));
+            ids.retain(|id| !ctx.registry.is_online(*id));
+            ids.sort_unstable();
+            ids.dedup();
+            cluster
+                .online(&ids)
+                .await
+                .map_err(|e| StoreError::Cluster(e.to_string()))?
+        }
+        None => HashSet::new(),
+    };
     let presence = |user: i64| {
-        if ctx.registry.is_online(user) {
+        if ctx.registry.is_online(user) || elsewhere.contains(&user) {
             Presence::Online
         } else {
             Presence::Offline
         }
     };
-    let friends = ctx
-        .store
-        .friends(id)
-        .await?
+    let friends = friends
         .into_iter()
         .map(|(id, name)| FriendEntry {
             id,
@@ -106,7 +137,7 @@ async fn load_login(
             state: presence(id),
         })
         .collect();
-    let groups = group_entries(ctx.store.groups_of(id).await?, presence);
+    let groups = group_entries(members, presence);
     let stored = ctx.store.offline_messages(id).await?;
     let row_ids = stored.iter().map(|m| m.row_id).collect();
     let login = LoginSuccess {

@@ -1,0 +1,644 @@
+//! Cluster mode: presence, delivery between servers and cache invalidation
+//! over Redis, for several servers sharing one MySQL/MariaDB and one Redis.
+//!
+//! Keys and channels (all under the configured prefix):
+//! - `user:{id}` holds the token of the server where the user is logged in.
+//! - `alive:{token}` exists while that server runs: it expires one lease
+//!   after the server's last heartbeat, so a killed server's users are free
+//!   again within a lease, and a user key whose owner is not alive is free.
+//! - `node:{n}` leases the server number used in message ids.
+//! - channel `server:{token}` carries pushes (`P {mid} {ids}\n{json}`) and
+//!   offline-sweep requests (`S {ids}`) to one server; channel `cluster`
+//!   carries group-membership changes (`G {group id}`) to all.
+//!
+//! The token is the server name plus a random suffix, so a server restarted
+//! under the same name never mistakes its predecessor's keys for its own.
+//! Every multi-key decision runs in one Lua script, so it is atomic.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+use crate::delivery::store_for_later;
+use crate::mailbox::{Offer, Outbound, Pushed};
+use crate::mid::MAX_NODE;
+
+/// Every Redis call is bounded: a hung Redis must not hang a request.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the server-number lease lasts without a heartbeat.
+const NODE_LEASE: Duration = Duration::from_secs(120);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis is not connected")]
+    NotConnected,
+    #[error("no free server number: {0} servers already run in this cluster")]
+    NoFreeNode(u64),
+}
+
+/// A user is taken when its key names another server that is still alive.
+const CLAIM: &str = r#"
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'alive:' .. owner) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+const ONLINE: &str = r#"
+local result = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if owner and redis.call('EXISTS', ARGV[1] .. 'alive:' .. owner) == 1 then
+    result[i] = 1
+  else
+    result[i] = 0
+  end
+end
+return result
+"#;
+
+/// Groups receivers by the server that holds them and publishes one frame
+/// per server; returns, per receiver, 1 when a live server took the frame.
+const FAN_OUT: &str = r#"
+local prefix, head, body = ARGV[1], ARGV[2], ARGV[3]
+local by_owner, owners, result = {}, {}, {}
+for i, key in ipairs(KEYS) do
+  result[i] = 0
+  local owner = redis.call('GET', key)
+  if owner and redis.call('EXISTS', prefix .. 'alive:' .. owner) == 1 then
+    if not by_owner[owner] then
+      by_owner[owner] = {}
+      table.insert(owners, owner)
+    end
+    table.insert(by_owner[owner], i)
+  end
+end
+for _, owner in ipairs(owners) do
+  local ids = {}
+  for j, i in ipairs(by_owner[owner]) do ids[j] = ARGV[3 + i] end
+  local frame = head .. ' ' .. table.concat(ids, ',')
+  if body ~= '' then frame = frame .. '\n' .. body end
+  if redis.call('PUBLISH', prefix .. 'server:' .. owner, frame) > 0 then
+    for _, i in ipairs(by_owner[owner]) do result[i] = 1 end
+  end
+end
+return result
+"#;
+
+/// Keeps this server's number, or reports that another server holds it.
+const KEEP_NODE: &str = r#"
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+pub struct Cluster {
+    token: String,
+    prefix: String,
+    lease: Duration,
+    client: redis::Client,
+    connection: ConnectionManager,
+    claim: Script,
+    release: Script,
+    online: Script,
+    fan_out: Script,
+    keep_node: Script,
+    node: Mutex<u64>,
+    /// False from the first failed call until the heartbeat gets through
+    /// again: while Redis is away, requests fail at once instead of each
+    /// waiting for a timeout.
+    reachable: AtomicBool,
+    /// Users whose release failed while Redis was away; retried by the heartbeat.
+    pending_releases: Mutex<HashSet<i64>>,
+}
+
+impl Cluster {
+    /// Connects and leases a server number. Redis must be reachable here;
+    /// afterwards the server rides out Redis outages.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        name: &str,
+        lease: Duration,
+    ) -> Result<Self, ClusterError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(CALL_TIMEOUT)
+            .set_response_timeout(CALL_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_max_delay(RECONNECT_MAX_DELAY.as_millis() as u64);
+        let connection =
+            bounded(ConnectionManager::new_with_config(client.clone(), config)).await?;
+        let token = format!("{name}#{:08x}", rand::random::<u32>());
+        let cluster = Cluster {
+            token,
+            prefix: prefix.to_owned(),
+            lease,
+            client,
+            connection,
+            claim: Script::new(CLAIM),
+            release: Script::new(RELEASE),
+            online: Script::new(ONLINE),
+            fan_out: Script::new(FAN_OUT),
+            keep_node: Script::new(KEEP_NODE),
+            node: Mutex::new(0),
+            reachable: AtomicBool::new(true),
+            pending_releases: Mutex::default(),
+        };
+        cluster.beat().await?;
+        cluster.lease_node().await?;
+        Ok(cluster)
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The server number for message ids.
+    pub fn node(&self) -> u64 {
+        *self.node.lock().expect("node lock")
+    }
+
+    fn user_key(&self, user: i64) -> String {
+        format!("{}user:{user}", self.prefix)
+    }
+
+    fn alive_key(&self) -> String {
+        format!("{}alive:{}", self.prefix, self.token)
+    }
+
+    fn own_channel(&self) -> String {
+        format!("{}server:{}", self.prefix, self.token)
+    }
+
+    fn cluster_channel(&self) -> String {
+        format!("{}cluster", self.prefix)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// Runs a request-path call, failing fast while Redis is known to be away.
+    async fn guarded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, ClusterError>>,
+    ) -> Result<T, ClusterError> {
+        if !self.reachable.load(Ordering::Relaxed) {
+            return Err(ClusterError::NotConnected);
+        }
+        let result = call.await;
+        if result.is_err() {
+            self.reachable.store(false, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Marks this server alive for one more lease.
+    async fn beat(&self) -> Result<(), ClusterError> {
+        let mut conn = self.conn();
+        let key = self.alive_key();
+        let lease = self.lease.as_millis() as u64;
+        bounded(async move { conn.pset_ex::<_, _, ()>(key, 1, lease).await }).await
+    }
+
+    async fn lease_node(&self) -> Result<(), ClusterError> {
+        let current = self.node();
+        if self.keep_node_number(current).await? {
+            return Ok(());
+        }
+        for node in 0..=MAX_NODE {
+            if self.keep_node_number(node).await? {
+                *self.node.lock().expect("node lock") = node;
+                tracing::info!(node, "leased server number");
+                return Ok(());
+            }
+        }
+        Err(ClusterError::NoFreeNode(MAX_NODE + 1))
+    }
+
+    async fn keep_node_number(&self, node: u64) -> Result<bool, ClusterError> {
+        let mut invocation = self.keep_node.prepare_invoke();
+        invocation
+            .key(format!("{}node:{node}", self.prefix))
+            .arg(&self.token)
+            .arg(NODE_LEASE.as_millis() as u64);
+        let mut conn = self.conn();
+        let kept: i64 = bounded(async move { invocation.invoke_async(&mut conn).await }).await?;
+        Ok(kept == 1)
+    }
+
+    /// Takes the user for this server; `false` when another live server has it.
+    pub async fn claim(&self, user: i64) -> Result<bool, ClusterError> {
+        self.guarded(self.claim_now(user)).await
+    }
+
+    async fn claim_now(&self, user: i64) -> Result<bool, ClusterError> {
+        let mut invocation = self.claim.prepare_invoke();
+        invocation
+            .key(self.user_key(user))
+            .arg(&self.prefix)
+            .arg(&self.token);
+        let mut conn = self.conn();
+        let claimed: i64 = bounded(async move { invocation.invoke_async(&mut conn).await }).await?;
+        self.pending_releases
+            .lock()
+            .expect("pending lock")
+            .remove(&user);
+        Ok(claimed == 1)
+    }
+
+    /// Frees the user; if Redis is away, retried by the heartbeat (until
+    /// then, this server's heartbeat keeps the user taken).
+    pub async fn release(&self, user: i64) {
+        if let Err(error) = self.guarded(self.try_release(user)).await {
+            tracing::warn!(user, %error, "presence release failed; will retry");
+            self.pending_releases
+                .lock()
+                .expect("pending lock")
+                .insert(user);
+        }
+    }
+
+    async fn try_release(&self, user: i64) -> Result<(), ClusterError> {
+        let mut invocation = self.release.prepare_invoke();
+        invocation.key(self.user_key(user)).arg(&self.token);
+        let mut conn = self.conn();
+        bounded(async move { invocation.invoke_async::<i64>(&mut conn).await }).await?;
+        Ok(())
+    }
+
+    /// Which of `users` are logged in on a live server.
+    pub async fn online(&self, users: &[i64]) -> Result<HashSet<i64>, ClusterError> {
+        if users.is_empty() {
+            return Ok(HashSet::new());
+        }
+        self.guarded(self.online_now(users)).await
+    }
+
+    async fn online_now(&self, users: &[i64]) -> Result<HashSet<i64>, ClusterError> {
+        let mut invocation = self.online.prepare_invoke();
+        for user in users {
+            invocation.key(self.user_key(*user));
+        }
+        invocation.arg(&self.prefix);
+        let mut conn = self.conn();
+        let flags: Vec<i64> =
+            bounded(async move { invocation.invoke_async(&mut conn).await }).await?;
+        Ok(users
+            .iter()
+            .zip(flags)
+            .filter(|(_, flag)| *flag == 1)
+            .map(|(user, _)| *user)
+            .collect())
+    }
+
+    /// Hands a push to the servers holding `users`; returns those no live
+    /// server took (logged in nowhere, or their server is unreachable).
+    pub async fn hand_off(&self, users: &[i64], pushed: &Pushed) -> Result<Vec<i64>, ClusterError> {
+        self.fan_out_frame(users, &format!("P {}", pushed.mid), pushed.payload())
+            .await
+    }
+
+    /// Asks the servers holding `users` to read their offline messages again.
+    pub async fn request_sweep(&self, users: &[i64]) -> Result<Vec<i64>, ClusterError> {
+        self.fan_out_frame(users, "S", "").await
+    }
+
+    async fn fan_out_frame(
+        &self,
+        users: &[i64],
+        head: &str,
+        body: &str,
+    ) -> Result<Vec<i64>, ClusterError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.guarded(self.fan_out_now(users, head, body)).await
+    }
+
+    async fn fan_out_now(
+        &self,
+        users: &[i64],
+        head: &str,
+        body: &str,
+    ) -> Result<Vec<i64>, ClusterError> {
+        let mut invocation = self.fan_out.prepare_invoke();
+        for user in users {
+            invocation.key(self.user_key(*user));
+        }
+        invocation.arg(&self.prefix).arg(head).arg(body);
+        for user in users {
+            invocation.arg(*user);
+        }
+        let mut conn = self.conn();
+        let taken: Vec<i64> =
+            bounded(async move { invocation.invoke_async(&mut conn).await }).await?;
+        Ok(users
+            .iter()
+            .zip(taken)
+            .filter(|(_, taken)| *taken == 0)
+            .map(|(user, _)| *user)
+            .collect())
+    }
+
+    /// Tells every server that a group's members changed.
+    pub async fn group_changed(&self, group: i64) {
+        let mut conn = self.conn();
+        let channel = self.cluster_channel();
+        let published = self
+            .guarded(bounded(async move {
+                conn.publish::<_, _, i64>(channel, format!("G {group}"))
+                    .await
+            }))
+            .await;
+        if let Err(error) = published {
+            tracing::warn!(group, %error, "group change not announced; other servers refresh within their cache lifetime");
+        }
+    }
+
+    /// A clean shutdown frees this server's users at once.
+    pub async fn leave(&self, users: &[i64]) {
+        for user in users {
+            let _ = self.try_release(*user).await;
+        }
+        let mut conn = self.conn();
+        let keys = vec![
+            self.alive_key(),
+            format!("{}node:{}", self.prefix, self.node()),
+        ];
+        let _ = bounded(async move { conn.del::<_, i64>(keys).await }).await;
+    }
+}
+
+async fn bounded<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ClusterError::Timeout(CALL_TIMEOUT)),
+    }
+}
+
+/// Runs the heartbeat and the subscriber until `stop` is cancelled.
+pub fn spawn_tasks(
+    ctx: Arc<Context>,
+    cluster: Arc<Cluster>,
+    stop: CancellationToken,
+) -> tokio_util::task::TaskTracker {
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(heartbeat(ctx.clone(), cluster.clone(), stop.clone()));
+    tasks.spawn(subscriber(ctx, cluster, stop));
+    tasks.close();
+    tasks
+}
+
+/// Renews this server's lease every third of it. After an outage longer
+/// than the lease (or a Redis restart, which forgets every key) it claims
+/// its users again and evicts those another server took meanwhile.
+async fn heartbeat(ctx: Arc<Context>, cluster: Arc<Cluster>, stop: CancellationToken) {
+    let period = cluster.lease / 3;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let was_reachable = cluster.reachable.load(Ordering::Relaxed);
+        let result = async {
+            let mut conn = cluster.conn();
+            let key = cluster.alive_key();
+            let still_alive: bool = bounded(async move { conn.exists(key).await }).await?;
+            cluster.beat().await?;
+            cluster.lease_node().await?;
+            if !still_alive || !was_reachable {
+                reclaim(&ctx, &cluster).await?;
+            }
+            Ok::<_, ClusterError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                if !was_reachable {
+                    tracing::info!("redis is back; presence renewed");
+                }
+                cluster.reachable.store(true, Ordering::Relaxed);
+                retry_releases(&ctx, &cluster).await;
+                ctx.mids.set_node(cluster.node());
+            }
+            Err(error) => {
+                if was_reachable {
+                    tracing::error!(%error, "redis unavailable: serving local users, storing the rest offline");
+                }
+                cluster.reachable.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Claims every local user again and evicts the sessions of users now held
+/// elsewhere. The others read their offline messages again: messages for
+/// them were stored while no server could hand them over.
+async fn reclaim(ctx: &Context, cluster: &Cluster) -> Result<(), ClusterError> {
+    for user in ctx.registry.users() {
+        let claimed = cluster.claim_now(user).await?;
+        let Some(handle) = ctx.registry.get(user) else {
+            continue;
+        };
+        if claimed {
+            handle.offer(Outbound::SweepOffline);
+        } else {
+            tracing::warn!(
+                user,
+                "login taken by another server during a redis outage; closing this session"
+            );
+            handle.evict();
+        }
+    }
+    ctx.directory.clear_groups();
+    Ok(())
+}
+
+async fn retry_releases(ctx: &Context, cluster: &Cluster) {
+    let pending: Vec<i64> = cluster
+        .pending_releases
+        .lock()
+        .expect("pending lock")
+        .drain()
+        .collect();
+    for user in pending {
+        if ctx.registry.is_online(user) {
+            continue;
+        }
+        cluster.release(user).await;
+    }
+}
+
+/// Receives frames for this server, reconnecting with backoff.
+async fn subscriber(ctx: Arc<Context>, cluster: Arc<Cluster>, stop: CancellationToken) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let mut pubsub = bounded(cluster.client.get_async_pubsub()).await?;
+            bounded(pubsub.subscribe(&[cluster.own_channel(), cluster.cluster_channel()])).await?;
+            Ok::<_, ClusterError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = stop.cancelled() => return,
+            session = session => session,
+        };
+        match pubsub {
+            Ok(pubsub) => {
+                tracing::info!("subscribed to cluster channels");
+                delay = Duration::from_millis(100);
+                // Membership may have changed while we were not listening.
+                ctx.directory.clear_groups();
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let message = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        message = messages.next() => message,
+                    };
+                    let Some(message) = message else { break };
+                    handle_frame(&ctx, &cluster, message.get_payload_bytes()).await;
+                }
+                tracing::error!("lost the cluster subscription; reconnecting");
+            }
+            Err(error) => {
+                tracing::warn!(%error, ?delay, "cannot subscribe to cluster channels; retrying")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+    }
+}
+
+/// One frame of the cluster protocol described in the module docs.
+#[derive(Debug, PartialEq)]
+enum ClusterFrame<'a> {
+    Push {
+        mid: i64,
+        users: Vec<i64>,
+        payload: &'a str,
+    },
+    Sweep {
+        users: Vec<i64>,
+    },
+    GroupChanged {
+        group: i64,
+    },
+}
+
+fn parse_ids(text: &str) -> Option<Vec<i64>> {
+    text.split(',').map(|id| id.parse().ok()).collect()
+}
+
+fn parse_cluster_frame(bytes: &[u8]) -> Option<ClusterFrame<'_>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (head, body) = text.split_once('\n').unwrap_or((text, ""));
+    let mut words = head.split(' ');
+    match words.next()? {
+        "P" => Some(ClusterFrame::Push {
+            mid: words.next()?.parse().ok()?,
+            users: parse_ids(words.next()?)?,
+            payload: body,
+        }),
+        "S" => Some(ClusterFrame::Sweep {
+            users: parse_ids(words.next()?)?,
+        }),
+        "G" => Some(ClusterFrame::GroupChanged {
+            group: words.next()?.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+async fn handle_frame(ctx: &Context, cluster: &Cluster, bytes: &[u8]) {
+    let _ = cluster;
+    match parse_cluster_frame(bytes) {
+        Some(ClusterFrame::Push {
+            mid,
+            users,
+            payload,
+        }) => {
+            let pushed = Pushed::new(mid, payload.to_owned());
+            let mut left = Vec::new();
+            for user in users {
+                let offer = match ctx.registry.get(user) {
+                    Some(handle) => handle.offer(Outbound::Push(pushed.clone())),
+                    None => Offer::Gone,
+                };
+                if offer != Offer::Queued {
+                    left.push(user);
+                }
+            }
+            // The receiver left after the sender looked: keep it for their next login.
+            if let Err(error) = store_for_later(ctx, &left, std::slice::from_ref(&pushed)).await {
+                tracing::error!(%error, users = ?left, "could not store a message for users who left");
+            }
+        }
+        Some(ClusterFrame::Sweep { users }) => {
+            for user in users {
+                if let Some(handle) = ctx.registry.get(user) {
+                    handle.offer(Outbound::SweepOffline);
+                }
+            }
+        }
+        Some(ClusterFrame::GroupChanged { group }) => ctx.directory.invalidate_group(group),
+        None => {
+            tracing::warn!(frame = %String::from_utf8_lossy(bytes), "unreadable cluster frame ignored")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_frames_parse() {
+        assert_eq!(
+            parse_cluster_frame(b"P 42 1,2,3\n{\"msg\":\"a\nb\"}"),
+            Some(ClusterFrame::Push {
+                mid: 42,
+                users: vec![1, 2, 3],
+                payload: "{\"msg\":\"a\nb\"}"
+            })
+        );
+        assert_eq!(
+            parse_cluster_frame(b"S 7"),
+            Some(ClusterFrame::Sweep { users: vec![7] })
+        );
+        assert_eq!(
+            parse_cluster_frame(b"G 9"),
+            Some(ClusterFrame::GroupChanged { group: 9 })
+        );
+        assert_eq!(parse_cluster_frame(b"P x 1\n{}"), None);
+        assert_eq!(parse_cluster_frame(b"S 1,a"), None);
+        assert_eq!(parse_cluster_frame(b"Z"), None);
+    }
+}
