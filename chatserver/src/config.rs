@@ -425,6 +425,24 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_file_parses_to_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/chatserver.toml");
+        let config = parse(&["--config", path]).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.database_url, defaults.database_url);
+        assert_eq!(config.max_frame, defaults.max_frame);
+        assert_eq!(config.hash_cost, defaults.hash_cost);
+        assert_eq!(config.login_idle_timeout, defaults.login_idle_timeout);
+        assert_eq!(config.v2_idle_timeout, defaults.v2_idle_timeout);
+        assert_eq!(config.frame_stall_timeout, defaults.frame_stall_timeout);
+        assert_eq!(config.outbound_queue, defaults.outbound_queue);
+        assert_eq!(config.redis_url, None);
+        assert_eq!(config.redis_prefix, defaults.redis_prefix);
+        assert_eq!(config.presence_lease, defaults.presence_lease);
+    }
+
+    #[test]
     fn bad_values_name_the_option() {
         let message = parse(&["--v2-idle-timeout", "soon"])
             .unwrap_err()

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Starts a local cluster for trying things by hand: SERVERS chat servers
+# (default 2, on ports 6000, 6002, 6004, ...) sharing one MariaDB database
+# and one Redis, and the balancer on port 8000 with config/lb.toml in front.
+# Logs go to run/logs/. Ctrl-C stops everything.
+#
+#   scripts/cluster.sh                       # then, in other terminals:
+#   target/release/chatclient 127.0.0.1 8000
+#
+# CHAT_DATABASE_URL and CHAT_REDIS_URL override the defaults below.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+
+SERVERS=${SERVERS:-2}
+DATABASE_URL=${CHAT_DATABASE_URL:-mysql://root@127.0.0.1:3306/chatchat}
+REDIS_URL=${CHAT_REDIS_URL:-redis://127.0.0.1:6379}
+
+ensure_mariadb
+ensure_redis
+log "building release binaries"
+cargo build --release -q -p chatserver -p balancer -p chatclient
+mkdir -p run/logs
+
+pids=()
+stop_all() {
+    log "stopping"
+    kill "${pids[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap stop_all EXIT
+trap 'exit 0' INT TERM
+
+# Waits until a process printed its `listening on` line.
+wait_ready() { # name, log file
+    for _ in $(seq 1 120); do
+        grep -q "^listening on" "$2" 2>/dev/null && return 0
+        sleep 0.25
+    done
+    log "$1 did not start; see $2"; exit 1
+}
+
+for i in $(seq 0 $((SERVERS - 1))); do
+    port=$((6000 + 2 * i))
+    out="run/logs/chat-$i.out"
+    target/release/chatserver 127.0.0.1 "$port" --name "chat-$i" \
+        --database-url "$DATABASE_URL" --redis-url "$REDIS_URL" \
+        >"$out" 2>"run/logs/chat-$i.log" &
+    pids+=($!)
+    # One at a time: the first one creates the database and its tables.
+    wait_ready "chat-$i" "$out"
+    log "chat-$i listening on 127.0.0.1:$port"
+done
+
+target/release/balancer --config config/lb.toml >run/logs/balancer.out 2>run/logs/balancer.log &
+pids+=($!)
+wait_ready balancer run/logs/balancer.out
+log "balancer listening on 0.0.0.0:8000 (metrics: http://127.0.0.1:9100/metrics)"
+log "connect with: target/release/chatclient 127.0.0.1 8000"
+wait
