@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use protocol::{parse_frame, Errno, FrameCodec, FrameError, Reply, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
@@ -24,7 +24,9 @@ use crate::mailbox::{Outbound, Pushed};
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a session may spend writing queued pushes at server shutdown.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
-/// Read buffer growth step; a buffer this large or more is released when idle.
+/// Most bytes of queued pushes written in one call on a v2 connection.
+const COALESCE_BYTES: usize = 64 * 1024;
+/// Bytes read per system call at most.
 const READ_CHUNK: usize = 4096;
 
 /// Why a connection ended.
@@ -103,37 +105,61 @@ impl Connection {
     }
 
     async fn serve(&mut self, shutdown: &CancellationToken) -> Closing {
+        // One timer for all timeouts, re-armed only when it fires early or
+        // must fire sooner: no timer work per frame.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed_for: Option<Instant> = None;
         loop {
             let deadline = self.deadline();
-            let evict = self.state.mailbox.as_ref().map(|m| m.evict.clone());
-            let mailbox = self.state.mailbox.as_mut();
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
+            match deadline {
+                Some((at, _)) if armed_for.is_none_or(|armed| at < armed) => {
+                    timer.as_mut().reset(at);
+                    armed_for = Some(at);
+                }
+                None => armed_for = None,
+                Some(_) => {}
             }
+            let (evict, rx) = match self.state.mailbox.as_mut() {
+                Some(mailbox) => (Some(&mailbox.evict), Some(&mut mailbox.rx)),
+                None => (None, None),
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Closing::Shutdown,
-                _ = async { match &evict { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
+                _ = async { match evict { Some(token) => token.cancelled().await, None => std::future::pending().await } } => {
                     return Closing::Evicted;
                 }
-                item = async { match mailbox { Some(m) => m.rx.recv().await, None => std::future::pending().await } } => {
+                item = async { match rx { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     if let Some(item) = item {
                         if let Err(reason) = self.outbound(item).await {
                             return reason;
                         }
                     }
                 }
-                read = self.stream.read_buf(&mut self.buf) => {
-                    match read {
+                ready = self.stream.readable() => {
+                    if let Err(error) = ready {
+                        return Closing::ReadFailed(error);
+                    }
+                    // The buffer is only allocated once bytes are waiting, so
+                    // an idle connection holds none.
+                    self.buf.reserve(READ_CHUNK);
+                    match self.stream.try_read_buf(&mut self.buf) {
                         Ok(0) => return self.eof(),
                         Ok(_) => if let Err(reason) = self.frames().await {
                             return reason;
                         },
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(error) => return Closing::ReadFailed(error),
                     }
                 }
-                _ = sleep_until_opt(deadline.map(|(at, _)| at)) => {
-                    return Closing::Idle(deadline.map_or("timeout", |(_, why)| why));
+                _ = &mut timer, if armed_for.is_some() => {
+                    armed_for = None;
+                    if let Some((at, why)) = self.deadline() {
+                        if Instant::now() >= at {
+                            return Closing::Idle(why);
+                        }
+                    }
                 }
             }
         }
@@ -142,23 +168,25 @@ impl Connection {
     /// The earliest timeout that applies now, with its name.
     fn deadline(&self) -> Option<(Instant, &'static str)> {
         let limits = &self.ctx.limits;
-        let mut candidates = Vec::with_capacity(3);
-        if self.state.user.is_none() {
-            candidates.push((
+        let login = self.state.user.is_none().then(|| {
+            (
                 self.last_frame + limits.login_idle_timeout,
                 "no request before login",
-            ));
-        }
-        if self.version == Version::V2 {
-            candidates.push((
+            )
+        });
+        let v2 = (self.version == Version::V2).then(|| {
+            (
                 self.last_frame + limits.v2_idle_timeout,
                 "no frame from v2 client",
-            ));
-        }
-        if let Some(since) = self.partial_since {
-            candidates.push((since + limits.frame_stall_timeout, "frame stalled half-way"));
-        }
-        candidates.into_iter().min_by_key(|(at, _)| *at)
+            )
+        });
+        let stall = self
+            .partial_since
+            .map(|since| (since + limits.frame_stall_timeout, "frame stalled half-way"));
+        [login, v2, stall]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
     }
 
     fn eof(&mut self) -> Closing {
@@ -191,10 +219,8 @@ impl Connection {
         }
         if self.buf.is_empty() {
             self.partial_since = None;
-            if self.buf.capacity() > 4 * READ_CHUNK {
-                // Give back the memory of a large frame once it is handled.
-                self.buf = BytesMut::new();
-            }
+            // Hold no buffer between messages (idle connections are the many).
+            self.buf = BytesMut::new();
         } else if self.partial_since.is_none() {
             self.partial_since = Some(Instant::now());
         }
@@ -248,43 +274,76 @@ impl Connection {
 
     async fn outbound(&mut self, item: Outbound) -> Result<(), Closing> {
         match item {
-            Outbound::Push(pushed) => {
-                let written = self.write(pushed.frame()).await;
-                if written.is_err() {
-                    // Possibly half-written: the receiver cannot have read a
-                    // whole frame, so keep the message for its next login.
-                    self.keep_for_later(pushed).await;
-                }
-                written
-            }
-            Outbound::SweepOffline => {
-                let Some(user) = &self.state.user else {
-                    return Ok(());
-                };
-                match offline::take(&self.ctx, user.id).await {
-                    Ok((payloads, after)) => {
-                        for payload in payloads {
-                            let mut frame = payload.into_bytes();
-                            frame.push(b'\n');
-                            self.write(&frame).await?;
-                        }
-                        self.after_write(after).await;
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "could not read offline messages; they stay stored")
-                    }
-                }
-                Ok(())
-            }
+            Outbound::Push(pushed) => self.push(pushed).await,
+            Outbound::SweepOffline => self.sweep_offline().await,
         }
     }
 
-    async fn keep_for_later(&self, pushed: Pushed) {
+    /// Writes a pushed message. On v2 connections the pushes already queued
+    /// behind it go in the same write (v1 clients need one frame per write).
+    async fn push(&mut self, first: Pushed) -> Result<(), Closing> {
+        let mut batch = vec![first];
+        let mut sweep_after = false;
+        if self.version == Version::V2 {
+            let mut size = batch[0].frame().len();
+            while size < COALESCE_BYTES {
+                match self.state.mailbox.as_mut().map(|m| m.rx.try_recv()) {
+                    Some(Ok(Outbound::Push(next))) => {
+                        size += next.frame().len();
+                        batch.push(next);
+                    }
+                    Some(Ok(Outbound::SweepOffline)) => {
+                        sweep_after = true;
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let written = if let [single] = batch.as_slice() {
+            self.write(single.frame()).await
+        } else {
+            let bytes: Vec<u8> = batch.iter().flat_map(|p| p.frame()).copied().collect();
+            self.write(&bytes).await
+        };
+        if written.is_err() {
+            // Possibly half-written: keep what the receiver may not have
+            // read whole for its next login (at least once).
+            self.keep_for_later(&batch).await;
+            return written;
+        }
+        if sweep_after {
+            self.sweep_offline().await?;
+        }
+        Ok(())
+    }
+
+    async fn sweep_offline(&mut self) -> Result<(), Closing> {
+        let Some(user) = &self.state.user else {
+            return Ok(());
+        };
+        match offline::take(&self.ctx, user.id).await {
+            Ok((payloads, after)) => {
+                for payload in payloads {
+                    let mut frame = payload.into_bytes();
+                    frame.push(b'\n');
+                    self.write(&frame).await?;
+                }
+                self.after_write(after).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not read offline messages; they stay stored")
+            }
+        }
+        Ok(())
+    }
+
+    async fn keep_for_later(&self, unwritten: &[Pushed]) {
         let Some(user) = &self.state.user else {
             return;
         };
-        if let Err(error) = store_for_later(&self.ctx, &[user.id], &[pushed]).await {
-            tracing::error!(%error, "could not store an unwritten message");
+        if let Err(error) = store_for_later(&self.ctx, &[user.id], unwritten).await {
+            tracing::error!(%error, lost = unwritten.len(), "could not store unwritten messages");
         }
     }
 
@@ -300,7 +359,7 @@ impl Connection {
             if let Outbound::Push(pushed) = item {
                 let written = tokio::time::timeout_at(deadline, self.write(pushed.frame())).await;
                 if !matches!(written, Ok(Ok(()))) {
-                    self.keep_for_later(pushed).await;
+                    self.keep_for_later(&[pushed]).await;
                     return;
                 }
             }
@@ -321,12 +380,5 @@ impl Connection {
                 Err(Closing::Evicted)
             }
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
