@@ -1,11 +1,9 @@
 //! GROUP_CHAT: one message, serialized once, to every other member.
 
-use protocol::{ChatPush, ChatTarget, Errno, MsgId, Reply};
+use protocol::{ChatTarget, Errno, MsgId, Reply};
 
-use super::{local_time, now_ms, refuse, server_error, User};
+use super::{refuse, send_chat, server_error, User};
 use crate::context::Context;
-use crate::delivery::deliver;
-use crate::mailbox::Pushed;
 
 pub async fn apply(
     ctx: &Context,
@@ -31,23 +29,5 @@ pub async fn apply(
         .copied()
         .filter(|&id| id != user.id)
         .collect();
-    let mid = ctx.mids.next();
-    let time = time.unwrap_or_else(local_time);
-    let push = ChatPush {
-        target: ChatTarget::Group(group),
-        from: user.id,
-        name: &user.name,
-        msg,
-        time: &time,
-        mid,
-        ts: now_ms(),
-    };
-    let pushed = Pushed::new(mid, push.to_json());
-    match deliver(ctx, &receivers, &pushed).await {
-        Ok(()) => Reply::Done {
-            mid: Some(mid),
-            groupid: None,
-        },
-        Err(error) => server_error(MsgId::GroupChat, error),
-    }
+    send_chat(ctx, user, ChatTarget::Group(group), &receivers, msg, time).await
 }

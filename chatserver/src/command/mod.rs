@@ -16,11 +16,12 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use protocol::{Errno, MsgId, Reply, Request};
+use protocol::{ChatPush, ChatTarget, Errno, MsgId, Reply, Request};
 
 use crate::context::Context;
+use crate::delivery::deliver;
 use crate::error::StoreError;
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, Pushed};
 use crate::rate_limit::Failures;
 
 pub use logout::end_login;
@@ -147,11 +148,39 @@ fn logged_in(session: &SessionState) -> &User {
         .expect("apply() refuses these requests before login")
 }
 
-/// The server's local time as `YYYY-MM-DD HH:MM:SS`, for chats sent without one.
-pub(crate) fn local_time() -> String {
-    chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// Stamps a chat message (id, server time), serializes it once and
+/// delivers it to `receivers`; the v2 ACK carries its `mid`.
+pub(crate) async fn send_chat(
+    ctx: &Context,
+    user: &User,
+    target: ChatTarget,
+    receivers: &[i64],
+    msg: &str,
+    time: Option<String>,
+) -> Reply {
+    let mid = ctx.mids.next();
+    let time = time.unwrap_or_else(|| chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string());
+    let push = ChatPush {
+        target,
+        from: user.id,
+        name: &user.name,
+        msg,
+        time: &time,
+        mid,
+        ts: chrono::Utc::now().timestamp_millis(),
+    };
+    let pushed = Pushed::new(mid, push.to_json());
+    match deliver(ctx, receivers, &pushed).await {
+        Ok(()) => Reply::Done {
+            mid: Some(mid),
+            groupid: None,
+        },
+        Err(error) => {
+            let request = match target {
+                ChatTarget::User(_) => MsgId::OneChat,
+                ChatTarget::Group(_) => MsgId::GroupChat,
+            };
+            server_error(request, error)
+        }
+    }
 }

@@ -1,11 +1,9 @@
 //! ONE_CHAT: a message to one user, pushed now or stored for their next login.
 
-use protocol::{ChatPush, ChatTarget, Errno, MsgId, Reply};
+use protocol::{ChatTarget, Errno, MsgId, Reply};
 
-use super::{local_time, now_ms, refuse, server_error, User};
+use super::{refuse, send_chat, server_error, User};
 use crate::context::Context;
-use crate::delivery::deliver;
-use crate::mailbox::Pushed;
 
 pub async fn apply(ctx: &Context, user: &User, to: i64, msg: &str, time: Option<String>) -> Reply {
     if !ctx.registry.is_online(to) {
@@ -15,23 +13,5 @@ pub async fn apply(ctx: &Context, user: &User, to: i64, msg: &str, time: Option<
             Err(error) => return server_error(MsgId::OneChat, error),
         }
     }
-    let mid = ctx.mids.next();
-    let time = time.unwrap_or_else(local_time);
-    let push = ChatPush {
-        target: ChatTarget::User(to),
-        from: user.id,
-        name: &user.name,
-        msg,
-        time: &time,
-        mid,
-        ts: now_ms(),
-    };
-    let pushed = Pushed::new(mid, push.to_json());
-    match deliver(ctx, &[to], &pushed).await {
-        Ok(()) => Reply::Done {
-            mid: Some(mid),
-            groupid: None,
-        },
-        Err(error) => server_error(MsgId::OneChat, error),
-    }
+    send_chat(ctx, user, ChatTarget::User(to), &[to], msg, time).await
 }
