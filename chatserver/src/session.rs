@@ -62,12 +62,11 @@ pub async fn serve(
     let span =
         tracing::info_span!("conn", conn = conn_id, peer = %peer, user = tracing::field::Empty);
     let connection = Connection {
-        max_frame: ctx.limits.max_frame,
+        codec: FrameCodec::new(ctx.limits.max_frame),
         state: SessionState::new(conn_id, peer.ip()),
         ctx,
         stream,
         buf: BytesMut::new(),
-        codec: FrameCodec::new(0),
         version: Version::V1,
         last_frame: Instant::now(),
         partial_since: None,
@@ -80,7 +79,6 @@ struct Connection {
     stream: TcpStream,
     buf: BytesMut,
     codec: FrameCodec,
-    max_frame: usize,
     state: SessionState,
     version: Version,
     last_frame: Instant,
@@ -90,7 +88,6 @@ struct Connection {
 
 impl Connection {
     async fn run(mut self, shutdown: CancellationToken) {
-        self.codec = FrameCodec::new(self.max_frame);
         tracing::debug!("connected");
         let reason = self.serve(&shutdown).await;
         if matches!(reason, Closing::Shutdown) {

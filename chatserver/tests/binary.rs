@@ -271,3 +271,47 @@ async fn creates_a_missing_mariadb_database() {
         .unwrap();
     assert_eq!(names, vec!["maria".to_owned()]);
 }
+
+/// While a clean shutdown waits for a session stuck writing to a peer that
+/// stopped reading, a second signal exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_at_once() {
+    let dir = temp_dir("second");
+    let (mut child, addr) = start(chatserver(
+        &dir,
+        &[
+            "127.0.0.1",
+            "0",
+            "--hash-memory-kib",
+            "64",
+            "--hash-iterations",
+            "1",
+        ],
+    ));
+    let mut sleeper = Client::connect(addr).await;
+    let sleeper_id = sleeper.register("sleeper", "pw").await;
+    sleeper.login(sleeper_id, "pw").await;
+    let mut sender = Client::connect(addr).await;
+    let id = sender.register("sender", "pw").await;
+    sender.login(id, "pw").await;
+    // Far more than the socket buffers hold: the sleeper's session blocks in a write.
+    let padding = "z".repeat(8 * 1024);
+    for i in 0..1000 {
+        sender
+            .send(json!({"msgid": 6, "toid": sleeper_id, "msg": i.to_string(), "time": padding}))
+            .await;
+    }
+    sender.call(json!({"msgid": 12})).await;
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for the stuck session"
+    );
+    let second = Instant::now();
+    signal(&child, "TERM");
+    let status = wait_with_timeout(&mut child, Duration::from_secs(2)).expect("exits at once");
+    assert_eq!(status.code(), Some(130));
+    assert!(second.elapsed() < Duration::from_secs(1));
+    drop(sleeper);
+}
