@@ -1,6 +1,8 @@
 //! Parsing one frame into a typed request, or into the error reply it earns.
 
-use serde_json::{Map, Value};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::{Errno, MsgId, Version};
 
@@ -96,35 +98,98 @@ pub struct Parsed {
     pub request: Result<Request, BadRequest>,
 }
 
+/// Every field any request may carry, borrowed from the frame undecoded:
+/// a request is decoded without building a map of the whole object, and a
+/// field is only decoded (and type-checked) when the request needs it.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawFields<'a> {
+    #[serde(borrow, deserialize_with = "present")]
+    msgid: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    v: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    rid: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    password: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    toid: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    msg: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    time: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    friendid: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    groupname: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    groupdesc: Option<&'a RawValue>,
+    #[serde(borrow, deserialize_with = "present")]
+    groupid: Option<&'a RawValue>,
+}
+
+/// A field that is present is `Some`, even when it is `null` (which is
+/// then refused as mistyped rather than taken for a missing field).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
 /// Parses one frame (without its terminator). Never panics, whatever the bytes.
 pub fn parse_frame(frame: &[u8]) -> Parsed {
-    let bad = |reason: &str| Parsed {
-        rid: None,
-        version: None,
-        request: Err(BadRequest {
-            msgid: None,
-            reason: reason.to_owned(),
-        }),
-    };
     let Ok(text) = std::str::from_utf8(frame) else {
-        return bad("frame is not valid UTF-8");
+        return Parsed::bad("frame is not valid UTF-8");
     };
-    let object = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(object)) => object,
-        Ok(_) => return bad("frame is not a JSON object"),
-        Err(_) => return bad("frame is not valid JSON"),
-    };
-    let rid = match object.get("rid") {
+    // Serde would also read a struct from an array: only objects take the fast path.
+    if text.trim_start().starts_with('{') {
+        if let Ok(fields) = serde_json::from_str::<RawFields>(text) {
+            return parse_fields(&Fields(fields));
+        }
+    }
+    // The slow path, for frames the fast one refuses: tell apart what is
+    // not an object, and accept objects that repeat a key (the last wins).
+    match serde_json::from_str::<Value>(text) {
+        Ok(object @ Value::Object(_)) => {
+            let canonical = object.to_string();
+            match serde_json::from_str::<RawFields>(&canonical) {
+                Ok(fields) => parse_fields(&Fields(fields)),
+                Err(_) => Parsed::bad("frame is not valid JSON"),
+            }
+        }
+        Ok(_) => Parsed::bad("frame is not a JSON object"),
+        Err(_) => Parsed::bad("frame is not valid JSON"),
+    }
+}
+
+impl Parsed {
+    fn bad(reason: &str) -> Parsed {
+        Parsed {
+            rid: None,
+            version: None,
+            request: Err(BadRequest {
+                msgid: None,
+                reason: reason.to_owned(),
+            }),
+        }
+    }
+}
+
+fn parse_fields(fields: &Fields) -> Parsed {
+    let rid = match fields.0.rid {
         None => None,
-        Some(rid @ (Value::String(_) | Value::Number(_))) => Some(rid.clone()),
-        Some(_) => return bad("rid must be a string or a number"),
+        Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
+            Ok(rid @ (Value::String(_) | Value::Number(_))) => Some(rid),
+            _ => return Parsed::bad("rid must be a string or a number"),
+        },
     };
-    let fields = Fields(&object);
-    let msgid = match object.get("msgid") {
+    let msgid = match fields.0.msgid {
         None => Err("missing msgid".to_owned()),
-        Some(value) => match value.as_i64() {
-            None => Err("msgid must be an integer".to_owned()),
-            Some(n) => match MsgId::from_number(n) {
+        Some(raw) => match serde_json::from_str::<i64>(raw.get()) {
+            Err(_) => Err("msgid must be an integer".to_owned()),
+            Ok(n) => match MsgId::from_number(n) {
                 Some(msgid) => Ok(msgid),
                 None => Err(format!("unknown msgid {n}")),
             },
@@ -152,15 +217,32 @@ pub fn parse_frame(frame: &[u8]) -> Parsed {
     }
 }
 
-/// Typed access to the fields of a request object.
-struct Fields<'a>(&'a Map<String, Value>);
+/// Typed access to the fields of a request.
+struct Fields<'a>(RawFields<'a>);
 
 impl Fields<'_> {
+    fn raw(&self, key: &str) -> Option<&RawValue> {
+        let fields = &self.0;
+        match key {
+            "id" => fields.id,
+            "password" => fields.password,
+            "name" => fields.name,
+            "toid" => fields.toid,
+            "msg" => fields.msg,
+            "time" => fields.time,
+            "friendid" => fields.friendid,
+            "groupname" => fields.groupname,
+            "groupdesc" => fields.groupdesc,
+            "groupid" => fields.groupid,
+            _ => None,
+        }
+    }
+
     fn version(&self) -> Result<Option<Version>, String> {
-        match self.0.get("v").map(Value::as_i64) {
+        match self.0.v.map(|raw| serde_json::from_str::<i64>(raw.get())) {
             None => Ok(None),
-            Some(Some(1)) => Ok(Some(Version::V1)),
-            Some(Some(2)) => Ok(Some(Version::V2)),
+            Some(Ok(1)) => Ok(Some(Version::V1)),
+            Some(Ok(2)) => Ok(Some(Version::V2)),
             Some(_) => Err("v must be the integer 1 or 2".to_owned()),
         }
     }
@@ -171,12 +253,11 @@ impl Fields<'_> {
     }
 
     fn opt_int(&self, key: &str) -> Result<Option<i64>, String> {
-        match self.0.get(key) {
+        match self.raw(key) {
             None => Ok(None),
-            Some(value) => value
-                .as_i64()
+            Some(raw) => serde_json::from_str::<i64>(raw.get())
                 .map(Some)
-                .ok_or_else(|| format!("{key} must be an integer")),
+                .map_err(|_| format!("{key} must be an integer")),
         }
     }
 
@@ -186,10 +267,11 @@ impl Fields<'_> {
     }
 
     fn opt_string(&self, key: &str) -> Result<Option<String>, String> {
-        match self.0.get(key) {
+        match self.raw(key) {
             None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(format!("{key} must be a string")),
+            Some(raw) => serde_json::from_str::<String>(raw.get())
+                .map(Some)
+                .map_err(|_| format!("{key} must be a string")),
         }
     }
 
@@ -298,6 +380,63 @@ mod tests {
         let parsed = parse_frame(br#"{"msgid":6,"rid":7,"toid":"x","msg":"m"}"#);
         assert_eq!(parsed.rid, Some(Value::from(7)));
         assert!(parsed.request.is_err());
+    }
+
+    #[test]
+    fn null_is_mistyped_not_missing_and_repeated_keys_keep_the_last() {
+        assert_eq!(
+            err(br#"{"msgid":6,"toid":2,"msg":"m","time":null}"#).reason,
+            "time must be a string"
+        );
+        assert_eq!(err(br#"{"msgid":null}"#).reason, "msgid must be an integer");
+        let parsed = parse_frame(br#"{"msgid":6,"toid":1,"toid":2,"msg":"m"}"#);
+        assert!(matches!(parsed.request, Ok(Request::OneChat { to: 2, .. })));
+    }
+
+    #[test]
+    fn escapes_unicode_and_unknown_fields() {
+        let parsed = parse_frame(
+            br#"{"extra":{"deep":[1,{"x":null}]},"msgid":6,"toid":2,"msg":"a\"b\\c\u0000\u4e2d\ud83d\ude00"}"#,
+        );
+        match parsed.request.unwrap() {
+            Request::OneChat { msg, .. } => assert_eq!(msg, "a\"b\\c\u{0}中😀"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Mutations of valid frames (bytes flipped, cut, repeated) never panic.
+    #[test]
+    fn never_panics_on_mangled_frames() {
+        let seeds: [&[u8]; 3] = [
+            br#"{"msgid":6,"v":2,"rid":"r","id":1,"toid":2,"msg":"m\u0000","time":"t"}"#,
+            br#"{"msgid":1,"id":13,"password":"p"}"#,
+            br#"[{"msgid":8,"groupname":"g"},null,1.5e400]"#,
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let mut frame = seeds[round % seeds.len()].to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % frame.len().max(1);
+                match next() % 3 {
+                    0 => frame[at] = next() as u8,
+                    1 => frame.truncate(at),
+                    _ => {
+                        let alphabet = b"{}[]\",:\\0 ";
+                        frame.insert(at, alphabet[(next() as usize) % alphabet.len()]);
+                    }
+                }
+                if frame.is_empty() {
+                    break;
+                }
+            }
+            let _ = parse_frame(&frame);
+        }
     }
 
     #[test]
