@@ -86,6 +86,11 @@ pub struct Args {
     /// This server's name, shown in PONG and logs [default: IP:PORT]
     #[arg(long, env = "CHAT_SERVER_NAME", value_name = "NAME")]
     pub name: Option<String>,
+    /// Runtime worker threads [default: number of CPUs]. On a machine shared
+    /// with other busy processes (a load generator, say) fewer threads wake
+    /// each other less often.
+    #[arg(long, env = "CHAT_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
     /// Log format: text or json (level from RUST_LOG, default info) [default text]
     #[arg(long, env = "CHAT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -109,6 +114,7 @@ struct FileConfig {
     redis_url: Option<String>,
     redis_prefix: Option<String>,
     presence_lease: Option<String>,
+    worker_threads: Option<usize>,
     name: Option<String>,
     log_format: Option<String>,
 }
@@ -152,6 +158,7 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub redis_prefix: String,
     pub presence_lease: Duration,
+    pub worker_threads: usize,
     /// `None` means "the bound address", known only after binding.
     pub name: Option<String>,
     pub log_format: LogFormat,
@@ -191,6 +198,7 @@ impl std::fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_deref().map(mask_url))
             .field("redis_prefix", &self.redis_prefix)
             .field("presence_lease", &self.presence_lease)
+            .field("worker_threads", &self.worker_threads)
             .field("name", &self.name)
             .finish()
     }
@@ -203,7 +211,7 @@ impl Default for Config {
             database_url: DEFAULT_DATABASE_URL.to_owned(),
             max_frame: DEFAULT_MAX_FRAME,
             hash_cost: HashCost::default(),
-            hash_threads: default_hash_threads(),
+            hash_threads: default_threads(),
             login_idle_timeout: DEFAULT_LOGIN_IDLE_TIMEOUT,
             v2_idle_timeout: DEFAULT_V2_IDLE_TIMEOUT,
             frame_stall_timeout: DEFAULT_FRAME_STALL_TIMEOUT,
@@ -212,13 +220,14 @@ impl Default for Config {
             redis_url: None,
             redis_prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             presence_lease: DEFAULT_PRESENCE_LEASE,
+            worker_threads: default_threads(),
             name: None,
             log_format: LogFormat::Text,
         }
     }
 }
 
-fn default_hash_threads() -> usize {
+fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
@@ -294,6 +303,10 @@ impl Config {
                 args.presence_lease.or(file.presence_lease),
                 defaults.presence_lease,
             )?,
+            worker_threads: args
+                .worker_threads
+                .or(file.worker_threads)
+                .unwrap_or(defaults.worker_threads),
             name: args.name.or(file.name),
             log_format: match args.log_format.or(file.log_format).as_deref() {
                 None | Some("text") => LogFormat::Text,
@@ -328,6 +341,9 @@ impl Config {
         }
         if self.hash_threads == 0 {
             return invalid("hash-threads", "must be at least 1");
+        }
+        if self.worker_threads == 0 {
+            return invalid("worker-threads", "must be at least 1");
         }
         if self.outbound_queue == 0 {
             return invalid("outbound-queue", "must be at least 1");

@@ -113,6 +113,7 @@ fn help_names_every_option() {
         "--outbound-queue",
         "--db-connect-timeout",
         "--name",
+        "--worker-threads",
         "--log-format",
     ] {
         assert!(help.contains(option), "--help lacks {option}");
