@@ -24,6 +24,9 @@ drop_stale_test_databases() {
 ensure_redis
 ensure_nginx
 drop_stale_test_databases
+# Keys left under test prefixes by runs that were killed (clean runs leave few).
+redis-cli -h 127.0.0.1 -p 6379 --scan --pattern 'test:*' | xargs -r redis-cli -h 127.0.0.1 -p 6379 del >/dev/null
+redis-cli -h 127.0.0.1 -p 6379 --scan --pattern 'e2e:*' | xargs -r redis-cli -h 127.0.0.1 -p 6379 del >/dev/null
 rm -rf "${TMPDIR:-/tmp}/chatchat-tests"
 
 log "cargo fmt --check"
