@@ -15,10 +15,10 @@
 //! under the same name never mistakes its predecessor's keys for its own.
 //! Every multi-key decision runs in one Lua script, so it is atomic.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -32,6 +32,13 @@ use crate::mid::MAX_NODE;
 
 /// Every Redis call is bounded: a hung Redis must not hang a request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a user's server, learned from a hand-off, is trusted without a
+/// new lookup. A stale entry costs only time: the server that gets a push
+/// for a user it no longer holds stores it and asks for a sweep, so the
+/// message still arrives once.
+const LOCATION_TTL: Duration = Duration::from_secs(5);
+/// Known locations kept before the cache is emptied and refilled.
+const LOCATION_CACHE_MAX: usize = 200_000;
 /// How long the server-number lease lasts without a heartbeat.
 const NODE_LEASE: Duration = Duration::from_secs(120);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
@@ -79,12 +86,13 @@ return result
 "#;
 
 /// Groups receivers by the server that holds them and publishes one frame
-/// per server; returns, per receiver, 1 when a live server took the frame.
+/// per server; returns, per receiver, the server that took the frame, or
+/// an empty string when none did.
 const FAN_OUT: &str = r#"
 local prefix, head, body = ARGV[1], ARGV[2], ARGV[3]
 local by_owner, owners, result = {}, {}, {}
 for i, key in ipairs(KEYS) do
-  result[i] = 0
+  result[i] = ''
   local owner = redis.call('GET', key)
   if owner and redis.call('EXISTS', prefix .. 'alive:' .. owner) == 1 then
     if not by_owner[owner] then
@@ -100,7 +108,7 @@ for _, owner in ipairs(owners) do
   local frame = head .. ' ' .. table.concat(ids, ',')
   if body ~= '' then frame = frame .. '\n' .. body end
   if redis.call('PUBLISH', prefix .. 'server:' .. owner, frame) > 0 then
-    for _, i in ipairs(by_owner[owner]) do result[i] = 1 end
+    for _, i in ipairs(by_owner[owner]) do result[i] = owner end
   end
 end
 return result
@@ -113,6 +121,9 @@ if owner and owner ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 "#;
+
+/// A server token and users it holds.
+type UsersOnServer = (Arc<str>, Vec<i64>);
 
 pub struct Cluster {
     token: String,
@@ -130,6 +141,8 @@ pub struct Cluster {
     /// again: while Redis is away, requests fail at once instead of each
     /// waiting for a timeout.
     reachable: AtomicBool,
+    /// Where users were last handed to: user id to server token and when.
+    locations: Mutex<HashMap<i64, (Arc<str>, Instant)>>,
     /// Users whose release failed while Redis was away; retried by the heartbeat.
     pending_releases: Mutex<HashSet<i64>>,
 }
@@ -165,6 +178,7 @@ impl Cluster {
             keep_node: Script::new(KEEP_NODE),
             node: Mutex::new(0),
             reachable: AtomicBool::new(true),
+            locations: Mutex::default(),
             pending_releases: Mutex::default(),
         };
         cluster.beat().await?;
@@ -316,23 +330,92 @@ impl Cluster {
     }
 
     /// Hands a push to the servers holding `users`; returns those no live
-    /// server took (logged in nowhere, or their server is unreachable).
-    pub async fn hand_off(&self, users: &[i64], pushed: &Pushed) -> Result<Vec<i64>, ClusterError> {
-        self.fan_out_frame(users, &format!("P {}", pushed.mid), pushed.payload())
-            .await
+    /// server took (logged in nowhere, their server unreachable, or Redis
+    /// away). Users whose server is known from a recent hand-off get a plain
+    /// PUBLISH to it; the others go through the lookup script.
+    pub async fn hand_off(&self, users: &[i64], pushed: &Pushed) -> Vec<i64> {
+        let head = format!("P {}", pushed.mid);
+        let (known, mut unknown) = self.recent_locations(users);
+        for (server, ids) in known {
+            let frame = format!("{head} {}\n{}", join_ids(&ids), pushed.payload());
+            let mut conn = self.conn();
+            let channel = format!("{}server:{server}", self.prefix);
+            let published = self
+                .guarded(bounded(async move {
+                    conn.publish::<_, _, i64>(channel, frame).await
+                }))
+                .await;
+            if !matches!(published, Ok(n) if n > 0) {
+                // That server is gone or Redis is away: look the users up again.
+                self.forget_locations(&ids);
+                unknown.extend(ids);
+            }
+        }
+        if unknown.is_empty() {
+            return Vec::new();
+        }
+        match self.fan_out_frame(&unknown, &head, pushed.payload()).await {
+            Ok(servers) => {
+                let mut not_taken = Vec::new();
+                let mut locations = self.locations.lock().expect("locations lock");
+                if locations.len() > LOCATION_CACHE_MAX {
+                    locations.clear();
+                }
+                for (user, server) in unknown.into_iter().zip(servers) {
+                    if server.is_empty() {
+                        not_taken.push(user);
+                    } else {
+                        locations.insert(user, (server.into(), Instant::now()));
+                    }
+                }
+                not_taken
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cluster unavailable; storing messages for other servers' users");
+                unknown
+            }
+        }
+    }
+
+    /// Splits users into those with a fresh known server (grouped by
+    /// server) and the rest.
+    fn recent_locations(&self, users: &[i64]) -> (Vec<UsersOnServer>, Vec<i64>) {
+        let locations = self.locations.lock().expect("locations lock");
+        let mut known: Vec<UsersOnServer> = Vec::new();
+        let mut unknown = Vec::new();
+        for &user in users {
+            match locations.get(&user) {
+                Some((server, seen)) if seen.elapsed() < LOCATION_TTL => {
+                    match known.iter_mut().find(|(s, _)| s == server) {
+                        Some((_, ids)) => ids.push(user),
+                        None => known.push((server.clone(), vec![user])),
+                    }
+                }
+                _ => unknown.push(user),
+            }
+        }
+        (known, unknown)
+    }
+
+    fn forget_locations(&self, users: &[i64]) {
+        let mut locations = self.locations.lock().expect("locations lock");
+        for user in users {
+            locations.remove(user);
+        }
     }
 
     /// Asks the servers holding `users` to read their offline messages again.
-    pub async fn request_sweep(&self, users: &[i64]) -> Result<Vec<i64>, ClusterError> {
-        self.fan_out_frame(users, "S", "").await
+    pub async fn request_sweep(&self, users: &[i64]) -> Result<(), ClusterError> {
+        self.fan_out_frame(users, "S", "").await.map(drop)
     }
 
+    /// Per user, the server that took the frame ("" when none did).
     async fn fan_out_frame(
         &self,
         users: &[i64],
         head: &str,
         body: &str,
-    ) -> Result<Vec<i64>, ClusterError> {
+    ) -> Result<Vec<String>, ClusterError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -344,7 +427,7 @@ impl Cluster {
         users: &[i64],
         head: &str,
         body: &str,
-    ) -> Result<Vec<i64>, ClusterError> {
+    ) -> Result<Vec<String>, ClusterError> {
         let mut invocation = self.fan_out.prepare_invoke();
         for user in users {
             invocation.key(self.user_key(*user));
@@ -354,14 +437,7 @@ impl Cluster {
             invocation.arg(*user);
         }
         let mut conn = self.conn();
-        let taken: Vec<i64> =
-            bounded(async move { invocation.invoke_async(&mut conn).await }).await?;
-        Ok(users
-            .iter()
-            .zip(taken)
-            .filter(|(_, taken)| *taken == 0)
-            .map(|(user, _)| *user)
-            .collect())
+        bounded(async move { invocation.invoke_async(&mut conn).await }).await
     }
 
     /// Tells every server that a group's members changed.
@@ -521,7 +597,7 @@ async fn subscriber(ctx: Arc<Context>, cluster: Arc<Cluster>, stop: Cancellation
                         message = messages.next() => message,
                     };
                     let Some(message) = message else { break };
-                    handle_frame(&ctx, &cluster, message.get_payload_bytes()).await;
+                    handle_frame(&ctx, message.get_payload_bytes()).await;
                 }
                 tracing::error!("lost the cluster subscription; reconnecting");
             }
@@ -553,6 +629,10 @@ enum ClusterFrame<'a> {
     },
 }
 
+fn join_ids(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
 fn parse_ids(text: &str) -> Option<Vec<i64>> {
     text.split(',').map(|id| id.parse().ok()).collect()
 }
@@ -577,8 +657,7 @@ fn parse_cluster_frame(bytes: &[u8]) -> Option<ClusterFrame<'_>> {
     }
 }
 
-async fn handle_frame(ctx: &Context, cluster: &Cluster, bytes: &[u8]) {
-    let _ = cluster;
+async fn handle_frame(ctx: &Arc<Context>, bytes: &[u8]) {
     match parse_cluster_frame(bytes) {
         Some(ClusterFrame::Push {
             mid,
@@ -596,9 +675,15 @@ async fn handle_frame(ctx: &Context, cluster: &Cluster, bytes: &[u8]) {
                     left.push(user);
                 }
             }
-            // The receiver left after the sender looked: keep it for their next login.
-            if let Err(error) = store_for_later(ctx, &left, std::slice::from_ref(&pushed)).await {
-                tracing::error!(%error, users = ?left, "could not store a message for users who left");
+            // The receiver left after the sender looked: keep it for their
+            // next login, without holding up the frames behind this one.
+            if !left.is_empty() {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = store_for_later(&ctx, &left, &[pushed]).await {
+                        tracing::error!(%error, users = ?left, "could not store a message for users who left");
+                    }
+                });
             }
         }
         Some(ClusterFrame::Sweep { users }) => {

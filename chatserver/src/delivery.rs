@@ -25,13 +25,7 @@ pub async fn deliver(ctx: &Context, receivers: &[i64], pushed: &Pushed) -> Resul
     }
     match &ctx.cluster {
         Some(cluster) if !elsewhere.is_empty() => {
-            match cluster.hand_off(&elsewhere, pushed).await {
-                Ok(not_taken) => offline.extend(not_taken),
-                Err(error) => {
-                    tracing::warn!(%error, "cluster unavailable; storing messages for other servers' users");
-                    offline.extend(elsewhere);
-                }
-            }
+            offline.extend(cluster.hand_off(&elsewhere, pushed).await);
         }
         _ => offline.extend(elsewhere),
     }
