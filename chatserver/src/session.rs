@@ -52,13 +52,15 @@ enum Closing {
     Shutdown,
 }
 
-pub async fn serve(
+/// The future serving one connection. Not an `async fn`: that would keep
+/// the connection twice in the task (argument and state), 1.4 KiB each.
+pub fn serve(
     ctx: Arc<Context>,
     stream: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
     shutdown: CancellationToken,
-) {
+) -> impl std::future::Future<Output = ()> {
     let span =
         tracing::info_span!("conn", conn = conn_id, peer = %peer, user = tracing::field::Empty);
     let connection = Connection {
@@ -72,7 +74,7 @@ pub async fn serve(
         last_frame: Instant::now(),
         partial_since: None,
     };
-    connection.run(shutdown).await;
+    connection.run(shutdown)
 }
 
 struct Connection {
@@ -95,7 +97,7 @@ impl Connection {
         self.span.in_scope(|| tracing::debug!("connected"));
         let reason = self.serve(&shutdown).await;
         let span = self.span.clone();
-        async move {
+        Box::pin(async move {
             if matches!(reason, Closing::Shutdown) {
                 self.flush_mailbox().await;
             }
@@ -107,7 +109,7 @@ impl Connection {
                 }
                 _ => tracing::warn!(%reason, "connection closed"),
             }
-        }
+        })
         .instrument(span)
         .await;
     }
@@ -211,7 +213,9 @@ impl Connection {
                 Ok(Some(frame)) => {
                     self.last_frame = Instant::now();
                     let span = self.span.clone();
-                    self.handle(&frame).instrument(span).await?;
+                    // Boxed: the request futures (SQL, hashing) are large, and
+                    // an idle session should not carry their space.
+                    Box::pin(self.handle(&frame).instrument(span)).await?;
                 }
                 Ok(None) => break,
                 Err(FrameError::TooLarge { limit }) => {
@@ -287,7 +291,7 @@ impl Connection {
             Outbound::Push(pushed) => self.push(pushed).await,
             Outbound::SweepOffline => {
                 let span = self.span.clone();
-                self.sweep_offline().instrument(span).await
+                Box::pin(self.sweep_offline().instrument(span)).await
             }
         }
     }
@@ -323,12 +327,12 @@ impl Connection {
             // Possibly half-written: keep what the receiver may not have
             // read whole for its next login (at least once).
             let span = self.span.clone();
-            self.keep_for_later(&batch).instrument(span).await;
+            Box::pin(self.keep_for_later(&batch).instrument(span)).await;
             return written;
         }
         if sweep_after {
             let span = self.span.clone();
-            self.sweep_offline().instrument(span).await?;
+            Box::pin(self.sweep_offline().instrument(span)).await?;
         }
         Ok(())
     }
