@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info_span, warn, Instrument, Span};
 
 use crate::backend::{BackendState, Transition};
 use crate::Shared;
@@ -37,7 +37,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 let task_shared = shared.clone();
                 shared
                     .tracker
-                    .spawn(handle_client(task_shared, client, peer).instrument(span));
+                    .spawn(handle_client(task_shared, client, peer, span));
             }
             Err(e) => {
                 // Errors such as EMFILE would spin the loop; wait, growing the pause.
@@ -107,27 +107,30 @@ async fn connect_backend(shared: &Shared) -> Option<(TcpStream, Slot)> {
     None
 }
 
-async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
-    let Some((backend, slot)) = connect_backend(&shared).await else {
+/// The span is entered while connecting and for the closing log, not
+/// around the copy: entering it on every wake-up of a busy connection cost
+/// more than the copy itself.
+async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, span: Span) {
+    let Some((backend, slot)) = connect_backend(&shared).instrument(span.clone()).await else {
         shared.clients_rejected.fetch_add(1, Ordering::Relaxed);
-        warn!("no backend accepted the connection; closing the client");
+        span.in_scope(|| warn!("no backend accepted the connection; closing the client"));
         return;
     };
     let state = slot.0.clone();
-    tracing::Span::current().record("backend", state.address.as_str());
+    span.record("backend", state.address.as_str());
     state.stats.total.fetch_add(1, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     let idle = shared.snapshot().config.idle_timeout;
     let kill = state.kill_token();
-    debug!(%peer, "proxying");
+    span.in_scope(|| debug!(%peer, "proxying"));
     let started = Instant::now();
     let reason = tokio::select! {
         r = pump(client, backend, &state, idle) => r,
         _ = kill.cancelled() => "drain timeout",
         _ = shared.hard_stop.cancelled() => "shutdown grace period over",
     };
-    debug!(reason, duration = ?started.elapsed(), "connection closed");
+    span.in_scope(|| debug!(reason, duration = ?started.elapsed(), "connection closed"));
     drop(slot);
 }
 
