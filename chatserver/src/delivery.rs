@@ -1,5 +1,6 @@
 //! Getting a pushed message to its receivers: into the mailbox of a session
-//! here, or into offline storage. Never both, never neither.
+//! here, to the server that holds them (cluster mode), or into offline
+//! storage. Never both, never neither.
 
 use crate::context::Context;
 use crate::error::StoreError;
@@ -58,7 +59,7 @@ pub async fn store_for_later(
     let mut elsewhere = Vec::new();
     for &receiver in receivers {
         match ctx.registry.get(receiver) {
-            // Full or gone: the session is closing and the row stays stored.
+            // If full or gone, the session is closing and the row stays stored.
             Some(handle) => {
                 handle.offer(Outbound::SweepOffline);
             }

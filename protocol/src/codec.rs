@@ -37,16 +37,6 @@ impl FrameCodec {
             scanned: 0,
         }
     }
-
-    pub fn max_frame(&self) -> usize {
-        self.max_frame
-    }
-
-    /// True when bytes of an unfinished frame are buffered (used to time out
-    /// a frame that stalls half-way).
-    pub fn has_partial(buf: &BytesMut) -> bool {
-        !is_blank(buf)
-    }
 }
 
 impl Default for FrameCodec {

@@ -12,8 +12,7 @@ mod request;
 pub use codec::{FrameCodec, FrameError, DEFAULT_MAX_FRAME};
 pub use ids::{Errno, MsgId, Version};
 pub use reply::{
-    is_json_object, ChatPush, ChatTarget, FriendEntry, GroupEntry, LoginSuccess, MemberEntry,
-    Presence, Reply, Role,
+    ChatPush, ChatTarget, FriendEntry, GroupEntry, LoginSuccess, MemberEntry, Presence, Reply, Role,
 };
 pub use request::{parse_frame, BadRequest, Parsed, Request};
 

@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::{Errno, MsgId, Version};
@@ -26,13 +25,6 @@ pub enum Role {
 }
 
 impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Creator => "creator",
-            Role::Normal => "normal",
-        }
-    }
-
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "creator" => Some(Role::Creator),
@@ -115,14 +107,6 @@ impl Reply {
             request,
             errno,
             message: Cow::Borrowed(errno.default_message()),
-        }
-    }
-
-    /// The errno this reply carries (0 for successes).
-    pub fn errno(&self) -> Errno {
-        match self {
-            Reply::Error { errno, .. } => *errno,
-            _ => Errno::Ok,
         }
     }
 
@@ -311,11 +295,6 @@ impl ChatPush<'_> {
     }
 }
 
-/// Checks that stored offline text is a JSON object before it is embedded raw.
-pub fn is_json_object(text: &str) -> bool {
-    serde_json::from_str::<&RawValue>(text).is_ok_and(|raw| raw.get().starts_with('{'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +414,5 @@ mod tests {
         assert_eq!(value["msg"], text);
         assert_eq!(value["groupid"], 4);
         assert!(value.get("toid").is_none());
-        assert!(is_json_object(&push.to_json()));
     }
 }
