@@ -1,0 +1,155 @@
+//! The database going away and coming back, through a TCP relay the test
+//! can cut: requests that need storage get errno 10 with nothing
+//! half-written, requests that do not keep working, and the server recovers
+//! by itself.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{fresh_database_url, mysql_base_url, test_config, Backend, Client, TestServer};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Forwards connections to MariaDB until cut; while cut it refuses new
+/// connections (accepts and closes them) and has closed the open ones.
+struct Relay {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: Arc<std::sync::Mutex<CancellationToken>>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let (task_up, task_cut) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !task_up.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let token = task_cut.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = token.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, up, cut }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let mut token = self.cut.lock().unwrap();
+        token.cancel();
+        *token = CancellationToken::new();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_gives_errno_10_and_the_server_recovers() {
+    let base = mysql_base_url();
+    let host_port = base.rsplit('@').next().unwrap().to_owned();
+    let target: SocketAddr = tokio::net::lookup_host(host_port.as_str())
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let relay = Relay::start(target).await;
+    let direct_url = fresh_database_url(Backend::MariaDb);
+    let database = direct_url.rsplit('/').next().unwrap();
+    let relayed_url = format!(
+        "{}@{}/{database}",
+        base.rsplit_once('@').unwrap().0,
+        relay.addr
+    );
+    let mut config = test_config(Backend::MariaDb);
+    config.database_url = relayed_url;
+    let server = TestServer::start_with(config).await;
+
+    let (mut alice, _) = Client::user(&server, "alice").await;
+    let (mut bob, bob_id) = Client::user(&server, "bob").await;
+    let mut carol = server.client().await;
+    let carol_id = carol.register("carol", "pw").await;
+    let before = server.count("SELECT COUNT(*) FROM group_members").await;
+
+    relay.cut();
+    // Storage is needed: errno 10, whatever the request.
+    let create = alice
+        .call(json!({"msgid": 8, "groupname": "during outage"}))
+        .await;
+    assert_eq!(create["errno"], 10, "{create}");
+    let offline = alice
+        .call(json!({"msgid": 6, "toid": carol_id, "msg": "stored?"}))
+        .await;
+    assert_eq!(offline["errno"], 10, "{offline}");
+    let login = carol
+        .call(json!({"msgid": 1, "id": carol_id, "password": "pw"}))
+        .await;
+    assert_eq!(login["errno"], 10, "{login}");
+    let register = carol
+        .call(json!({"msgid": 4, "name": "dave", "password": "pw"}))
+        .await;
+    assert_eq!(register["errno"], 10, "{register}");
+    // Not needed: online chat and PING go on.
+    let online = alice
+        .call(json!({"msgid": 6, "toid": bob_id, "msg": "still here"}))
+        .await;
+    assert_eq!(online["errno"], 0);
+    assert_eq!(bob.recv().await["msg"], "still here");
+    assert_eq!(carol.call(json!({"msgid": 12})).await["msgid"], 13);
+
+    relay.restore();
+    // The pool reconnects by itself; nothing was half-written meanwhile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let create = alice
+            .call(json!({"msgid": 8, "groupname": "after outage"}))
+            .await;
+        if create["errno"] == 0 {
+            break;
+        }
+        assert_eq!(create["errno"], 10);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "storage never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        server
+            .count("SELECT COUNT(*) FROM chat_groups WHERE name = 'during outage'")
+            .await,
+        0
+    );
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM group_members").await,
+        before + 1
+    );
+    let ack = carol.login(carol_id, "pw").await;
+    assert_eq!(
+        ack["offlinemsg"],
+        json!([]),
+        "the refused message was not stored"
+    );
+    server.stop().await;
+}
