@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info_span, warn, Instrument, Span};
 
@@ -137,26 +140,35 @@ async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr,
 /// Copies both ways until both directions reached EOF (half-closes are
 /// passed on), one side fails, or nothing moved for `idle`.
 async fn pump(
-    mut client: TcpStream,
-    mut backend: TcpStream,
+    client: TcpStream,
+    backend: TcpStream,
     state: &BackendState,
     idle: Option<Duration>,
 ) -> &'static str {
     let start = Instant::now();
     // Milliseconds since `start` of the last byte moved, shared by both directions.
     let last = AtomicU64::new(0);
-    let (mut cr, mut cw) = client.split();
-    let (mut br, mut bw) = backend.split();
-    let up = copy_counted(
-        &mut cr,
-        &mut bw,
-        &state.stats.bytes_to_backend,
-        &last,
+    let mut client = Counted {
+        stream: client,
+        counter: &state.stats.bytes_to_backend,
+        last: &last,
         start,
-    );
-    let down = copy_counted(&mut br, &mut cw, &state.stats.bytes_to_client, &last, start);
+    };
+    let mut backend = Counted {
+        stream: backend,
+        counter: &state.stats.bytes_to_client,
+        last: &last,
+        start,
+    };
     let copy = async {
-        match tokio::try_join!(up, down) {
+        match tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut backend,
+            BUF_SIZE,
+            BUF_SIZE,
+        )
+        .await
+        {
             Ok(_) => "closed",
             Err(_) => "error",
         }
@@ -170,6 +182,51 @@ async fn pump(
     }
 }
 
+/// A socket that counts the bytes read from it (which the copy then writes
+/// to the other side) and notes when bytes last moved, for the idle timeout.
+struct Counted<'a> {
+    stream: TcpStream,
+    counter: &'a AtomicU64,
+    last: &'a AtomicU64,
+    start: Instant,
+}
+
+impl AsyncRead for Counted<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.counter.fetch_add(read as u64, Ordering::Relaxed);
+            self.last
+                .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Counted<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Resolves once nothing moved for `idle`.
 async fn idle_watch(idle: Duration, last: &AtomicU64, start: Instant) {
     loop {
@@ -179,30 +236,5 @@ async fn idle_watch(idle: Duration, last: &AtomicU64, start: Instant) {
             return;
         }
         tokio::time::sleep_until(deadline.into()).await;
-    }
-}
-
-async fn copy_counted<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    counter: &AtomicU64,
-    last: &AtomicU64,
-    start: Instant,
-) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUF_SIZE];
-    loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            // Pass the half-close on; the other direction may still be talking.
-            writer.shutdown().await?;
-            return Ok(());
-        }
-        writer.write_all(&buf[..n]).await?;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
