@@ -135,6 +135,54 @@ pub enum Scenario {
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         hold: Duration,
     },
+    /// Balancer vs Nginx: starts echo backends, `balancer` and `nginx`
+    /// (stream), then pushes the same load directly, through each proxy:
+    /// keep-alive round trips, new connections, bulk streams. Prints the
+    /// medians and the balancer/Nginx ratios (--server is not used).
+    Proxy {
+        /// Keep-alive connections, each with one round trip in flight.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Workers of the connect test (connect, one round trip, close).
+        #[arg(long, default_value_t = 32)]
+        connect_workers: usize,
+        /// Connections of the bulk test.
+        #[arg(long, default_value_t = 4)]
+        bulk_connections: usize,
+        /// Bytes per request (echoed back) in the keep-alive and connect tests.
+        #[arg(long, default_value_t = 64)]
+        message_size: usize,
+        /// Bytes per write in the bulk test.
+        #[arg(long, default_value_t = 65536)]
+        bulk_chunk: usize,
+        /// Echo backends behind the proxies.
+        #[arg(long, default_value_t = 2)]
+        backends: usize,
+        /// The balancer binary [default: `balancer` next to chatbench].
+        #[arg(long)]
+        balancer_bin: Option<PathBuf>,
+        /// The nginx binary.
+        #[arg(long, default_value = "nginx")]
+        nginx_bin: PathBuf,
+        /// Nginx's dynamic stream module (left out of the config when the
+        /// file does not exist, for an nginx built with it).
+        #[arg(long, default_value = "/usr/lib/nginx/modules/ngx_stream_module.so")]
+        nginx_stream_module: PathBuf,
+        /// Balancer runtime threads and Nginx worker processes [default:
+        /// TOKIO_WORKER_THREADS, else the number of CPUs].
+        #[arg(long)]
+        proxy_threads: Option<usize>,
+        /// Targets, in the order they are measured.
+        #[arg(long, value_delimiter = ',', default_value = "direct,balancer,nginx")]
+        targets: Vec<crate::scenario::proxy::Target>,
+        /// Tests, in the order they are run.
+        #[arg(long, value_delimiter = ',', default_value = "keepalive,connect,bulk")]
+        tests: Vec<crate::scenario::proxy::Test>,
+        /// Append a markdown section with the command, machine, load and
+        /// results to this file (e.g. docs/BENCHMARKS.md).
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
 }
 
 /// `1.5s`, `500ms`, `2m`, `100us`, or a plain number of seconds.
@@ -229,6 +277,35 @@ mod tests {
             Scenario::Idle { connections: 5, .. }
         ));
         assert!(Cli::try_parse_from(["chatbench", "pingpong", "--pairs", "x"]).is_err());
+
+        let cli = Cli::try_parse_from([
+            "chatbench",
+            "proxy",
+            "--targets",
+            "balancer,nginx",
+            "--tests",
+            "bulk",
+            "--proxy-threads",
+            "2",
+        ])
+        .unwrap();
+        match cli.scenario {
+            Scenario::Proxy {
+                targets,
+                tests,
+                proxy_threads,
+                connections,
+                ..
+            } => {
+                use crate::scenario::proxy::{Target, Test};
+                assert_eq!(targets, vec![Target::Balancer, Target::Nginx]);
+                assert_eq!(tests, vec![Test::Bulk]);
+                assert_eq!(proxy_threads, Some(2));
+                assert_eq!(connections, 50);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["chatbench", "proxy", "--targets", "haproxy"]).is_err());
         assert!(Cli::try_parse_from(["chatbench"]).is_err());
     }
 }

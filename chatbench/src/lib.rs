@@ -49,6 +49,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<Vec<RunReport>> {
         Scenario::Idle { connections, hold } => {
             scenario::idle::run(&bench, connections, hold).await?
         }
+        Scenario::Proxy {
+            connections,
+            connect_workers,
+            bulk_connections,
+            message_size,
+            bulk_chunk,
+            backends,
+            balancer_bin,
+            nginx_bin,
+            nginx_stream_module,
+            proxy_threads,
+            targets,
+            tests,
+            markdown,
+        } => {
+            // Its own summary (medians per test and target, ratios) replaces
+            // the generic median line.
+            let opts = scenario::proxy::Options {
+                connections,
+                connect_workers,
+                bulk_connections,
+                message_size,
+                bulk_chunk,
+                backends,
+                balancer_bin,
+                nginx_bin,
+                nginx_stream_module: Some(nginx_stream_module),
+                proxy_threads,
+                targets,
+                tests,
+                markdown,
+            };
+            return scenario::proxy::run(&bench, opts).await;
+        }
     };
     if reports.len() > 1 {
         let median = stats::median_json(&reports);

@@ -5,4 +5,5 @@ pub mod idle;
 pub mod login;
 pub mod offline;
 pub mod pingpong;
+pub mod proxy;
 pub mod register;
