@@ -11,7 +11,9 @@
 # Environment: RUNS (3), DURATION (10s), WARMUP (2s), IDLE_CONNECTIONS
 # (100000, or 1000 below the hard fd limit), SOURCE_IPS (127.0.0.1..127.0.0.5), CHATSERVER_BIN / CHATBENCH_BIN
 # (skip building), DATABASE_URL (default: SQLite in the temp dir),
-# CROSS_SERVERS (comma-separated addresses of a running cluster for `cross`).
+# CROSS_SERVERS (comma-separated addresses of a running cluster for `cross`),
+# BALANCER_BIN (for `proxy`: balancer vs Nginx, default: next to chatbench),
+# NGINX_BIN (default nginx; `proxy` is skipped when it is missing).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -28,11 +30,11 @@ else
 fi
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-$IDLE_DEFAULT}"
 SOURCE_IPS="${SOURCE_IPS:-127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}"
-SCENARIOS="${SCENARIOS:-pingpong pingpong1 fanout offline login register idle}"
+SCENARIOS="${SCENARIOS:-pingpong pingpong1 fanout offline login register idle proxy}"
 OUT="${OUT:-$PWD/bench-results.jsonl}"
 
 if [[ -z "${CHATSERVER_BIN:-}" || -z "${CHATBENCH_BIN:-}" ]]; then
-    (cd "$ROOT" && cargo build --release -p chatbench -p chatserver)
+    (cd "$ROOT" && cargo build --release -p chatbench -p chatserver -p balancer)
     TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
     CHATSERVER_BIN="${CHATSERVER_BIN:-$TARGET/release/chatserver}"
     CHATBENCH_BIN="${CHATBENCH_BIN:-$TARGET/release/chatbench}"
@@ -139,6 +141,13 @@ for scenario in $SCENARIOS; do
             [[ -n "${CROSS_SERVERS:-}" ]] || { echo "# cross: set CROSS_SERVERS (cluster mode pending)" >&2; continue; }
             "$CHATBENCH_BIN" --server "$CROSS_SERVERS" ${CROSS_PIDS:+--server-pid "$CROSS_PIDS"} --runs "$RUNS" \
                 --warmup "$WARMUP" --duration "$DURATION" cross --pairs 100 | keep_json ;;
+        proxy)
+            # Balancer vs Nginx (issue 4): chatbench starts its own echo
+            # backends, the balancer and nginx; no chat server involved.
+            command -v "${NGINX_BIN:-nginx}" >/dev/null || { echo "# proxy: nginx not found, skipped" >&2; continue; }
+            echo "# chatbench proxy" >&2
+            "$CHATBENCH_BIN" --runs "$RUNS" --warmup "$WARMUP" --duration "$DURATION" proxy \
+                --nginx-bin "${NGINX_BIN:-nginx}" ${BALANCER_BIN:+--balancer-bin "$BALANCER_BIN"} | keep_json ;;
         *) echo "unknown scenario $scenario" >&2; exit 1 ;;
     esac
 done
