@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::io::poll_read_buf;
 use tracing::{debug, info_span, warn, Instrument, Span};
 
 use crate::backend::{BackendState, Transition};
@@ -140,36 +141,41 @@ async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr,
 /// Copies both ways until both directions reached EOF (half-closes are
 /// passed on), one side fails, or nothing moved for `idle`.
 async fn pump(
-    client: TcpStream,
-    backend: TcpStream,
+    mut client: TcpStream,
+    mut backend: TcpStream,
     state: &BackendState,
     idle: Option<Duration>,
 ) -> &'static str {
     let start = Instant::now();
-    // Milliseconds since `start` of the last byte moved, shared by both directions.
+    // Milliseconds since `start` of the last byte moved, shared by both
+    // directions; only kept (a clock read per read) with an idle timeout.
     let last = AtomicU64::new(0);
-    let mut client = Counted {
-        stream: client,
-        counter: &state.stats.bytes_to_backend,
-        last: &last,
-        start,
-    };
-    let mut backend = Counted {
-        stream: backend,
-        counter: &state.stats.bytes_to_client,
-        last: &last,
-        start,
-    };
+    let activity = idle.map(|_| (&last, start));
+    let mut up = Flow::new(&state.stats.bytes_to_backend, activity);
+    let mut down = Flow::new(&state.stats.bytes_to_client, activity);
     let copy = async {
-        match tokio::io::copy_bidirectional_with_sizes(
-            &mut client,
-            &mut backend,
-            BUF_SIZE,
-            BUF_SIZE,
-        )
-        .await
-        {
-            Ok(_) => "closed",
+        let copied = std::future::poll_fn(|cx| {
+            if !up.finished {
+                let other = down.finished;
+                if let Poll::Ready(r) = up.poll(cx, &mut client, &mut backend, other) {
+                    r?;
+                }
+            }
+            if !down.finished {
+                let other = up.finished;
+                if let Poll::Ready(r) = down.poll(cx, &mut backend, &mut client, other) {
+                    r?;
+                }
+            }
+            if up.finished && down.finished {
+                Poll::Ready(Ok::<(), std::io::Error>(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match copied {
+            Ok(()) => "closed",
             Err(_) => "error",
         }
     };
@@ -182,48 +188,71 @@ async fn pump(
     }
 }
 
-/// A socket that counts the bytes read from it (which the copy then writes
-/// to the other side) and notes when bytes last moved, for the idle timeout.
-struct Counted<'a> {
-    stream: TcpStream,
+/// One direction of the copy. Its buffer is allocated when the reading side
+/// first becomes readable (an idle connection holds none) and never zeroed.
+struct Flow<'a> {
+    buf: Vec<u8>,
+    written: usize,
+    eof: bool,
+    finished: bool,
     counter: &'a AtomicU64,
-    last: &'a AtomicU64,
-    start: Instant,
+    activity: Option<(&'a AtomicU64, Instant)>,
 }
 
-impl AsyncRead for Counted<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            self.counter.fetch_add(read as u64, Ordering::Relaxed);
-            self.last
-                .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+impl<'a> Flow<'a> {
+    fn new(counter: &'a AtomicU64, activity: Option<(&'a AtomicU64, Instant)>) -> Self {
+        Self {
+            buf: Vec::new(),
+            written: 0,
+            eof: false,
+            finished: false,
+            counter,
+            activity,
         }
-        polled
     }
-}
 
-impl AsyncWrite for Counted<'_> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
+    /// Moves bytes from `from` to `to` until either would block; ready once
+    /// EOF was read and passed on. When the other direction has finished
+    /// already, the half-close is not sent: both sockets are closed right
+    /// after, and the close sends the FIN.
+    fn poll(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+        other_finished: bool,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            while self.written < self.buf.len() {
+                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf[self.written..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                self.written += n;
+            }
+            if self.eof {
+                if !other_finished {
+                    ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                }
+                self.finished = true;
+                return Poll::Ready(Ok(()));
+            }
+            self.buf.clear();
+            self.written = 0;
+            if self.buf.capacity() == 0 {
+                ready!(from.poll_read_ready(cx))?;
+                self.buf.reserve_exact(BUF_SIZE);
+            }
+            let n = ready!(poll_read_buf(Pin::new(&mut *from), cx, &mut self.buf))?;
+            if n == 0 {
+                self.eof = true;
+                continue;
+            }
+            self.counter.fetch_add(n as u64, Ordering::Relaxed);
+            if let Some((last, start)) = self.activity {
+                last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+        }
     }
 }
 

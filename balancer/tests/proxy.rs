@@ -267,3 +267,42 @@ async fn shutdown_grace_period_is_bounded() {
         .unwrap()
         .unwrap();
 }
+
+/// A client's half-close reaches the backend, which still answers; the
+/// answer and then the backend's close reach the client. Large enough to
+/// go through the copy buffers several times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_is_passed_on_and_large_payloads_arrive_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = backend.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = backend.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                let sum: u64 = got.iter().map(|&b| u64::from(b)).sum();
+                let reply = format!("got {} sum {sum}", got.len()).repeat(5000);
+                s.write_all(reply.as_bytes()).await.unwrap();
+            });
+        }
+    });
+    let toml = config_toml("[health]\nkind = \"tcp\"", &[(&address, 1)]);
+    let lb = Lb::start(&toml, false).await;
+
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = payload.iter().map(|&b| u64::from(b)).sum();
+    let mut client = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    client.write_all(&payload).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut answer))
+        .await
+        .expect("the backend's answer and close reach the client")
+        .unwrap();
+    assert_eq!(answer, format!("got 300000 sum {sum}").repeat(5000));
+    lb.shutdown().await;
+}
