@@ -1069,7 +1069,7 @@ impl Summary {
             m,
             "Machine: {} CPUs ({}), kernel {}; load average before {}, after {}. \
              Balancer runtime threads = Nginx worker processes = {}; {}. \
-             Echo backends: {} in-process (chatbench's own thread). Load: keep-alive {} \
+             Echo backends: {} in chatbench's process, on a thread and runtime of their own. Load: keep-alive {} \
              connections × {} B round trips; connect: {} workers (connect, one {} B round \
              trip, close); bulk: {} connections × {} KiB writes. Median of {} runs, {} s \
              measured after {} s warm-up, targets interleaved per run.\n",
