@@ -1,6 +1,6 @@
 //! The numbers of the protocol: message ids, error numbers and versions.
 
-/// A message id (`msgid`) as listed in PROTOCOL.md.
+/// A message id (`msgid`) as listed in docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum MsgId {
@@ -46,7 +46,7 @@ impl MsgId {
     }
 }
 
-/// An error number (`errno`) as listed in PROTOCOL.md.
+/// An error number (`errno`) as listed in docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Errno {
@@ -67,6 +67,25 @@ pub enum Errno {
 impl Errno {
     pub fn number(self) -> u8 {
         self as u8
+    }
+
+    /// The errno for a number, if the protocol defines one.
+    pub fn from_number(n: i64) -> Option<Self> {
+        use Errno::*;
+        Some(match n {
+            0 => Ok,
+            1 => BadCredentials,
+            2 => AlreadyLoggedIn,
+            3 => GroupNameTaken,
+            4 => NotFound,
+            5 => NotMember,
+            6 => BadRequest,
+            7 => NotAuthorized,
+            8 => FrameTooLarge,
+            9 => RateLimited,
+            10 => ServerError,
+            _ => return None,
+        })
     }
 
     /// The message sent with this errno when the handler has nothing more

@@ -1,19 +1,30 @@
-//! The ChatChat wire protocol (see PROTOCOL.md): message ids, error numbers,
-//! the frame codec, request parsing and v1/v2 rendering of replies.
+//! The ChatChat wire protocol (docs/protocol.md), both directions: message
+//! ids, error numbers, the frame codec, requests (parse and encode) and
+//! replies and pushes (render and read back).
 //!
-//! This crate does no I/O of its own, so the server, the client, the balancer's
-//! health check and the benchmark tool all share one definition of the bytes.
+//! This crate does no I/O of its own, so the server, the client, the
+//! balancer's health check, the benchmark tool and the tests all share one
+//! definition of the bytes.
 
 mod codec;
 mod ids;
+mod json;
+pub mod message;
 mod reply;
 mod request;
 
 pub use codec::{FrameCodec, FrameError, DEFAULT_MAX_FRAME};
 pub use ids::{Errno, MsgId, Version};
-pub use reply::{
-    ChatPush, ChatTarget, FriendEntry, GroupEntry, LoginSuccess, MemberEntry, Presence, Reply, Role,
-};
+pub use message::ack::{Ack, Failure};
+pub use message::add_friend::AddFriend;
+pub use message::add_group::AddGroup;
+pub use message::chat::{Chat, ChatTarget, SendChat};
+pub use message::create_group::CreateGroup;
+pub use message::login::{Friend, Group, Login, LoginAck, Member, Presence, Role};
+pub use message::logout::Logout;
+pub use message::ping::Pong;
+pub use message::register::Register;
+pub use reply::{parse_server_frame, Incoming, Reply, ServerFrame, WireError};
 pub use request::{parse_frame, BadRequest, Parsed, Request};
 
 /// Longest user or group name, in Unicode scalar values.
@@ -22,6 +33,9 @@ pub const MAX_NAME_CHARS: usize = 50;
 pub const MAX_PASSWORD_BYTES: usize = 128;
 /// Longest group description, in Unicode scalar values (the original schema's 200).
 pub const MAX_GROUP_DESC_CHARS: usize = 200;
+/// The original client reads at most this many bytes per `recv` and parses
+/// each read as one message: every frame to a v1 connection must be shorter.
+pub const V1_READ_SIZE: usize = 1024;
 
 /// True when `name` is an acceptable user or group name (1 to 50 characters).
 pub fn valid_name(name: &str) -> bool {

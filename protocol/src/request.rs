@@ -1,65 +1,41 @@
-//! Parsing one frame into a typed request, or into the error reply it earns.
+//! Requests, the client-to-server direction: one enum over the message
+//! modules, parsing a frame into it (server side) and encoding it (client
+//! side).
 
-use serde::{Deserialize, Deserializer};
-use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::json::{Fields, ObjectWriter, RawFields};
+use crate::message::{
+    add_friend::AddFriend, add_group::AddGroup, chat::SendChat, create_group::CreateGroup,
+    login::Login, logout::Logout, register::Register,
+};
 use crate::{Errno, MsgId, Version};
 
 /// A request as a client sends it. `id` fields are optional claims that the
 /// server checks against the session; identity never comes from them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Login {
-        id: i64,
-        password: String,
-    },
-    Logout {
-        id: Option<i64>,
-    },
-    Register {
-        name: String,
-        password: String,
-    },
-    OneChat {
-        id: Option<i64>,
-        to: i64,
-        msg: String,
-        time: Option<String>,
-    },
-    AddFriend {
-        id: Option<i64>,
-        friend: i64,
-    },
-    CreateGroup {
-        id: Option<i64>,
-        name: String,
-        desc: String,
-    },
-    AddGroup {
-        id: Option<i64>,
-        group: i64,
-    },
-    GroupChat {
-        id: Option<i64>,
-        group: i64,
-        msg: String,
-        time: Option<String>,
-    },
+    Login(Login),
+    Logout(Logout),
+    Register(Register),
+    /// ONE_CHAT or GROUP_CHAT, told apart by the target.
+    Chat(SendChat),
+    AddFriend(AddFriend),
+    CreateGroup(CreateGroup),
+    AddGroup(AddGroup),
     Ping,
 }
 
 impl Request {
     pub fn msgid(&self) -> MsgId {
         match self {
-            Request::Login { .. } => MsgId::Login,
-            Request::Logout { .. } => MsgId::Logout,
-            Request::Register { .. } => MsgId::Register,
-            Request::OneChat { .. } => MsgId::OneChat,
-            Request::AddFriend { .. } => MsgId::AddFriend,
-            Request::CreateGroup { .. } => MsgId::CreateGroup,
-            Request::AddGroup { .. } => MsgId::AddGroup,
-            Request::GroupChat { .. } => MsgId::GroupChat,
+            Request::Login(_) => MsgId::Login,
+            Request::Logout(_) => MsgId::Logout,
+            Request::Register(_) => MsgId::Register,
+            Request::Chat(chat) => chat.target.msgid(),
+            Request::AddFriend(_) => MsgId::AddFriend,
+            Request::CreateGroup(_) => MsgId::CreateGroup,
+            Request::AddGroup(_) => MsgId::AddGroup,
             Request::Ping => MsgId::Ping,
         }
     }
@@ -67,24 +43,64 @@ impl Request {
     /// The `id` the client claimed to be, when the request carries one.
     pub fn claimed_id(&self) -> Option<i64> {
         match self {
-            Request::Logout { id }
-            | Request::OneChat { id, .. }
-            | Request::AddFriend { id, .. }
-            | Request::CreateGroup { id, .. }
-            | Request::AddGroup { id, .. }
-            | Request::GroupChat { id, .. } => *id,
-            Request::Login { .. } | Request::Register { .. } | Request::Ping => None,
+            Request::Logout(Logout { id })
+            | Request::Chat(SendChat { id, .. })
+            | Request::AddFriend(AddFriend { id, .. })
+            | Request::CreateGroup(CreateGroup { id, .. })
+            | Request::AddGroup(AddGroup { id, .. }) => *id,
+            Request::Login(_) | Request::Register(_) | Request::Ping => None,
         }
+    }
+
+    /// The frame a client writes, terminator included: v1 as the original
+    /// client writes it (ended by NUL), v2 with `"v":2`, the `rid` if any,
+    /// ended by `\n`.
+    pub fn encode(&self, version: Version, rid: Option<&Value>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        self.encode_into(&mut out, version, rid);
+        out
+    }
+
+    /// [`Request::encode`] into a buffer the caller reuses (cleared first).
+    pub fn encode_into(&self, out: &mut Vec<u8>, version: Version, rid: Option<&Value>) {
+        out.clear();
+        let mut object = ObjectWriter::new(out);
+        object.field("msgid", &self.msgid().number());
+        if version == Version::V2 {
+            object.field("v", &2).optional("rid", rid);
+        }
+        match self {
+            Request::Login(login) => login.write(&mut object),
+            Request::Logout(logout) => logout.write(&mut object),
+            Request::Register(register) => register.write(&mut object),
+            Request::Chat(chat) => chat.write(&mut object),
+            Request::AddFriend(add) => add.write(&mut object),
+            Request::CreateGroup(create) => create.write(&mut object),
+            Request::AddGroup(add) => add.write(&mut object),
+            Request::Ping => {}
+        }
+        object.finish();
+        out.push(match version {
+            Version::V1 => 0,
+            Version::V2 => b'\n',
+        });
     }
 }
 
 /// A frame that is not a well-formed request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRequest {
     /// The request kind when it could be read, which decides the reply type
     /// (LOGIN_ACK, REGISTER_ACK or ACK).
     pub msgid: Option<MsgId>,
     pub reason: String,
+}
+
+impl BadRequest {
+    /// Always errno 6; a method so callers do not hard-code it.
+    pub fn errno(&self) -> Errno {
+        Errno::BadRequest
+    }
 }
 
 /// Everything read from one frame. `rid` and `version` are kept even when the
@@ -98,44 +114,17 @@ pub struct Parsed {
     pub request: Result<Request, BadRequest>,
 }
 
-/// Every field any request may carry, borrowed from the frame undecoded:
-/// a request is decoded without building a map of the whole object, and a
-/// field is only decoded (and type-checked) when the request needs it.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawFields<'a> {
-    #[serde(borrow, deserialize_with = "present")]
-    msgid: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    v: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    rid: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    password: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    name: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    toid: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    msg: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    time: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    friendid: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    groupname: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    groupdesc: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    groupid: Option<&'a RawValue>,
-}
-
-/// A field that is present is `Some`, even when it is `null` (which is
-/// then refused as mistyped rather than taken for a missing field).
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(deserializer).map(Some)
+impl Parsed {
+    fn bad(reason: &str) -> Parsed {
+        Parsed {
+            rid: None,
+            version: None,
+            request: Err(BadRequest {
+                msgid: None,
+                reason: reason.to_owned(),
+            }),
+        }
+    }
 }
 
 /// Parses one frame (without its terminator). Never panics, whatever the bytes.
@@ -164,19 +153,6 @@ pub fn parse_frame(frame: &[u8]) -> Parsed {
     }
 }
 
-impl Parsed {
-    fn bad(reason: &str) -> Parsed {
-        Parsed {
-            rid: None,
-            version: None,
-            request: Err(BadRequest {
-                msgid: None,
-                reason: reason.to_owned(),
-            }),
-        }
-    }
-}
-
 fn parse_fields(fields: &Fields) -> Parsed {
     let rid = match fields.0.rid {
         None => None,
@@ -189,10 +165,7 @@ fn parse_fields(fields: &Fields) -> Parsed {
         None => Err("missing msgid".to_owned()),
         Some(raw) => match serde_json::from_str::<i64>(raw.get()) {
             Err(_) => Err("msgid must be an integer".to_owned()),
-            Ok(n) => match MsgId::from_number(n) {
-                Some(msgid) => Ok(msgid),
-                None => Err(format!("unknown msgid {n}")),
-            },
+            Ok(n) => MsgId::from_number(n).ok_or_else(|| format!("unknown msgid {n}")),
         },
     };
     let version = fields.version();
@@ -205,7 +178,7 @@ fn parse_fields(fields: &Fields) -> Parsed {
             msgid: Some(msgid),
             reason: reason.clone(),
         }),
-        (Ok(msgid), Ok(_)) => fields.request(msgid).map_err(|reason| BadRequest {
+        (Ok(msgid), Ok(_)) => request(msgid, fields).map_err(|reason| BadRequest {
             msgid: Some(msgid),
             reason,
         }),
@@ -217,119 +190,24 @@ fn parse_fields(fields: &Fields) -> Parsed {
     }
 }
 
-/// Typed access to the fields of a request.
-struct Fields<'a>(RawFields<'a>);
-
-impl Fields<'_> {
-    fn raw(&self, key: &str) -> Option<&RawValue> {
-        let fields = &self.0;
-        match key {
-            "id" => fields.id,
-            "password" => fields.password,
-            "name" => fields.name,
-            "toid" => fields.toid,
-            "msg" => fields.msg,
-            "time" => fields.time,
-            "friendid" => fields.friendid,
-            "groupname" => fields.groupname,
-            "groupdesc" => fields.groupdesc,
-            "groupid" => fields.groupid,
-            _ => None,
+/// The dispatch: each message module reads its own fields.
+fn request(msgid: MsgId, fields: &Fields) -> Result<Request, String> {
+    Ok(match msgid {
+        MsgId::Login => Request::Login(Login::parse(fields)?),
+        MsgId::Logout => Request::Logout(Logout::parse(fields)?),
+        MsgId::Register => Request::Register(Register::parse(fields)?),
+        MsgId::OneChat | MsgId::GroupChat => Request::Chat(SendChat::parse(msgid, fields)?),
+        MsgId::AddFriend => Request::AddFriend(AddFriend::parse(fields)?),
+        MsgId::CreateGroup => Request::CreateGroup(CreateGroup::parse(fields)?),
+        MsgId::AddGroup => Request::AddGroup(AddGroup::parse(fields)?),
+        MsgId::Ping => Request::Ping,
+        MsgId::LoginAck | MsgId::RegisterAck | MsgId::Ack | MsgId::Pong => {
+            return Err(format!(
+                "msgid {} is sent by servers, not clients",
+                msgid.number()
+            ))
         }
-    }
-
-    fn version(&self) -> Result<Option<Version>, String> {
-        match self.0.v.map(|raw| serde_json::from_str::<i64>(raw.get())) {
-            None => Ok(None),
-            Some(Ok(1)) => Ok(Some(Version::V1)),
-            Some(Ok(2)) => Ok(Some(Version::V2)),
-            Some(_) => Err("v must be the integer 1 or 2".to_owned()),
-        }
-    }
-
-    fn int(&self, key: &str) -> Result<i64, String> {
-        self.opt_int(key)?
-            .ok_or_else(|| format!("missing field {key}"))
-    }
-
-    fn opt_int(&self, key: &str) -> Result<Option<i64>, String> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some(raw) => serde_json::from_str::<i64>(raw.get())
-                .map(Some)
-                .map_err(|_| format!("{key} must be an integer")),
-        }
-    }
-
-    fn string(&self, key: &str) -> Result<String, String> {
-        self.opt_string(key)?
-            .ok_or_else(|| format!("missing field {key}"))
-    }
-
-    fn opt_string(&self, key: &str) -> Result<Option<String>, String> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some(raw) => serde_json::from_str::<String>(raw.get())
-                .map(Some)
-                .map_err(|_| format!("{key} must be a string")),
-        }
-    }
-
-    fn request(&self, msgid: MsgId) -> Result<Request, String> {
-        Ok(match msgid {
-            MsgId::Login => Request::Login {
-                id: self.int("id")?,
-                password: self.string("password")?,
-            },
-            MsgId::Logout => Request::Logout {
-                id: self.opt_int("id")?,
-            },
-            MsgId::Register => Request::Register {
-                name: self.string("name")?,
-                password: self.string("password")?,
-            },
-            MsgId::OneChat => Request::OneChat {
-                id: self.opt_int("id")?,
-                to: self.int("toid")?,
-                msg: self.string("msg")?,
-                time: self.opt_string("time")?,
-            },
-            MsgId::AddFriend => Request::AddFriend {
-                id: self.opt_int("id")?,
-                friend: self.int("friendid")?,
-            },
-            MsgId::CreateGroup => Request::CreateGroup {
-                id: self.opt_int("id")?,
-                name: self.string("groupname")?,
-                desc: self.opt_string("groupdesc")?.unwrap_or_default(),
-            },
-            MsgId::AddGroup => Request::AddGroup {
-                id: self.opt_int("id")?,
-                group: self.int("groupid")?,
-            },
-            MsgId::GroupChat => Request::GroupChat {
-                id: self.opt_int("id")?,
-                group: self.int("groupid")?,
-                msg: self.string("msg")?,
-                time: self.opt_string("time")?,
-            },
-            MsgId::Ping => Request::Ping,
-            MsgId::LoginAck | MsgId::RegisterAck | MsgId::Ack | MsgId::Pong => {
-                return Err(format!(
-                    "msgid {} is sent by servers, not clients",
-                    msgid.number()
-                ))
-            }
-        })
-    }
-}
-
-/// The errno for a bad request is always 6; kept as a function so callers
-/// do not hard-code it.
-impl BadRequest {
-    pub fn errno(&self) -> Errno {
-        Errno::BadRequest
-    }
+    })
 }
 
 #[cfg(test)]
@@ -346,10 +224,10 @@ mod tests {
         assert_eq!(parsed.version, None);
         assert_eq!(
             parsed.request.unwrap(),
-            Request::Login {
+            Request::Login(Login {
                 id: 13,
                 password: "123456".into()
-            }
+            })
         );
     }
 
@@ -390,7 +268,13 @@ mod tests {
         );
         assert_eq!(err(br#"{"msgid":null}"#).reason, "msgid must be an integer");
         let parsed = parse_frame(br#"{"msgid":6,"toid":1,"toid":2,"msg":"m"}"#);
-        assert!(matches!(parsed.request, Ok(Request::OneChat { to: 2, .. })));
+        assert!(matches!(
+            parsed.request,
+            Ok(Request::Chat(SendChat {
+                target: crate::ChatTarget::User(2),
+                ..
+            }))
+        ));
     }
 
     #[test]
@@ -399,7 +283,7 @@ mod tests {
             br#"{"extra":{"deep":[1,{"x":null}]},"msgid":6,"toid":2,"msg":"a\"b\\c\u0000\u4e2d\ud83d\ude00"}"#,
         );
         match parsed.request.unwrap() {
-            Request::OneChat { msg, .. } => assert_eq!(msg, "a\"b\\c\u{0}中😀"),
+            Request::Chat(chat) => assert_eq!(chat.msg, "a\"b\\c\u{0}中😀"),
             other => panic!("{other:?}"),
         }
     }
@@ -436,6 +320,43 @@ mod tests {
                 }
             }
             let _ = parse_frame(&frame);
+            let _ = crate::parse_server_frame(&frame);
+        }
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let requests = [
+            Request::Login(Login {
+                id: 1,
+                password: "p".into(),
+            }),
+            Request::Logout(Logout { id: Some(1) }),
+            Request::Register(Register {
+                name: "n".into(),
+                password: "p".into(),
+            }),
+            Request::AddFriend(AddFriend {
+                id: Some(1),
+                friend: 2,
+            }),
+            Request::CreateGroup(CreateGroup {
+                id: None,
+                name: "g".into(),
+                desc: "d:e".into(),
+            }),
+            Request::AddGroup(AddGroup { id: None, group: 3 }),
+            Request::Ping,
+        ];
+        for request in requests {
+            for version in [Version::V1, Version::V2] {
+                let bytes = request.encode(version, Some(&Value::from(5)));
+                let parsed = parse_frame(&bytes[..bytes.len() - 1]);
+                assert_eq!(parsed.request.as_ref(), Ok(&request));
+                let v2 = version == Version::V2;
+                assert_eq!(parsed.version, v2.then_some(Version::V2));
+                assert_eq!(parsed.rid, v2.then(|| Value::from(5)));
+            }
         }
     }
 
@@ -444,11 +365,11 @@ mod tests {
         let parsed = parse_frame(br#"{"msgid":8,"groupname":"g"}"#);
         assert_eq!(
             parsed.request.unwrap(),
-            Request::CreateGroup {
+            Request::CreateGroup(CreateGroup {
                 id: None,
                 name: "g".into(),
                 desc: String::new()
-            }
+            })
         );
     }
 }

@@ -1,0 +1,50 @@
+//! PING (12) and PONG (13): a heartbeat allowed before login, answered in
+//! both versions; the balancer's chat health check uses it too.
+
+use crate::json::{Obj, ObjectWriter};
+use crate::MsgId;
+
+/// What a PONG tells: which server answered and how many users it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pong {
+    pub server: String,
+    pub load: u64,
+}
+
+impl Pong {
+    pub(crate) fn write(&self, object: &mut ObjectWriter) {
+        object
+            .field("msgid", &MsgId::Pong.number())
+            .field("server", &self.server)
+            .field("load", &self.load);
+    }
+
+    pub(crate) fn read(object: &Obj) -> Self {
+        Pong {
+            server: object.string("server").unwrap_or_default(),
+            load: object.0.get("load").and_then(|v| v.as_u64()).unwrap_or(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{parse_frame, parse_server_frame, Reply, Request, ServerFrame, Version};
+
+    #[test]
+    fn ping_and_pong_round_trip() {
+        for version in [Version::V1, Version::V2] {
+            let bytes = Request::Ping.encode(version, None);
+            let parsed = parse_frame(&bytes[..bytes.len() - 1]);
+            assert_eq!(parsed.request, Ok(Request::Ping));
+        }
+        let pong = Reply::Pong(super::Pong {
+            server: "s1".into(),
+            load: 3,
+        });
+        let bytes = pong.render(Version::V1, None).unwrap();
+        assert_eq!(bytes, b"{\"msgid\":13,\"server\":\"s1\",\"load\":3}\n");
+        let back = parse_server_frame(&bytes[..bytes.len() - 1]).unwrap();
+        assert_eq!(back.frame, ServerFrame::Reply(pong));
+    }
+}
