@@ -1,8 +1,8 @@
 //! The admin server: `/metrics` in Prometheus text, `/status` in JSON.
 
-mod common;
-
-use common::*;
+use testkit::backend::{http_get, Mode, TestBackend};
+use testkit::lb::{config_toml, Lb};
+use testkit::{wait_until, who_serves, Client, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_status_respond() {
@@ -12,8 +12,8 @@ async fn metrics_and_status_respond() {
     let admin = lb.admin.unwrap();
 
     assert_eq!(who_serves(lb.addr).await.unwrap(), "a");
-    let mut held = Client::connect(lb.addr).await.unwrap();
-    held.ping().await.unwrap();
+    let mut held = Client::connect(lb.addr).await;
+    held.served_by().await;
     assert!(
         wait_until(WAIT, || {
             let s = lb.status();

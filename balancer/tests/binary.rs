@@ -1,95 +1,68 @@
 //! The `balancer` binary itself: the `listening on ADDR` line, SIGHUP reload,
 //! a config error naming its line, and a clean exit on SIGTERM.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
+use testkit::backend::{Mode, TestBackend};
+use testkit::bin::{run_to_exit, Process};
+use testkit::lb::config_toml;
+use testkit::{run, who_serves, Deadline, WAIT};
 
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} failed");
-}
+const BIN: &str = env!("CARGO_BIN_EXE_balancer");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_prints_address_reloads_on_sighup_and_stops_on_sigterm() {
     let a = TestBackend::start("a", Mode::Chat).await;
     let b = TestBackend::start("b", Mode::Chat).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lb.toml");
+    let path = run::temp_dir("lb-bin").join("lb.toml");
     let head = "admin = \"127.0.0.1:0\"\n[health]\nkind = \"chat\"";
     std::fs::write(&path, config_toml(head, &[(&a.address(), 1)])).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_balancer"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let first = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    });
-    let line = tokio::time::timeout(WAIT, first).await.unwrap().unwrap();
-    let addr: std::net::SocketAddr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .trim_end()
-        .parse()
-        .unwrap();
+    let (process, addr) = Process::start_listening(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null()),
+    );
     assert_ne!(addr.port(), 0, "must print the bound port");
     assert_eq!(who_serves(addr).await.unwrap(), "a");
 
     // Only b in the file; SIGHUP applies it (the watcher may beat it to it).
     std::fs::write(&path, config_toml(head, &[(&b.address(), 1)])).unwrap();
-    signal(child.id(), "HUP");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if who_serves(addr).await.unwrap() == "b" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "reload not applied");
+    process.signal("HUP");
+    let deadline = Deadline::after(WAIT);
+    while who_serves(addr).await.unwrap() != "b" {
+        deadline.check("reload not applied");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    signal(child.id(), "TERM");
-    let status = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait()))
-        .await
-        .expect("no exit after SIGTERM")
-        .unwrap()
-        .unwrap();
+    process.signal("TERM");
+    let (status, _process) = process.wait_timeout_async(WAIT).await;
+    let status = status.expect("no exit after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
 
 #[test]
 fn binary_refuses_a_bad_config_naming_line_and_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lb.toml");
+    let path = run::temp_dir("lb-bad").join("lb.toml");
     std::fs::write(
         &path,
         "listen = \"127.0.0.1:0\"\n[[backend]]\naddress = \"127.0.0.1:1\"\nwieght = 2\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_balancer"))
+    let mut command = Command::new(BIN);
+    command
         .arg("--config")
         .arg(&path)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(out.stdout.is_empty(), "nothing on stdout before listening");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("line 4") && err.contains("wieght"), "{err}");
+        .env("RUST_BACKTRACE", "0");
+    let exit = run_to_exit(command, WAIT);
+    assert_ne!(exit.code, 0);
+    assert!(exit.stdout.is_empty(), "nothing on stdout before listening");
+    assert!(
+        exit.stderr.contains("line 4") && exit.stderr.contains("wieght"),
+        "{}",
+        exit.stderr
+    );
 }

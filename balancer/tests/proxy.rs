@@ -1,13 +1,13 @@
 //! The data path against real sockets: distribution, health, retries,
 //! limits, the all-down fallback, idle timeout and graceful shutdown.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use balancer::config::HealthKind;
 use balancer::health;
-use common::*;
+use testkit::backend::{Mode, TestBackend, Traffic};
+use testkit::lb::{config_toml, Lb};
+use testkit::{free_port, wait_until, who_serves, Client, Deadline, WAIT};
 
 fn addrs(backends: &[&TestBackend]) -> Vec<String> {
     backends.iter().map(|b| b.address()).collect()
@@ -125,10 +125,7 @@ async fn chat_check_takes_out_a_backend_that_never_answers_pong() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_all_are_down_backends_are_still_tried_in_order() {
     // A port with nothing listening.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let dead = format!("127.0.0.1:{}", free_port());
     // Echoes, so it never answers PING with PONG: chat checks mark it down.
     let mut e = TestBackend::start("e", Mode::Echo).await;
     let ea = e.address();
@@ -144,8 +141,9 @@ async fn when_all_are_down_backends_are_still_tried_in_order() {
     );
     // Everything looks down: the dead one is tried first, then the echo one
     // accepts, despite retries = 0.
-    let mut c = Client::connect(lb.addr).await.unwrap();
-    assert_eq!(c.roundtrip("hello\n").await.unwrap(), "hello\n");
+    let mut c = Client::connect(lb.addr).await;
+    c.send_raw(b"hello\n").await;
+    assert_eq!(c.recv_raw().await, "hello");
     let status = lb.status();
     assert!(status.backends[0].connect_failures >= 1);
     assert_eq!(status.backends[1].total, 1);
@@ -153,11 +151,13 @@ async fn when_all_are_down_backends_are_still_tried_in_order() {
 
     // None accepts: only then is the client closed.
     e.kill().await;
-    let mut c2 = Client::connect(lb.addr).await.unwrap();
-    assert!(c2.roundtrip("hello\n").await.is_err());
+    let mut c2 = Client::connect(lb.addr).await;
+    let _ = c2.try_send_raw(b"hello\n").await;
+    assert!(c2.recv_raw_within(WAIT).await.is_err());
     assert!(wait_until(WAIT, || lb.status().clients_rejected == 1).await);
     // The established connection was not affected.
-    assert_eq!(c.roundtrip("still here\n").await.unwrap(), "still here\n");
+    c.send_raw(b"still here\n").await;
+    assert_eq!(c.recv_raw().await, "still here");
     drop(c);
     lb.shutdown().await;
 }
@@ -173,8 +173,8 @@ async fn full_backend_is_skipped_without_counting_a_failure() {
          [[backend]]\naddress = \"{ba}\"\nweight = 1\n"
     );
     let lb = Lb::start(&toml, false).await;
-    let mut held = Client::connect(lb.addr).await.unwrap();
-    assert_eq!(held.ping().await.unwrap(), "a");
+    let mut held = Client::connect(lb.addr).await;
+    assert_eq!(held.served_by().await, "a");
     for _ in 0..5 {
         assert_eq!(who_serves(lb.addr).await.unwrap(), "b");
     }
@@ -198,17 +198,19 @@ async fn idle_timeout_closes_only_idle_connections() {
         &[(&a.address(), 1)],
     );
     let lb = Lb::start(&toml, false).await;
-    let mut idle = Client::connect(lb.addr).await.unwrap();
-    idle.ping().await.unwrap();
-    let mut busy = Client::connect(lb.addr).await.unwrap();
+    let mut idle = Client::connect(lb.addr).await;
+    idle.served_by().await;
+    let mut busy = Client::connect(lb.addr).await;
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(900) {
-        busy.ping().await.expect("a busy connection must stay open");
+        busy.try_ping_v1()
+            .await
+            .expect("a busy connection must stay open");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(idle.closed_within(WAIT).await);
     assert!(started.elapsed() >= Duration::from_millis(300));
-    busy.ping().await.unwrap();
+    busy.served_by().await;
     lb.shutdown().await;
 }
 
@@ -221,20 +223,20 @@ async fn shutdown_stops_accepting_and_lets_connections_finish() {
     );
     let mut lb = Lb::start(&toml, false).await;
     let addr = lb.addr;
-    let mut c = Client::connect(addr).await.unwrap();
-    c.ping().await.unwrap();
+    let mut c = Client::connect(addr).await;
+    c.served_by().await;
     let done = tokio::spawn(lb.begin_shutdown());
     // New connections are refused once the listener is gone.
-    let deadline = Instant::now() + WAIT;
+    let deadline = Deadline::after(WAIT);
     loop {
         if tokio::net::TcpStream::connect(addr).await.is_err() {
             break;
         }
-        assert!(Instant::now() < deadline, "still accepting");
+        deadline.check("still accepting");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The established connection still works during the grace period.
-    assert_eq!(c.ping().await.unwrap(), "a");
+    assert_eq!(c.served_by().await, "a");
     assert!(!done.is_finished());
     drop(c);
     tokio::time::timeout(WAIT, done)
@@ -252,8 +254,8 @@ async fn shutdown_grace_period_is_bounded() {
         &[(&a.address(), 1)],
     );
     let mut lb = Lb::start(&toml, false).await;
-    let mut c = Client::connect(lb.addr).await.unwrap();
-    c.ping().await.unwrap();
+    let mut c = Client::connect(lb.addr).await;
+    c.served_by().await;
     let started = Instant::now();
     let done = tokio::spawn(lb.begin_shutdown());
     assert!(

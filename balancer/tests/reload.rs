@@ -1,11 +1,11 @@
 //! Hot reload under continuous traffic: add, remove, reweight, a broken
 //! file; nothing dropped, no failed connect. Plus drain timeout and slow start.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use testkit::backend::{Mode, TestBackend, Traffic};
+use testkit::lb::{config_toml, Lb};
+use testkit::{wait_until, who_serves, Client, WAIT};
 
 fn in_snapshot(lb: &Lb, address: &str) -> Option<u32> {
     lb.handle
@@ -29,8 +29,8 @@ async fn reload_under_traffic_drops_nothing() {
     // Long-lived connections, spread over a and b, kept through every reload.
     let mut long_lived = Vec::new();
     for _ in 0..6 {
-        let mut client = Client::connect(lb.addr).await.unwrap();
-        let server = client.ping().await.unwrap();
+        let mut client = Client::connect(lb.addr).await;
+        let server = client.served_by().await;
         long_lived.push((client, server));
     }
     assert!(long_lived.iter().any(|(_, s)| s == "a"));
@@ -127,7 +127,7 @@ async fn reload_under_traffic_drops_nothing() {
 
     // Every long-lived connection survived, still on its original backend.
     for (client, server) in &mut long_lived {
-        assert_eq!(&client.ping().await.unwrap(), server);
+        assert_eq!(&client.served_by().await, server);
     }
     let status = lb.status();
     let connect_failures: u64 = status.backends.iter().map(|b| b.connect_failures).sum();
@@ -153,18 +153,18 @@ async fn drain_timeout_closes_connections_of_a_removed_backend() {
     let (aa, ba) = (a.address(), b.address());
     let head = format!("drain_timeout = \"300ms\"\n{HEAD}");
     let lb = Lb::start(&config_toml(&head, &[(&aa, 1), (&ba, 1)]), false).await;
-    let mut on_a = Client::connect(lb.addr).await.unwrap();
-    assert_eq!(on_a.ping().await.unwrap(), "a");
-    let mut on_b = Client::connect(lb.addr).await.unwrap();
-    assert_eq!(on_b.ping().await.unwrap(), "b");
+    let mut on_a = Client::connect(lb.addr).await;
+    assert_eq!(on_a.served_by().await, "a");
+    let mut on_b = Client::connect(lb.addr).await;
+    assert_eq!(on_b.served_by().await, "b");
 
     lb.write_config_by_rename(&config_toml(&head, &[(&ba, 1)]));
     assert!(wait_until(WAIT, || in_snapshot(&lb, &aa).is_none()).await);
     // Still usable right after the removal…
-    assert_eq!(on_a.ping().await.unwrap(), "a");
+    assert_eq!(on_a.served_by().await, "a");
     // …and closed once the drain timeout is over.
     assert!(on_a.closed_within(WAIT).await);
-    assert_eq!(on_b.ping().await.unwrap(), "b");
+    assert_eq!(on_b.served_by().await, "b");
     drop(on_b);
     lb.shutdown().await;
 }
