@@ -2,16 +2,13 @@
 //! SQLite): registration, login, 1:1 and group chat, errors and exit codes,
 //! and a server restart the client must ride out by logging in again.
 
-mod common;
-mod real_server;
-
-use real_server::{code, logged_in, register, RealServer};
-
-use common::Client;
+use testkit::bin::{code, LineProcess};
+use testkit::cli::{command, logged_in, register, start};
+use testkit::server::{config_on, ChatServer, Storage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_login_chat_and_group_chat() {
-    let server = RealServer::start().await;
+    let server = ChatServer::start(Storage::Sqlite).await;
     let port = server.port();
     let alice_id = register(port, "alice", "pw a").await;
     let bob_id = register(port, "bob li", "pw-b").await;
@@ -19,7 +16,7 @@ async fn register_login_chat_and_group_chat() {
 
     // alice without the menu, bob through it.
     let mut alice = logged_in(port, alice_id, "pw a", &[]).await;
-    let mut bob = Client::start(port, &[]);
+    let mut bob = start(port, &[]);
     bob.send(&format!("1\n{bob_id}\npw-b\n")).await;
     assert_eq!(
         bob.expect_out("logged in:").await,
@@ -114,12 +111,12 @@ async fn register_login_chat_and_group_chat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_exit_codes() {
-    let server = RealServer::start().await;
+    let server = ChatServer::start(Storage::Sqlite).await;
     let port = server.port();
     let alice_id = register(port, "alice", "pw-a").await;
 
     // Bad credentials: exit code 3.
-    let mut command = common::client_command(&[
+    let mut command = command(&[
         "127.0.0.1",
         &port.to_string(),
         "--login",
@@ -128,7 +125,7 @@ async fn errors_and_exit_codes() {
         "CHAT_PW",
     ]);
     command.env("CHAT_PW", "not the password");
-    let (status, _, err) = Client::spawn(command).finish().await;
+    let (status, _, err) = LineProcess::spawn(command).finish().await;
     assert_eq!(code(status), 3, "{err:#?}");
     assert!(err.iter().any(|l| l.contains("login failed")), "{err:#?}");
 
@@ -146,7 +143,7 @@ async fn errors_and_exit_codes() {
     alice.expect_err("errno 4").await;
 
     // The account is in use: a second login gets exit code 3.
-    let mut command = common::client_command(&[
+    let mut command = command(&[
         "127.0.0.1",
         &port.to_string(),
         "--login",
@@ -155,7 +152,7 @@ async fn errors_and_exit_codes() {
         "CHAT_PW",
     ]);
     command.env("CHAT_PW", "pw-a");
-    let (status, _, err) = Client::spawn(command).finish().await;
+    let (status, _, err) = LineProcess::spawn(command).finish().await;
     assert_eq!(code(status), 3, "{err:#?}");
     assert!(
         err.iter().any(|l| l.contains("this account is using")),
@@ -168,15 +165,13 @@ async fn errors_and_exit_codes() {
     // Nothing listens: exit code 2.
     let port = server.port();
     server.stop().await;
-    let (status, _, err) = Client::start(port, &["--reconnect-for", "1"])
-        .finish()
-        .await;
+    let (status, _, err) = start(port, &["--reconnect-for", "1"]).finish().await;
     assert_eq!(code(status), 2, "{err:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_on_the_same_port_client_logs_in_again() {
-    let server = RealServer::start().await;
+    let server = ChatServer::start(Storage::Sqlite).await;
     let (addr, database_url) = (server.addr, server.database_url.clone());
     let port = server.port();
     let alice_id = register(port, "alice", "pw-a").await;
@@ -196,7 +191,7 @@ async fn server_restart_on_the_same_port_client_logs_in_again() {
         .send(&format!("chat:{bob_id}:typed while the server was down\n"))
         .await;
 
-    let server = RealServer::start_on(addr, &database_url).await;
+    let server = ChatServer::start_on(addr, config_on(database_url)).await;
     alice.expect_err("reconnected to the server").await;
     alice
         .expect_err(&format!("logged in again as {alice_id} alice"))

@@ -2,18 +2,15 @@
 //! against the real chat server: log in from the menu, receive a message
 //! while a line is half typed, and that line stays intact.
 
-mod common;
-mod real_server;
-
 use std::process::Command;
-use std::time::Duration;
 
 use expectrl::process::unix::WaitStatus;
 use expectrl::session::OsSession;
 use expectrl::{Eof, Expect, Regex, Session};
-use real_server::{code, logged_in, register, RealServer};
-
-const WAIT: Duration = Duration::from_secs(10);
+use testkit::bin::code;
+use testkit::cli::{logged_in, register};
+use testkit::server::{ChatServer, Storage};
+use testkit::WAIT;
 
 /// A `chatclient` in a pseudo-terminal, with everything it showed so far
 /// kept for failure messages.
@@ -68,7 +65,7 @@ fn message_arrives_while_typing_and_the_typed_line_stays_intact() {
         .enable_all()
         .build()
         .unwrap();
-    let server = rt.block_on(RealServer::start());
+    let server = rt.block_on(ChatServer::start(Storage::Sqlite));
     let port = server.port();
     let (alice_id, bob_id) = rt.block_on(async {
         (

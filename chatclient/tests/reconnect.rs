@@ -1,21 +1,18 @@
 //! Dropped connections, re-login, and servers that misbehave: the real
 //! binary through pipes, against the fake server.
 
-mod common;
-
-use common::{client_command, logged_in, server_with_alice_and_bob, Client};
+use protocol::{Login, Request};
+use testkit::bin::{code, LineProcess};
+use testkit::cli::{command, logged_in, start};
+use testkit::fake_server::FakeServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-fn code(status: std::process::ExitStatus) -> i32 {
-    status.code().expect("exited by signal")
-}
-
 #[tokio::test]
 async fn dropped_connection_logs_in_again_and_loses_nothing() {
-    let server = server_with_alice_and_bob().await;
-    let mut alice = logged_in(&server, 13, "pw-a", &[]).await;
-    let mut bob = logged_in(&server, 15, "pw-b", &[]).await;
+    let server = FakeServer::with_alice_and_bob().await;
+    let mut alice = logged_in(server.port(), 13, "pw-a", &[]).await;
+    let mut bob = logged_in(server.port(), 15, "pw-b", &[]).await;
 
     // The old session is "still closing" for the first two attempts.
     server.busy_logins(2);
@@ -39,7 +36,7 @@ async fn dropped_connection_logs_in_again_and_loses_nothing() {
     let logins = server
         .requests()
         .iter()
-        .filter(|r| r["msgid"] == 1 && r["id"] == 15)
+        .filter(|r| matches!(r.request, Ok(Request::Login(Login { id: 15, .. }))))
         .count();
     assert_eq!(logins, 4, "first login, two refused, one accepted");
 
@@ -51,8 +48,8 @@ async fn dropped_connection_logs_in_again_and_loses_nothing() {
 
 #[tokio::test]
 async fn giving_up_reconnecting_exits_2_and_reports_unsent_lines() {
-    let server = server_with_alice_and_bob().await;
-    let mut bob = logged_in(&server, 15, "pw-b", &["--reconnect-for", "0.5"]).await;
+    let server = FakeServer::with_alice_and_bob().await;
+    let mut bob = logged_in(server.port(), 15, "pw-b", &["--reconnect-for", "0.5"]).await;
     server.stop_accepting();
     server.kick(15);
     bob.expect_err("connection lost").await;
@@ -69,9 +66,9 @@ async fn giving_up_reconnecting_exits_2_and_reports_unsent_lines() {
 
 #[tokio::test]
 async fn bad_server_frames_are_reported_not_fatal() {
-    let server = server_with_alice_and_bob().await;
-    let mut alice = logged_in(&server, 13, "pw-a", &[]).await;
-    let mut bob = logged_in(&server, 15, "pw-b", &[]).await;
+    let server = FakeServer::with_alice_and_bob().await;
+    let mut alice = logged_in(server.port(), 13, "pw-a", &[]).await;
+    let mut bob = logged_in(server.port(), 15, "pw-b", &[]).await;
 
     server.send_raw(
         13,
@@ -119,7 +116,7 @@ async fn a_silent_server_is_detected() {
             held.push(socket);
         }
     });
-    let mut command = client_command(&[
+    let mut command = command(&[
         "127.0.0.1",
         &port.to_string(),
         "--reply-timeout",
@@ -130,7 +127,7 @@ async fn a_silent_server_is_detected() {
         "CHAT_PW",
     ]);
     command.env("CHAT_PW", "pw");
-    let mut client = Client::spawn(command);
+    let mut client = LineProcess::spawn(command);
     client
         .expect_err("connection lost (no reply from the server in 0.5 s)")
         .await;
@@ -148,7 +145,7 @@ async fn a_server_that_closes_at_once() {
             let _ = socket.write_all(b"{\"msgid\":2,").await;
         }
     });
-    let mut client = Client::start(port, &["--reconnect-for", "0.3"]);
+    let mut client = start(port, &["--reconnect-for", "0.3"]);
     client.expect_err("connection lost").await;
     client.send("1\n13\npw\n").await;
     accept.abort();

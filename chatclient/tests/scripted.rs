@@ -1,21 +1,21 @@
 //! The real binary, driven through pipes, against the fake server.
 
-mod common;
+use protocol::{Chat, ChatTarget, MsgId, Parsed, Register, Request, SendChat, Version};
+use serde_json::Value;
+use testkit::bin::{code, LineProcess};
+use testkit::cli::{command, logged_in, start};
+use testkit::fake_server::FakeServer;
+use testkit::free_port;
 
-use common::{
-    client_command, closed_port, logged_in, server_with_alice_and_bob, Client, FakeServer,
-};
-use serde_json::{json, Value};
-
-fn code(status: std::process::ExitStatus) -> i32 {
-    status.code().expect("exited by signal")
+fn msgid(request: &Parsed) -> Option<MsgId> {
+    request.request.as_ref().ok().map(Request::msgid)
 }
 
 #[tokio::test]
 async fn register_prints_the_new_id() {
     let server = FakeServer::start().await;
     server.add_user(13, "alice", "pw");
-    let mut client = Client::start(server.port(), &[]);
+    let mut client = start(server.port(), &[]);
     client.send("2\n新用户 😀\npass word\n").await;
     assert_eq!(client.expect_out("registered:").await, "registered: id 14");
     // A taken name: an error on stderr, back at the menu.
@@ -28,28 +28,40 @@ async fn register_prints_the_new_id() {
     let register = server
         .requests()
         .into_iter()
-        .find(|r| r["msgid"] == 4)
+        .find(|r| msgid(r) == Some(MsgId::Register))
         .unwrap();
-    assert_eq!(register["name"], "新用户 😀");
-    assert_eq!(register["password"], "pass word");
-    assert_eq!(register["v"], 2);
-    assert!(register["rid"].is_number());
+    assert_eq!(
+        register.request,
+        Ok(Request::Register(Register {
+            name: "新用户 😀".into(),
+            password: "pass word".into()
+        }))
+    );
+    assert_eq!(register.version, Some(Version::V2));
+    assert!(register.rid.as_ref().is_some_and(Value::is_number));
 }
 
 #[tokio::test]
 async fn menu_login_shows_profile_and_offline_messages() {
-    let server = server_with_alice_and_bob().await;
+    let server = FakeServer::with_alice_and_bob().await;
+    let from_bob = |target, msg: &str, time: &str, mid| Chat {
+        target,
+        from: 15,
+        name: "bob li".into(),
+        msg: msg.into(),
+        time: time.into(),
+        mid: Some(mid),
+        ts: Some(mid),
+    };
     server.store_offline(
         13,
-        json!({"msgid": 6, "id": 15, "name": "bob li", "toid": 13, "msg": "离线: hi",
-               "time": "2024-05-01 08:00:00", "mid": 1, "ts": 1}),
+        from_bob(ChatTarget::User(13), "离线: hi", "2024-05-01 08:00:00", 1),
     );
     server.store_offline(
         13,
-        json!({"msgid": 10, "id": 15, "name": "bob li", "groupid": 1, "msg": "group news",
-               "time": "2024-05-01 08:01:00", "mid": 2, "ts": 2}),
+        from_bob(ChatTarget::Group(1), "group news", "2024-05-01 08:01:00", 2),
     );
-    let mut client = Client::start(server.port(), &[]);
+    let mut client = start(server.port(), &[]);
     client.send("1\n13\npw-a\n").await;
     client.expect_out("logged in: id 13 alice").await;
     let (status, out, err) = client.finish().await;
@@ -70,9 +82,9 @@ async fn menu_login_shows_profile_and_offline_messages() {
 
 #[tokio::test]
 async fn two_clients_chat_and_group_chat() {
-    let server = server_with_alice_and_bob().await;
-    let mut alice = logged_in(&server, 13, "pw-a", &[]).await;
-    let mut bob = logged_in(&server, 15, "pw-b", &[]).await;
+    let server = FakeServer::with_alice_and_bob().await;
+    let mut alice = logged_in(server.port(), 13, "pw-a", &[]).await;
+    let mut bob = logged_in(server.port(), 15, "pw-b", &[]).await;
 
     let text = "你好 😀 \"quoted\" 'single' a:b:c \\ back";
     alice.send(&format!("chat:15:{text}\n")).await;
@@ -108,19 +120,22 @@ async fn two_clients_chat_and_group_chat() {
     assert_eq!(code(status), 0, "{err:#?}");
     let (status, _, err) = bob.finish().await;
     assert_eq!(code(status), 0, "{err:#?}");
-    let chats: Vec<Value> = server
+    let chat = server
         .requests()
         .into_iter()
-        .filter(|r| r["msgid"] == 6)
-        .collect();
-    assert_eq!(chats[0]["msg"], text);
-    assert_eq!(chats[0]["v"], 2);
+        .find(|r| msgid(r) == Some(MsgId::OneChat))
+        .unwrap();
+    assert!(
+        matches!(&chat.request, Ok(Request::Chat(SendChat { msg, .. })) if msg == text),
+        "{chat:?}"
+    );
+    assert_eq!(chat.version, Some(Version::V2));
 }
 
 #[tokio::test]
 async fn server_errors_and_bad_commands_go_to_stderr() {
-    let server = server_with_alice_and_bob().await;
-    let mut alice = logged_in(&server, 13, "pw-a", &[]).await;
+    let server = FakeServer::with_alice_and_bob().await;
+    let mut alice = logged_in(server.port(), 13, "pw-a", &[]).await;
     alice.send("chat:999:anyone there?\n").await;
     assert_eq!(
         alice.expect_err("chat to 999").await,
@@ -144,8 +159,8 @@ async fn server_errors_and_bad_commands_go_to_stderr() {
 
 #[tokio::test]
 async fn bad_credentials_and_busy_accounts_exit_3() {
-    let server = server_with_alice_and_bob().await;
-    let mut client = Client::start(server.port(), &[]);
+    let server = FakeServer::with_alice_and_bob().await;
+    let mut client = start(server.port(), &[]);
     client.send("1\n13\nwrong\n").await;
     let error = client.expect_err("login failed").await;
     assert!(
@@ -155,8 +170,8 @@ async fn bad_credentials_and_busy_accounts_exit_3() {
     let (status, _, _) = client.finish().await;
     assert_eq!(code(status), 3);
 
-    let _alice = logged_in(&server, 13, "pw-a", &[]).await;
-    let mut again = Client::start(server.port(), &[]);
+    let _alice = logged_in(server.port(), 13, "pw-a", &[]).await;
+    let mut again = start(server.port(), &[]);
     again.send("1\n13\npw-a\n").await;
     again.expect_err("this account is using").await;
     let (status, _, _) = again.finish().await;
@@ -165,8 +180,8 @@ async fn bad_credentials_and_busy_accounts_exit_3() {
 
 #[tokio::test]
 async fn cannot_connect_exits_2() {
-    let port = closed_port().await;
-    let client = Client::start(port, &[]);
+    let port = free_port();
+    let client = start(port, &[]);
     let (status, _, err) = client.finish().await;
     assert_eq!(code(status), 2);
     assert!(
@@ -211,12 +226,12 @@ async fn bad_usage_exits_1_and_help_documents_everything() {
         ],
         &["127.0.0.1", "1", "--bogus"],
     ] {
-        let client = Client::spawn(client_command(args));
+        let client = LineProcess::spawn(command(args));
         let (status, out, err) = client.finish().await;
         assert_eq!(code(status), 1, "{args:?}: {out:#?} {err:#?}");
         assert!(!err.is_empty(), "{args:?}: no message");
     }
-    let client = Client::spawn(client_command(&["--help"]));
+    let client = LineProcess::spawn(command(&["--help"]));
     let (status, out, _) = client.finish().await;
     assert_eq!(code(status), 0);
     let help = out.join("\n");
@@ -248,26 +263,23 @@ async fn bad_usage_exits_1_and_help_documents_everything() {
 
 #[tokio::test]
 async fn password_file_login() {
-    let server = server_with_alice_and_bob().await;
-    let dir = std::env::temp_dir().join(format!("chatclient-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("pw");
+    let server = FakeServer::with_alice_and_bob().await;
+    let file = testkit::run::temp_dir("password-file").join("pw");
     std::fs::write(&file, "pw-b\n").unwrap();
-    let mut bob = Client::start(
+    let mut bob = start(
         server.port(),
         &["--login", "15", "--password-file", file.to_str().unwrap()],
     );
     bob.expect_out("logged in: id 15 bob li").await;
     let (status, _, _) = bob.finish().await;
     assert_eq!(code(status), 0);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
 async fn json_mode_prints_frames_raw() {
-    let server = server_with_alice_and_bob().await;
-    let mut bob = logged_in(&server, 15, "pw-b", &[]).await;
-    let mut command = client_command(&[
+    let server = FakeServer::with_alice_and_bob().await;
+    let mut bob = logged_in(server.port(), 15, "pw-b", &[]).await;
+    let mut command = command(&[
         "127.0.0.1",
         &server.port().to_string(),
         "--linger",
@@ -279,7 +291,7 @@ async fn json_mode_prints_frames_raw() {
         "CHAT_PW",
     ]);
     command.env("CHAT_PW", "pw-a");
-    let mut alice = Client::spawn(command);
+    let mut alice = LineProcess::spawn(command);
     let ack: Value = serde_json::from_str(&alice.expect_out("\"msgid\":2").await).unwrap();
     assert_eq!(ack["friends"][0]["name"], "bob li");
     bob.send("chat:13:line1\\nstill line1\n").await;
@@ -297,8 +309,8 @@ async fn json_mode_prints_frames_raw() {
 
 #[tokio::test]
 async fn heartbeats_are_sent() {
-    let server = server_with_alice_and_bob().await;
-    let mut command = client_command(&[
+    let server = FakeServer::with_alice_and_bob().await;
+    let mut command = command(&[
         "127.0.0.1",
         &server.port().to_string(),
         "--ping-interval",
@@ -309,20 +321,20 @@ async fn heartbeats_are_sent() {
         "CHAT_PW",
     ]);
     command.env("CHAT_PW", "pw-a");
-    let mut alice = Client::spawn(command);
+    let mut alice = LineProcess::spawn(command);
     alice.expect_out("logged in").await;
     server
         .wait_requests(
-            |r| r.iter().filter(|r| r["msgid"] == 12).count() >= 3,
+            |r| r.iter().filter(|r| msgid(r) == Some(MsgId::Ping)).count() >= 3,
             "three PINGs",
         )
         .await;
     let ping = server
         .requests()
         .into_iter()
-        .find(|r| r["msgid"] == 12)
+        .find(|r| msgid(r) == Some(MsgId::Ping))
         .unwrap();
-    assert_eq!(ping["v"], 2);
+    assert_eq!(ping.version, Some(Version::V2));
     let (status, _, err) = alice.finish().await;
     assert_eq!(code(status), 0);
     assert!(
@@ -333,8 +345,8 @@ async fn heartbeats_are_sent() {
 
 #[tokio::test]
 async fn logout_then_login_again_on_the_same_connection() {
-    let server = server_with_alice_and_bob().await;
-    let mut client = Client::start(server.port(), &[]);
+    let server = FakeServer::with_alice_and_bob().await;
+    let mut client = start(server.port(), &[]);
     client.send("1\n13\npw-a\n").await;
     client.expect_out("logged in: id 13").await;
     client.send("loginout\n").await;
