@@ -1,92 +1,51 @@
 //! Runs chatbench against the real chatserver binary on a free port.
 //!
 //! The server binary is not built by this test: set CHATSERVER_BIN, or
-//! build it first (`cargo build -p chatserver`) so that it is found at
-//! $CARGO_TARGET_DIR/debug/chatserver (or target/debug/chatserver).
+//! build it first (`cargo build -p chatserver`, or `cargo test
+//! --workspace`) so that it is found beside the test (target/debug).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
+use testkit::bin::{self, run_to_exit, Process};
 
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn chatserver_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHATSERVER_BIN") {
-        return path.into();
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    for profile in ["debug", "release"] {
-        let candidate = target.join(profile).join("chatserver");
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!(
-        "chatserver binary not found under {}/{{debug,release}}: run `cargo build -p chatserver` \
-         first or set CHATSERVER_BIN to its path",
-        target.display()
-    );
-}
-
+/// The chatserver binary on a free port over an SQLite file in a temp dir
+/// of the run; killed on drop.
 struct Server {
-    child: Child,
+    process: Process,
     addr: String,
-    dir: PathBuf,
 }
 
 impl Server {
     fn start() -> Server {
-        let dir = std::env::temp_dir().join(format!(
-            "chatbench-test-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ rand_bits()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut child = Command::new(chatserver_bin())
-            .args([
-                "127.0.0.1",
-                "0",
-                "--hash-memory-kib",
-                "64",
-                "--hash-iterations",
-                "1",
-            ])
-            .current_dir(&dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chatserver starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("chatserver did not print `listening on` within {START_TIMEOUT:?}");
-            }
-        };
-        Server { child, addr, dir }
+        let (process, addr) = Process::start_listening(
+            Command::new(bin::path("chatserver"))
+                .args([
+                    "127.0.0.1",
+                    "0",
+                    "--hash-memory-kib",
+                    "64",
+                    "--hash-iterations",
+                    "1",
+                ])
+                .current_dir(testkit::run::temp_dir("chatbench"))
+                .env("RUST_LOG", "warn")
+                .stderr(Stdio::null()),
+        );
+        Server {
+            process,
+            addr: addr.to_string(),
+        }
     }
 
     /// Runs chatbench with --json against this server; returns its JSON lines.
     fn bench(&self, args: &[&str]) -> Vec<Value> {
-        let pid = self.child.id().to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatbench"))
+        let pid = self.process.id().to_string();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chatbench"));
+        command
             .args([
                 "--json",
                 "--server",
@@ -96,47 +55,20 @@ impl Server {
                 "--timeout",
                 "5s",
             ])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("chatbench starts");
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("chatbench {args:?} did not finish within {RUN_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let output = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
+            .args(args);
+        let exit = run_to_exit(command, RUN_TIMEOUT);
         assert!(
-            output.status.success(),
-            "chatbench {args:?} failed ({}): {stdout}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
+            exit.code == 0,
+            "chatbench {args:?} failed ({}): {}\n{}",
+            exit.code,
+            exit.stdout,
+            exit.stderr
         );
-        stdout
+        exit.stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect()
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn rand_bits() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
 
 #[test]
