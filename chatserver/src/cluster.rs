@@ -334,7 +334,7 @@ impl Cluster {
     /// away). Users whose server is known from a recent hand-off get a plain
     /// PUBLISH to it; the others go through the lookup script.
     pub async fn hand_off(&self, users: &[i64], pushed: &Pushed) -> Vec<i64> {
-        let head = format!("P {}", pushed.mid);
+        let head = format!("P {}", pushed.mid());
         let (known, mut unknown) = self.recent_locations(users);
         for (server, ids) in known {
             let frame = format!("{head} {}\n{}", join_ids(&ids), pushed.payload());
@@ -664,7 +664,7 @@ async fn handle_frame(ctx: &Arc<Context>, bytes: &[u8]) {
             users,
             payload,
         }) => {
-            let pushed = Pushed::new(mid, payload.to_owned());
+            let pushed = Pushed::from_json(mid, payload.to_owned());
             let mut left = Vec::new();
             for user in users {
                 let offer = match ctx.registry.get(user) {

@@ -20,6 +20,9 @@ pub const DEFAULT_LOGIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_V2_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEFAULT_FRAME_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// The original client parses each 1024-byte read as one message: frames to
+/// it must arrive apart. 5 ms costs a human typing nothing.
+pub const DEFAULT_V1_WRITE_GAP: Duration = Duration::from_millis(5);
 pub const DEFAULT_DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_REDIS_PREFIX: &str = "chat:";
 pub const DEFAULT_PRESENCE_LEASE: Duration = Duration::from_secs(15);
@@ -70,6 +73,10 @@ pub struct Args {
     /// and the rest stored as offline messages [default 1024]
     #[arg(long, env = "CHAT_OUTBOUND_QUEUE", value_name = "FRAMES")]
     pub outbound_queue: Option<usize>,
+    /// Least time between two frames written to a v1 (original) client, so
+    /// that it reads each alone; 0s turns spacing off [default 5ms]
+    #[arg(long, env = "CHAT_V1_WRITE_GAP", value_name = "DURATION")]
+    pub v1_write_gap: Option<String>,
     /// How long to keep retrying the database at start-up [default 30s]
     #[arg(long, env = "CHAT_DB_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub db_connect_timeout: Option<String>,
@@ -110,6 +117,7 @@ struct FileConfig {
     v2_idle_timeout: Option<String>,
     frame_stall_timeout: Option<String>,
     outbound_queue: Option<usize>,
+    v1_write_gap: Option<String>,
     db_connect_timeout: Option<String>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
@@ -153,6 +161,7 @@ pub struct Config {
     pub v2_idle_timeout: Duration,
     pub frame_stall_timeout: Duration,
     pub outbound_queue: usize,
+    pub v1_write_gap: Duration,
     pub db_connect_timeout: Duration,
     /// `Some` turns on cluster mode.
     pub redis_url: Option<String>,
@@ -195,6 +204,7 @@ impl std::fmt::Debug for Config {
             .field("v2_idle_timeout", &self.v2_idle_timeout)
             .field("frame_stall_timeout", &self.frame_stall_timeout)
             .field("outbound_queue", &self.outbound_queue)
+            .field("v1_write_gap", &self.v1_write_gap)
             .field("redis_url", &self.redis_url.as_deref().map(mask_url))
             .field("redis_prefix", &self.redis_prefix)
             .field("presence_lease", &self.presence_lease)
@@ -216,6 +226,7 @@ impl Default for Config {
             v2_idle_timeout: DEFAULT_V2_IDLE_TIMEOUT,
             frame_stall_timeout: DEFAULT_FRAME_STALL_TIMEOUT,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            v1_write_gap: DEFAULT_V1_WRITE_GAP,
             db_connect_timeout: DEFAULT_DB_CONNECT_TIMEOUT,
             redis_url: None,
             redis_prefix: DEFAULT_REDIS_PREFIX.to_owned(),
@@ -288,6 +299,11 @@ impl Config {
                 .outbound_queue
                 .or(file.outbound_queue)
                 .unwrap_or(defaults.outbound_queue),
+            v1_write_gap: duration(
+                "v1-write-gap",
+                args.v1_write_gap.or(file.v1_write_gap),
+                defaults.v1_write_gap,
+            )?,
             db_connect_timeout: duration(
                 "db-connect-timeout",
                 args.db_connect_timeout.or(file.db_connect_timeout),
@@ -453,6 +469,7 @@ mod tests {
         assert_eq!(config.v2_idle_timeout, defaults.v2_idle_timeout);
         assert_eq!(config.frame_stall_timeout, defaults.frame_stall_timeout);
         assert_eq!(config.outbound_queue, defaults.outbound_queue);
+        assert_eq!(config.v1_write_gap, defaults.v1_write_gap);
         assert_eq!(config.redis_url, None);
         assert_eq!(config.redis_prefix, defaults.redis_prefix);
         assert_eq!(config.presence_lease, defaults.presence_lease);

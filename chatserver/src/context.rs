@@ -21,6 +21,8 @@ pub struct Limits {
     pub login_idle_timeout: Duration,
     pub v2_idle_timeout: Duration,
     pub frame_stall_timeout: Duration,
+    /// Least time between two frames written to a v1 connection.
+    pub v1_write_gap: Duration,
 }
 
 pub struct Context {

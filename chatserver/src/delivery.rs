@@ -50,7 +50,7 @@ pub async fn store_for_later(
         .flat_map(|&user_id| {
             messages.iter().map(move |pushed| OfflineMessage {
                 user_id,
-                mid: pushed.mid,
+                mid: pushed.mid(),
                 payload: pushed.payload(),
             })
         })

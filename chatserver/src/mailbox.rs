@@ -5,38 +5,76 @@
 //! offline and asks the session to close; the session stores whatever is
 //! still queued. Nothing is lost and no sender ever waits.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use protocol::{Chat, Version};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// A pushed chat message, serialized once and shared by every receiver.
+/// A pushed chat message, serialized once per protocol version and shared
+/// by every receiver. The v2 text (with `mid` and `ts`) is what is stored
+/// and sent between servers; the v1 rendering, which drops those fields for
+/// the original client, is made on first use only.
 #[derive(Debug, Clone)]
-pub struct Pushed {
-    pub mid: i64,
-    /// The frame: JSON text followed by `\n`.
-    frame: Arc<str>,
+pub struct Pushed(Arc<Rendered>);
+
+#[derive(Debug)]
+struct Rendered {
+    mid: i64,
+    /// The v2 frame: JSON text followed by `\n`.
+    v2: Box<str>,
+    v1: OnceLock<Box<[u8]>>,
 }
 
 impl Pushed {
-    pub fn new(mid: i64, json: String) -> Self {
+    pub fn new(chat: &Chat) -> Self {
+        Self::from_json(chat.mid.unwrap_or(0), chat.to_json(Version::V2))
+    }
+
+    /// A push from its stored (v2) JSON text.
+    pub fn from_json(mid: i64, json: String) -> Self {
         let mut frame = json;
         frame.push('\n');
-        Self {
+        Pushed(Arc::new(Rendered {
             mid,
-            frame: frame.into(),
+            v2: frame.into_boxed_str(),
+            v1: OnceLock::new(),
+        }))
+    }
+
+    pub fn mid(&self) -> i64 {
+        self.0.mid
+    }
+
+    /// The bytes to write to a connection speaking `version`, terminator
+    /// included.
+    pub fn frame(&self, version: Version) -> &[u8] {
+        match version {
+            Version::V2 => self.0.v2.as_bytes(),
+            Version::V1 => self.0.v1.get_or_init(|| v1_frame(self.payload())),
         }
     }
 
-    /// The bytes to write, terminator included.
-    pub fn frame(&self) -> &[u8] {
-        self.frame.as_bytes()
-    }
-
-    /// The JSON text, as stored for offline delivery.
+    /// The v2 JSON text, as stored for offline delivery.
     pub fn payload(&self) -> &str {
-        &self.frame[..self.frame.len() - 1]
+        &self.0.v2[..self.0.v2.len() - 1]
     }
+}
+
+/// The v1 frame for a stored v2 push. Stored text is always our own JSON;
+/// should it not read back, it is sent as it is rather than lost.
+pub fn v1_frame(payload: &str) -> Box<[u8]> {
+    let mut frame = match Chat::from_json(payload) {
+        Ok(chat) => chat.to_json(Version::V1),
+        Err(error) => {
+            tracing::warn!(%error, "a stored push does not read back; sent unchanged");
+            payload.to_owned()
+        }
+    }
+    .into_bytes();
+    frame.push(b'\n');
+    frame.into_boxed_slice()
 }
 
 #[derive(Debug)]
@@ -126,7 +164,7 @@ mod tests {
     #[test]
     fn full_queue_flags_the_session_and_closed_queue_is_gone() {
         let (handle, mailbox) = mailbox(1, 1);
-        let push = Pushed::new(1, "{}".into());
+        let push = Pushed::from_json(1, "{}".into());
         assert_eq!(handle.offer(Outbound::Push(push.clone())), Offer::Queued);
         assert_eq!(handle.offer(Outbound::Push(push.clone())), Offer::Full);
         assert!(mailbox.evict.is_cancelled());
@@ -134,5 +172,25 @@ mod tests {
         assert_eq!(undelivered.len(), 1);
         assert_eq!(undelivered[0].payload(), "{}");
         assert_eq!(handle.offer(Outbound::Push(push)), Offer::Gone);
+    }
+
+    #[test]
+    fn v1_frames_drop_mid_and_ts() {
+        let chat = Chat {
+            target: protocol::ChatTarget::User(2),
+            from: 1,
+            name: "n".into(),
+            msg: "m".into(),
+            time: "t".into(),
+            mid: Some(7),
+            ts: Some(8),
+        };
+        let push = Pushed::new(&chat);
+        assert_eq!(push.mid(), 7);
+        assert!(push.frame(Version::V2).ends_with(b",\"mid\":7,\"ts\":8}\n"));
+        assert_eq!(
+            push.frame(Version::V1),
+            b"{\"msgid\":6,\"id\":1,\"name\":\"n\",\"toid\":2,\"msg\":\"m\",\"time\":\"t\"}\n"
+        );
     }
 }

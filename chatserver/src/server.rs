@@ -90,6 +90,7 @@ impl Server {
                 login_idle_timeout: config.login_idle_timeout,
                 v2_idle_timeout: config.v2_idle_timeout,
                 frame_stall_timeout: config.frame_stall_timeout,
+                v1_write_gap: config.v1_write_gap,
             },
             directory: Directory::new(store.clone(), group_ttl),
             store,

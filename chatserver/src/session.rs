@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::command::{self, offline, AfterWrite, SessionState};
 use crate::context::Context;
 use crate::delivery::store_for_later;
-use crate::mailbox::{Outbound, Pushed};
+use crate::mailbox::{v1_frame, Outbound, Pushed};
 
 /// A write that makes no progress this long means the peer stopped reading.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,8 +70,8 @@ pub fn serve(
         ctx,
         stream,
         buf: BytesMut::new(),
-        version: Version::V1,
         last_frame: Instant::now(),
+        last_write: None,
         partial_since: None,
     };
     connection.run(shutdown)
@@ -86,8 +86,9 @@ struct Connection {
     buf: BytesMut,
     codec: FrameCodec,
     state: SessionState,
-    version: Version,
     last_frame: Instant,
+    /// When the last frame went out, for spacing frames to v1 clients.
+    last_write: Option<Instant>,
     /// When the bytes of the current unfinished frame started arriving.
     partial_since: Option<Instant>,
 }
@@ -184,7 +185,7 @@ impl Connection {
                 "no request before login",
             )
         });
-        let v2 = (self.version == Version::V2).then(|| {
+        let v2 = (self.state.version == Version::V2).then(|| {
             (
                 self.last_frame + limits.v2_idle_timeout,
                 "no frame from v2 client",
@@ -244,23 +245,17 @@ impl Connection {
     async fn handle(&mut self, frame: &[u8]) -> Result<(), Closing> {
         let parsed = parse_frame(frame);
         if parsed.version == Some(Version::V2) {
-            self.version = Version::V2;
+            self.state.version = Version::V2;
         }
         let outcome = match parsed.request {
             Ok(request) => command::apply(&self.ctx, &mut self.state, request).await,
             Err(bad) => {
                 tracing::debug!(reason = %bad.reason, "bad request");
-                Reply::Error {
-                    request: bad.msgid,
-                    errno: bad.errno(),
-                    message: bad.reason.into(),
-                }
-                .into()
+                Reply::refuse(bad.msgid, bad.errno(), bad.reason).into()
             }
         };
         self.reply(outcome.reply, parsed.rid.as_ref()).await?;
-        self.after_write(outcome.after_write).await;
-        Ok(())
+        self.after_write(outcome.after_write).await
     }
 
     async fn reply(
@@ -268,22 +263,27 @@ impl Connection {
         reply: Reply,
         rid: Option<&serde_json::Value>,
     ) -> Result<(), Closing> {
-        match reply.render(self.version, rid) {
+        match reply.render(self.state.version, rid) {
             Some(bytes) => self.write(&bytes).await,
             None => Ok(()),
         }
     }
 
-    async fn after_write(&mut self, after: AfterWrite) {
-        match after {
-            AfterWrite::Nothing => {}
-            AfterWrite::DeleteOffline(row_ids) if row_ids.is_empty() => {}
-            AfterWrite::DeleteOffline(row_ids) => {
-                if let Err(error) = self.ctx.store.delete_offline(&row_ids).await {
-                    tracing::error!(%error, "delivered offline messages could not be deleted; they will be delivered again");
-                }
+    async fn after_write(&mut self, after: AfterWrite) -> Result<(), Closing> {
+        let (row_ids, sweep) = match after {
+            AfterWrite::Nothing => return Ok(()),
+            AfterWrite::DeleteOffline(row_ids) => (row_ids, false),
+            AfterWrite::DeleteOfflineThenSweep(row_ids) => (row_ids, true),
+        };
+        if !row_ids.is_empty() {
+            if let Err(error) = self.ctx.store.delete_offline(&row_ids).await {
+                tracing::error!(%error, "delivered offline messages could not be deleted; they will be delivered again");
             }
         }
+        if sweep {
+            Box::pin(self.sweep_offline()).await?;
+        }
+        Ok(())
     }
 
     async fn outbound(&mut self, item: Outbound) -> Result<(), Closing> {
@@ -301,12 +301,12 @@ impl Connection {
     async fn push(&mut self, first: Pushed) -> Result<(), Closing> {
         let mut batch = vec![first];
         let mut sweep_after = false;
-        if self.version == Version::V2 {
-            let mut size = batch[0].frame().len();
+        if self.state.version == Version::V2 {
+            let mut size = batch[0].frame(Version::V2).len();
             while size < COALESCE_BYTES {
                 match self.state.mailbox.as_mut().map(|m| m.rx.try_recv()) {
                     Some(Ok(Outbound::Push(next))) => {
-                        size += next.frame().len();
+                        size += next.frame(Version::V2).len();
                         batch.push(next);
                     }
                     Some(Ok(Outbound::SweepOffline)) => {
@@ -317,10 +317,15 @@ impl Connection {
                 }
             }
         }
+        let version = self.state.version;
         let written = if let [single] = batch.as_slice() {
-            self.write(single.frame()).await
+            self.write(single.frame(version)).await
         } else {
-            let bytes: Vec<u8> = batch.iter().flat_map(|p| p.frame()).copied().collect();
+            let bytes: Vec<u8> = batch
+                .iter()
+                .flat_map(|p| p.frame(version))
+                .copied()
+                .collect();
             self.write(&bytes).await
         };
         if written.is_err() {
@@ -342,13 +347,19 @@ impl Connection {
             return Ok(());
         };
         match offline::take(&self.ctx, user.id).await {
-            Ok((payloads, after)) => {
+            Ok((payloads, row_ids)) => {
                 for payload in payloads {
-                    let mut frame = payload.into_bytes();
-                    frame.push(b'\n');
+                    let frame = match self.state.version {
+                        Version::V1 => v1_frame(&payload).into_vec(),
+                        Version::V2 => {
+                            let mut frame = payload.into_bytes();
+                            frame.push(b'\n');
+                            frame
+                        }
+                    };
                     self.write(&frame).await?;
                 }
-                self.after_write(after).await;
+                self.after_write(AfterWrite::DeleteOffline(row_ids)).await?;
             }
             Err(error) => {
                 tracing::error!(%error, "could not read offline messages; they stay stored")
@@ -376,7 +387,8 @@ impl Connection {
             .and_then(|m| m.rx.try_recv().ok())
         {
             if let Outbound::Push(pushed) = item {
-                let written = tokio::time::timeout_at(deadline, self.write(pushed.frame())).await;
+                let frame = pushed.frame(self.state.version).to_vec();
+                let written = tokio::time::timeout_at(deadline, self.write(&frame)).await;
                 if !matches!(written, Ok(Ok(()))) {
                     self.keep_for_later(&[pushed]).await;
                     return;
@@ -385,10 +397,27 @@ impl Connection {
         }
     }
 
-    /// One frame per write call: the original client parses each read as
-    /// one message. A peer that stops reading ends the connection.
+    /// One frame per write call, and on v1 connections frames spaced by
+    /// `v1_write_gap`: the original client parses each read as one message.
+    /// A peer that stops reading ends the connection.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Closing> {
         let evict = self.state.mailbox.as_ref().map(|m| m.evict.clone());
+        let gap = self.ctx.limits.v1_write_gap;
+        if self.state.version == Version::V1 && !gap.is_zero() {
+            if let Some(last) = self.last_write {
+                tokio::time::sleep_until(last + gap).await;
+            }
+        }
+        let written = self.write_now(bytes, evict).await;
+        self.last_write = Some(Instant::now());
+        written
+    }
+
+    async fn write_now(
+        &mut self,
+        bytes: &[u8],
+        evict: Option<CancellationToken>,
+    ) -> Result<(), Closing> {
         tokio::select! {
             written = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.stream.write_all(bytes)) => match written {
                 Ok(Ok(())) => Ok(()),

@@ -1,6 +1,6 @@
 //! CREATE_GROUP: a uniquely named group with its creator as first member.
 
-use protocol::{Errno, MsgId, Reply, MAX_GROUP_DESC_CHARS};
+use protocol::{Ack, Errno, MsgId, Reply, MAX_GROUP_DESC_CHARS};
 
 use super::{refuse, server_error, User};
 use crate::context::Context;
@@ -23,10 +23,10 @@ pub async fn apply(ctx: &Context, user: &User, name: &str, desc: &str) -> Reply 
     match ctx.store.create_group(user.id, name, desc).await {
         Ok(Some(group_id)) => {
             ctx.directory.invalidate_group(group_id);
-            Reply::Done {
+            Reply::Done(Ack {
                 mid: None,
                 groupid: Some(group_id),
-            }
+            })
         }
         Ok(None) => refuse(
             MsgId::CreateGroup,

@@ -1,17 +1,11 @@
 //! GROUP_CHAT: one message, serialized once, to every other member.
 
-use protocol::{ChatTarget, Errno, MsgId, Reply};
+use protocol::{Errno, MsgId, Reply, SendChat};
 
 use super::{refuse, send_chat, server_error, User};
 use crate::context::Context;
 
-pub async fn apply(
-    ctx: &Context,
-    user: &User,
-    group: i64,
-    msg: &str,
-    time: Option<String>,
-) -> Reply {
+pub async fn apply(ctx: &Context, user: &User, group: i64, chat: SendChat) -> Reply {
     let members = match ctx.directory.group_members(group).await {
         Ok(Some(members)) => members,
         Ok(None) => return refuse(MsgId::GroupChat, Errno::NotFound, "no such group"),
@@ -29,5 +23,5 @@ pub async fn apply(
         .copied()
         .filter(|&id| id != user.id)
         .collect();
-    send_chat(ctx, user, ChatTarget::Group(group), &receivers, msg, time).await
+    send_chat(ctx, user, chat, &receivers).await
 }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::{
-    Errno, FriendEntry, GroupEntry, LoginSuccess, MemberEntry, MsgId, Presence, Reply, Role,
-    MAX_PASSWORD_BYTES,
+    Chat, Errno, Friend, Group, LoginAck, Member, MsgId, Presence, Reply, Role, Version,
+    MAX_PASSWORD_BYTES, V1_READ_SIZE,
 };
 
 use super::{refuse, server_error, AfterWrite, Outcome, SessionState, User};
@@ -92,10 +92,23 @@ pub async fn apply(
     session.mailbox = Some(mailbox);
     tracing::Span::current().record("user", id);
     tracing::info!("logged in");
-    let (offline, row_ids) = login;
+    let (mut ack, mut row_ids) = login;
+    let after_write = if session.version == Version::V1 {
+        // The original client reads 1024 bytes at most: what does not fit
+        // stays stored and is pushed right after the ACK, paced.
+        let pushed_after = ack.fit_v1(V1_READ_SIZE);
+        if pushed_after.is_empty() {
+            AfterWrite::DeleteOffline(row_ids)
+        } else {
+            row_ids.truncate(ack.offline.len());
+            AfterWrite::DeleteOfflineThenSweep(row_ids)
+        }
+    } else {
+        AfterWrite::DeleteOffline(row_ids)
+    };
     Outcome {
-        reply: Reply::LoginOk(Box::new(offline)),
-        after_write: AfterWrite::DeleteOffline(row_ids),
+        reply: Reply::LoginOk(Box::new(ack)),
+        after_write,
     }
 }
 
@@ -104,7 +117,7 @@ async fn load_login(
     ctx: &Context,
     id: i64,
     name: Arc<str>,
-) -> Result<(LoginSuccess, Vec<i64>), StoreError> {
+) -> Result<(LoginAck, Vec<i64>), StoreError> {
     ctx.store.set_online(&[id], true).await?;
     let friends = ctx.store.friends(id).await?;
     let members = ctx.store.groups_of(id).await?;
@@ -131,36 +144,50 @@ async fn load_login(
     };
     let friends = friends
         .into_iter()
-        .map(|(id, name)| FriendEntry {
+        .map(|(id, name)| Friend {
             id,
             name,
             state: presence(id),
         })
         .collect();
     let groups = group_entries(members, presence);
-    let stored = ctx.store.offline_messages(id).await?;
-    let row_ids = stored.iter().map(|m| m.row_id).collect();
-    let login = LoginSuccess {
+    let mut row_ids = Vec::new();
+    let mut offline = Vec::new();
+    for stored in ctx.store.offline_messages(id).await? {
+        match Chat::from_json(&stored.payload) {
+            Ok(chat) => {
+                row_ids.push(stored.row_id);
+                offline.push(chat);
+            }
+            // Only our own JSON is stored; a row that does not read back
+            // stays stored (and logged) rather than be deleted unseen.
+            Err(error) => {
+                tracing::error!(%error, row = stored.row_id, "unreadable offline message")
+            }
+        }
+    }
+    let login = LoginAck {
         id,
         name: name.to_string(),
         friends,
         groups,
-        offline: stored.into_iter().map(|m| m.payload).collect(),
+        offline,
+        skipped: 0,
     };
     Ok((login, row_ids))
 }
 
 /// Folds one row per (group, member) into groups with their member lists.
-fn group_entries(rows: Vec<GroupMemberRow>, presence: impl Fn(i64) -> Presence) -> Vec<GroupEntry> {
-    let mut groups: BTreeMap<i64, GroupEntry> = BTreeMap::new();
+fn group_entries(rows: Vec<GroupMemberRow>, presence: impl Fn(i64) -> Presence) -> Vec<Group> {
+    let mut groups: BTreeMap<i64, Group> = BTreeMap::new();
     for row in rows {
-        let group = groups.entry(row.group_id).or_insert_with(|| GroupEntry {
+        let group = groups.entry(row.group_id).or_insert_with(|| Group {
             id: row.group_id,
             name: row.group_name,
             desc: row.group_desc,
             users: Vec::new(),
         });
-        group.users.push(MemberEntry {
+        group.users.push(Member {
             id: row.user_id,
             name: row.user_name,
             state: presence(row.user_id),

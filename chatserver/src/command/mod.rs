@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use protocol::{ChatPush, ChatTarget, Errno, MsgId, Reply, Request};
+use protocol::{Ack, Chat, ChatTarget, Errno, MsgId, Reply, Request, SendChat, Version};
 
 use crate::context::Context;
 use crate::delivery::deliver;
@@ -38,6 +38,8 @@ pub struct User {
 pub struct SessionState {
     pub conn_id: u64,
     pub peer_ip: IpAddr,
+    /// The protocol level replies and pushes are rendered in.
+    pub version: Version,
     pub user: Option<User>,
     /// Present while logged in: where other sessions' messages arrive.
     pub mailbox: Option<Mailbox>,
@@ -49,6 +51,7 @@ impl SessionState {
         Self {
             conn_id,
             peer_ip,
+            version: Version::V1,
             user: None,
             mailbox: None,
             login_failures: Failures::default(),
@@ -63,6 +66,9 @@ pub enum AfterWrite {
     Nothing,
     /// Offline messages that were written: remove them from storage.
     DeleteOffline(Vec<i64>),
+    /// Offline messages in the reply were written: remove them, then push
+    /// the ones that did not fit in it (a v1 LOGIN_ACK stays under 1024 bytes).
+    DeleteOfflineThenSweep(Vec<i64>),
 }
 
 #[derive(Debug)]
@@ -82,11 +88,7 @@ impl From<Reply> for Outcome {
 
 /// An error reply for `request` with a specific message.
 pub(crate) fn refuse(request: MsgId, errno: Errno, message: impl Into<Cow<'static, str>>) -> Reply {
-    Reply::Error {
-        request: Some(request),
-        errno,
-        message: message.into(),
-    }
+    Reply::refuse(Some(request), errno, message)
 }
 
 /// Storage failed: log it and answer errno 10.
@@ -108,33 +110,32 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) 
         }
     }
     match request {
-        Request::Login { id, password } => login::apply(ctx, session, id, password).await,
-        Request::Register { name, password } => register::apply(ctx, name, password).await.into(),
-        Request::Ping => Reply::Pong {
+        Request::Login(login) => login::apply(ctx, session, login.id, login.password).await,
+        Request::Register(register) => register::apply(ctx, register.name, register.password)
+            .await
+            .into(),
+        Request::Ping => Reply::Pong(protocol::Pong {
             server: ctx.server_name.clone(),
             load: ctx.registry.len() as u64,
+        })
+        .into(),
+        Request::Logout(_) => logout::apply(ctx, session).await.into(),
+        Request::Chat(chat) => match chat.target {
+            ChatTarget::User(to) => one_chat::apply(ctx, logged_in(session), to, chat).await,
+            ChatTarget::Group(group) => {
+                group_chat::apply(ctx, logged_in(session), group, chat).await
+            }
         }
         .into(),
-        Request::Logout { .. } => logout::apply(ctx, session).await.into(),
-        Request::OneChat { to, msg, time, .. } => {
-            one_chat::apply(ctx, logged_in(session), to, &msg, time)
+        Request::AddFriend(add) => add_friend::apply(ctx, logged_in(session), add.friend)
+            .await
+            .into(),
+        Request::CreateGroup(create) => {
+            create_group::apply(ctx, logged_in(session), &create.name, &create.desc)
                 .await
                 .into()
         }
-        Request::AddFriend { friend, .. } => add_friend::apply(ctx, logged_in(session), friend)
-            .await
-            .into(),
-        Request::CreateGroup { name, desc, .. } => {
-            create_group::apply(ctx, logged_in(session), &name, &desc)
-                .await
-                .into()
-        }
-        Request::AddGroup { group, .. } => add_group::apply(ctx, logged_in(session), group)
-            .await
-            .into(),
-        Request::GroupChat {
-            group, msg, time, ..
-        } => group_chat::apply(ctx, logged_in(session), group, &msg, time)
+        Request::AddGroup(add) => add_group::apply(ctx, logged_in(session), add.group)
             .await
             .into(),
     }
@@ -153,34 +154,28 @@ fn logged_in(session: &SessionState) -> &User {
 pub(crate) async fn send_chat(
     ctx: &Context,
     user: &User,
-    target: ChatTarget,
+    chat: SendChat,
     receivers: &[i64],
-    msg: &str,
-    time: Option<String>,
 ) -> Reply {
     let mid = ctx.mids.next();
-    let time = time.unwrap_or_else(|| chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string());
-    let push = ChatPush {
-        target,
+    let time = chat
+        .time
+        .unwrap_or_else(|| chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string());
+    let push = Chat {
+        target: chat.target,
         from: user.id,
-        name: &user.name,
-        msg,
-        time: &time,
-        mid,
-        ts: chrono::Utc::now().timestamp_millis(),
+        name: user.name.to_string(),
+        msg: chat.msg,
+        time,
+        mid: Some(mid),
+        ts: Some(chrono::Utc::now().timestamp_millis()),
     };
-    let pushed = Pushed::new(mid, push.to_json());
+    let pushed = Pushed::new(&push);
     match deliver(ctx, receivers, &pushed).await {
-        Ok(()) => Reply::Done {
+        Ok(()) => Reply::Done(Ack {
             mid: Some(mid),
             groupid: None,
-        },
-        Err(error) => {
-            let request = match target {
-                ChatTarget::User(_) => MsgId::OneChat,
-                ChatTarget::Group(_) => MsgId::GroupChat,
-            };
-            server_error(request, error)
-        }
+        }),
+        Err(error) => server_error(chat.target.msgid(), error),
     }
 }
