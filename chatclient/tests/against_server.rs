@@ -3,7 +3,7 @@
 //! and a server restart the client must ride out by logging in again.
 
 use testkit::bin::{code, LineProcess};
-use testkit::cli::{command, logged_in, register, start};
+use testkit::cli::{self, logged_in, register, start};
 use testkit::server::{config_on, ChatServer, Storage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +116,7 @@ async fn errors_and_exit_codes() {
     let alice_id = register(port, "alice", "pw-a").await;
 
     // Bad credentials: exit code 3.
-    let mut command = command(&[
+    let mut command = cli::command(&[
         "127.0.0.1",
         &port.to_string(),
         "--login",
@@ -143,7 +143,7 @@ async fn errors_and_exit_codes() {
     alice.expect_err("errno 4").await;
 
     // The account is in use: a second login gets exit code 3.
-    let mut command = command(&[
+    let mut command = cli::command(&[
         "127.0.0.1",
         &port.to_string(),
         "--login",

@@ -3,7 +3,7 @@
 
 use protocol::{Login, Request};
 use testkit::bin::{code, LineProcess};
-use testkit::cli::{command, logged_in, start};
+use testkit::cli::{self, logged_in, start};
 use testkit::fake_server::FakeServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -116,7 +116,7 @@ async fn a_silent_server_is_detected() {
             held.push(socket);
         }
     });
-    let mut command = command(&[
+    let mut command = cli::command(&[
         "127.0.0.1",
         &port.to_string(),
         "--reply-timeout",

@@ -3,7 +3,7 @@
 use protocol::{Chat, ChatTarget, MsgId, Parsed, Register, Request, SendChat, Version};
 use serde_json::Value;
 use testkit::bin::{code, LineProcess};
-use testkit::cli::{command, logged_in, start};
+use testkit::cli::{self, logged_in, start};
 use testkit::fake_server::FakeServer;
 use testkit::free_port;
 
@@ -226,12 +226,12 @@ async fn bad_usage_exits_1_and_help_documents_everything() {
         ],
         &["127.0.0.1", "1", "--bogus"],
     ] {
-        let client = LineProcess::spawn(command(args));
+        let client = LineProcess::spawn(cli::command(args));
         let (status, out, err) = client.finish().await;
         assert_eq!(code(status), 1, "{args:?}: {out:#?} {err:#?}");
         assert!(!err.is_empty(), "{args:?}: no message");
     }
-    let client = LineProcess::spawn(command(&["--help"]));
+    let client = LineProcess::spawn(cli::command(&["--help"]));
     let (status, out, _) = client.finish().await;
     assert_eq!(code(status), 0);
     let help = out.join("\n");
@@ -279,7 +279,7 @@ async fn password_file_login() {
 async fn json_mode_prints_frames_raw() {
     let server = FakeServer::with_alice_and_bob().await;
     let mut bob = logged_in(server.port(), 15, "pw-b", &[]).await;
-    let mut command = command(&[
+    let mut command = cli::command(&[
         "127.0.0.1",
         &server.port().to_string(),
         "--linger",
@@ -310,7 +310,7 @@ async fn json_mode_prints_frames_raw() {
 #[tokio::test]
 async fn heartbeats_are_sent() {
     let server = FakeServer::with_alice_and_bob().await;
-    let mut command = command(&[
+    let mut command = cli::command(&[
         "127.0.0.1",
         &server.port().to_string(),
         "--ping-interval",
