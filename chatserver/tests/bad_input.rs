@@ -2,14 +2,13 @@
 //! connection stays usable (except for an oversized frame), other users are
 //! unaffected and no stored row changes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{test_config, Backend, Client, TestServer};
 use serde_json::{json, Value};
+use testkit::prelude::*;
+use testkit::server::{test_config, ChatServer, Storage};
 
-on_both_backends!(
+testkit::on_both_backends!(
     malformed_frames_get_errno_6_and_change_nothing,
     requests_before_login_or_for_another_id_get_errno_7,
     oversized_frame_gets_errno_8_and_closes_only_that_connection,
@@ -20,7 +19,7 @@ on_both_backends!(
 );
 
 /// Row counts of every table: compared before and after an attack.
-async fn snapshot(server: &TestServer) -> Vec<i64> {
+async fn snapshot(server: &ChatServer) -> Vec<i64> {
     let mut counts = Vec::new();
     for table in [
         "users",
@@ -42,25 +41,23 @@ struct Bystanders {
 }
 
 impl Bystanders {
-    async fn new(server: &TestServer) -> Self {
-        let (a, _) = Client::user(server, "bystander-a").await;
-        let (b, b_id) = Client::user(server, "bystander-b").await;
+    async fn new(server: &ChatServer) -> Self {
+        let (a, _) = server.user("bystander-a").await;
+        let (b, b_id) = server.user("bystander-b").await;
         Bystanders { a, b, b_id }
     }
 
     async fn still_chatting(&mut self) {
-        let ack = self
-            .a
-            .call(json!({"msgid": 6, "toid": self.b_id, "msg": "still here"}))
-            .await;
-        assert_eq!(ack["errno"], 0);
-        assert_eq!(self.b.recv().await["msg"], "still here");
+        self.a.chat(self.b_id, "still here").await;
+        assert_eq!(self.b.recv_chat().await.msg, "still here");
     }
 }
 
+/// Sends `frame` as it is; the reply must be of type `reply_msgid` with
+/// `errno` and a message. Returns the reply as JSON.
 async fn expect_error(client: &mut Client, frame: &[u8], reply_msgid: i64, errno: i64) -> Value {
     client.send_raw(frame).await;
-    let reply = client.recv().await;
+    let reply = client.recv_json().await;
     assert_eq!(
         reply["msgid"],
         reply_msgid,
@@ -78,14 +75,13 @@ async fn expect_error(client: &mut Client, frame: &[u8], reply_msgid: i64, errno
 }
 
 async fn still_usable(client: &mut Client) {
-    let pong = client.call(json!({"msgid": 12})).await;
-    assert_eq!(pong["msgid"], 13);
+    client.ping().await;
 }
 
-async fn malformed_frames_get_errno_6_and_change_nothing(backend: Backend) {
-    let server = TestServer::start(backend).await;
+async fn malformed_frames_get_errno_6_and_change_nothing(storage: Storage) {
+    let server = ChatServer::start(storage).await;
     let mut bystanders = Bystanders::new(&server).await;
-    let (mut attacker, _) = Client::user(&server, "attacker").await;
+    let (mut attacker, _) = server.user("attacker").await;
     let before = snapshot(&server).await;
     let cases: &[(&[u8], i64)] = &[
         (b"hello there\n", 11),
@@ -141,76 +137,89 @@ async fn malformed_frames_get_errno_6_and_change_nothing(backend: Backend) {
     server.stop().await;
 }
 
-async fn requests_before_login_or_for_another_id_get_errno_7(backend: Backend) {
-    let server = TestServer::start(backend).await;
+async fn requests_before_login_or_for_another_id_get_errno_7(storage: Storage) {
+    let server = ChatServer::start(storage).await;
     let mut bystanders = Bystanders::new(&server).await;
     let b_id = bystanders.b_id;
     let mut anonymous = server.client().await;
     for request in [
-        json!({"msgid": 3}),
-        json!({"msgid": 6, "toid": b_id, "msg": "spoof"}),
-        json!({"msgid": 7, "friendid": b_id}),
-        json!({"msgid": 8, "groupname": "g"}),
-        json!({"msgid": 9, "groupid": 1}),
-        json!({"msgid": 10, "groupid": 1, "msg": "m"}),
+        req::logout(),
+        req::chat(b_id, "spoof"),
+        req::add_friend(b_id),
+        req::create_group("g", ""),
+        req::join_group(1),
+        req::group_chat(1, "m"),
     ] {
-        anonymous.send_v1(request).await;
-        let reply = anonymous.recv().await;
-        assert_eq!(reply["msgid"], 11);
-        assert_eq!(reply["errno"], 7);
+        anonymous.send_v1(&request).await;
+        match anonymous.recv_reply().await {
+            Reply::Error(failure) => {
+                assert_eq!(failure.request, None, "an ACK: {failure:?}");
+                assert_eq!(failure.errno, Errno::NotAuthorized);
+            }
+            other => panic!("{request:?}: {other:?}"),
+        }
     }
-    let (mut mallory, _) = Client::user(&server, "mallory").await;
+    let (mut mallory, _) = server.user("mallory").await;
     let before = snapshot(&server).await;
     // Claiming to be someone else: refused, and nothing is sent in their name.
     for request in [
-        json!({"msgid": 6, "id": b_id, "toid": b_id, "msg": "spoof"}),
-        json!({"msgid": 7, "id": b_id, "friendid": b_id}),
-        json!({"msgid": 10, "id": b_id, "groupid": 1, "msg": "m"}),
-        json!({"msgid": 3, "id": b_id}),
+        req::chat(b_id, "spoof"),
+        req::add_friend(b_id),
+        req::group_chat(1, "m"),
+        req::logout(),
     ] {
-        let reply = mallory.call(request).await;
-        assert_eq!(reply["errno"], 7, "{reply}");
+        let reply = mallory.call(&req::claim(request, b_id)).await;
+        assert_eq!(reply.errno(), Errno::NotAuthorized, "{reply:?}");
     }
     // The name in a chat is the sender's registered one, whatever was sent.
     mallory
-        .call(json!({"msgid": 6, "toid": b_id, "name": "bystander-a", "msg": "hi"}))
+        .send_raw(&json_frame(
+            &json!({"msgid": 6, "v": 2, "rid": "n", "toid": b_id, "name": "bystander-a", "msg": "hi"}),
+            b'\n',
+        ))
         .await;
-    let push = bystanders.b.recv().await;
-    assert_eq!(push["name"], "mallory");
+    assert_eq!(mallory.recv_reply().await.errno(), Errno::Ok);
+    let push = bystanders.b.recv_chat().await;
+    assert_eq!(push.name, "mallory");
     still_usable(&mut anonymous).await;
     bystanders.still_chatting().await;
     assert_eq!(snapshot(&server).await, before);
     server.stop().await;
 }
 
-async fn oversized_frame_gets_errno_8_and_closes_only_that_connection(backend: Backend) {
-    let mut config = test_config(backend);
+async fn oversized_frame_gets_errno_8_and_closes_only_that_connection(storage: Storage) {
+    let mut config = test_config(storage);
     config.max_frame = 1024;
-    let server = TestServer::start_with(config).await;
+    let server = ChatServer::start_with(config).await;
     let mut bystanders = Bystanders::new(&server).await;
-    let (mut big, _) = Client::user(&server, "big").await;
-    let (mut exact, _) = Client::user(&server, "exact").await;
+    let (mut big, _) = server.user("big").await;
+    let (mut exact, _) = server.user("exact").await;
     let before = snapshot(&server).await;
     // No terminator needed: the server refuses as soon as the limit is passed.
     let frame = format!("{{\"msgid\":6,\"toid\":1,\"msg\":\"{}", "x".repeat(2000));
     big.send_raw(frame.as_bytes()).await;
     let frames = big.expect_closed(Duration::from_secs(5)).await;
     assert_eq!(frames.len(), 1, "{frames:?}");
-    assert_eq!(frames[0]["msgid"], 11);
-    assert_eq!(frames[0]["errno"], 8);
+    match &frames[0].frame {
+        ServerFrame::Reply(Reply::Error(failure)) => {
+            assert_eq!(failure.request, None, "an ACK");
+            assert_eq!(failure.errno, Errno::FrameTooLarge);
+        }
+        other => panic!("{other:?}"),
+    }
     // Exactly at the limit is fine.
     let prefix = r#"{"msgid":12,"pad":""#;
     let padded = format!("{prefix}{}\"}}\n", "p".repeat(1024 - prefix.len() - 2));
     assert_eq!(padded.len(), 1025);
     exact.send_raw(padded.as_bytes()).await;
-    assert_eq!(exact.recv().await["msgid"], 13);
+    exact.recv_reply().await.pong();
     bystanders.still_chatting().await;
     assert_eq!(snapshot(&server).await, before);
     server.stop().await;
 }
 
-async fn thousands_of_frames_in_one_write(backend: Backend) {
-    let server = TestServer::start(backend).await;
+async fn thousands_of_frames_in_one_write(storage: Storage) {
+    let server = ChatServer::start(storage).await;
     let mut bystanders = Bystanders::new(&server).await;
     let mut client = server.client().await;
     let mut burst = Vec::new();
@@ -221,33 +230,41 @@ async fn thousands_of_frames_in_one_write(backend: Backend) {
     client.send_raw(&burst).await;
     for i in 0..5000 {
         let pong = client.recv().await;
-        assert_eq!(pong["msgid"], 13);
-        assert_eq!(pong["rid"], i, "replies come in request order");
+        assert!(
+            matches!(pong.frame, ServerFrame::Reply(Reply::Pong(_))),
+            "{pong:?}"
+        );
+        assert_eq!(
+            pong.rid,
+            Some(Value::from(i)),
+            "replies come in request order"
+        );
     }
     bystanders.still_chatting().await;
     server.stop().await;
 }
 
-async fn frame_split_across_many_writes_with_pauses(backend: Backend) {
-    let server = TestServer::start(backend).await;
-    let (mut sender, _) = Client::user(&server, "slow-typist").await;
-    let (mut receiver, receiver_id) = Client::user(&server, "reader").await;
-    let frame = format!(
-        "{{\"msgid\":6,\"toid\":{receiver_id},\"msg\":\"split 分开 😀\",\"v\":2,\"rid\":\"s\"}}\n"
-    );
-    for chunk in frame.as_bytes().chunks(3) {
+async fn frame_split_across_many_writes_with_pauses(storage: Storage) {
+    let server = ChatServer::start(storage).await;
+    let (mut sender, _) = server.user("slow-typist").await;
+    let (mut receiver, receiver_id) = server.user("reader").await;
+    let frame = req::chat(receiver_id, "split 分开 😀").encode(Version::V2, Some(&json!("s")));
+    for chunk in frame.chunks(3) {
         sender.send_raw(chunk).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let ack = sender.recv().await;
-    assert_eq!(ack["rid"], "s");
-    assert_eq!(ack["errno"], 0);
-    assert_eq!(receiver.recv().await["msg"], "split 分开 😀");
+    assert_eq!(ack.rid, Some(json!("s")));
+    match ack.frame {
+        ServerFrame::Reply(reply) => assert_eq!(reply.errno(), Errno::Ok),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(receiver.recv_chat().await.msg, "split 分开 😀");
     server.stop().await;
 }
 
-async fn hostile_text_round_trips_byte_for_byte(backend: Backend) {
-    let server = TestServer::start(backend).await;
+async fn hostile_text_round_trips_byte_for_byte(storage: Storage) {
+    let server = ChatServer::start(storage).await;
     let names = [
         "quote\"d 'single'",
         "back\\slash\\",
@@ -273,55 +290,37 @@ async fn hostile_text_round_trips_byte_for_byte(backend: Backend) {
         let mut client = server.client().await;
         let id = client.register(name, "pw").await;
         let ack = client.login(id, "pw").await;
-        assert_eq!(ack["name"], name);
+        assert_eq!(ack.name, name);
         clients.push((client, id));
     }
     let (mut sender, _) = clients.remove(0);
     let (mut receiver, receiver_id) = clients.remove(0);
-    let group = sender
-        .call(json!({"msgid": 8, "groupname": names[3], "groupdesc": names[4]}))
-        .await["groupid"]
-        .as_i64()
-        .unwrap();
-    receiver.call(json!({"msgid": 9, "groupid": group})).await;
+    let group = sender.create_group(names[3], names[4]).await;
+    receiver.join_group(group).await;
     let mut offline_user = server.client().await;
     let offline_user_id = offline_user.register("later", "pw").await;
     for text in &messages {
-        sender
-            .call(json!({"msgid": 6, "toid": receiver_id, "msg": text, "time": text}))
-            .await;
-        let push = receiver.recv().await;
-        assert_eq!(push["msg"].as_str().unwrap(), text);
-        assert_eq!(push["time"].as_str().unwrap(), text);
-        assert_eq!(push["name"], names[0]);
-        sender
-            .call(json!({"msgid": 10, "groupid": group, "msg": text}))
-            .await;
-        assert_eq!(receiver.recv().await["msg"].as_str().unwrap(), text);
-        sender
-            .call(json!({"msgid": 6, "toid": offline_user_id, "msg": text}))
-            .await;
+        sender.call_ok(&req::chat_at(receiver_id, text, text)).await;
+        let push = receiver.recv_chat().await;
+        assert_eq!(&push.msg, text);
+        assert_eq!(&push.time, text);
+        assert_eq!(push.name, names[0]);
+        sender.group_chat(group, text).await;
+        assert_eq!(&receiver.recv_chat().await.msg, text);
+        sender.chat(offline_user_id, text).await;
     }
     let ack = offline_user.login(offline_user_id, "pw").await;
-    let stored: Vec<&str> = ack["offlinemsg"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["msg"].as_str().unwrap())
-        .collect();
+    let stored: Vec<&str> = ack.offline.iter().map(|m| m.msg.as_str()).collect();
     assert_eq!(
         stored,
         messages.iter().map(String::as_str).collect::<Vec<_>>()
     );
     // The same through v1's JSON-in-strings.
-    receiver.call(json!({"msgid": 3})).await;
-    sender
-        .call(json!({"msgid": 6, "toid": receiver_id, "msg": messages[2]}))
-        .await;
+    receiver.logout().await;
+    sender.chat(receiver_id, &messages[2]).await;
     let mut v1 = server.client().await;
-    v1.send_v1(json!({"msgid": 1, "id": receiver_id, "password": "pw"}))
-        .await;
-    let ack = v1.recv().await;
+    v1.send_v1(&req::login(receiver_id, "pw")).await;
+    let ack = v1.recv_json().await;
     let inner: Value = serde_json::from_str(ack["offlinemsg"][0].as_str().unwrap()).unwrap();
     assert_eq!(inner["msg"].as_str().unwrap(), messages[2]);
     let group_entry: Value = serde_json::from_str(ack["groups"][0].as_str().unwrap()).unwrap();
@@ -336,42 +335,42 @@ async fn hostile_text_round_trips_byte_for_byte(backend: Backend) {
     server.stop().await;
 }
 
-async fn repeated_wrong_passwords_are_rate_limited(backend: Backend) {
-    let server = TestServer::start(backend).await;
+async fn repeated_wrong_passwords_are_rate_limited(storage: Storage) {
+    let server = ChatServer::start(storage).await;
     let mut setup = server.client().await;
     let id = setup.register("target", "right").await;
     let mut guesser = server.client().await;
     for _ in 0..5 {
-        let reply = guesser
-            .call(json!({"msgid": 1, "id": id, "password": "guess"}))
-            .await;
-        assert_eq!(reply["errno"], 1);
+        let reply = guesser.call(&req::login(id, "guess")).await;
+        assert_eq!(reply.errno(), Errno::BadCredentials);
     }
     // The sixth attempt within the minute is refused, even with the right password.
-    let reply = guesser
-        .call(json!({"msgid": 1, "id": id, "password": "right"}))
-        .await;
-    assert_eq!(reply["msgid"], 2);
-    assert_eq!(reply["errno"], 9);
+    let reply = guesser.call(&req::login(id, "right")).await;
+    match reply {
+        Reply::Error(failure) => {
+            assert_eq!(failure.request, Some(MsgId::Login), "a LOGIN_ACK");
+            assert_eq!(failure.errno, Errno::RateLimited);
+        }
+        other => panic!("{other:?}"),
+    }
     still_usable(&mut guesser).await;
     // Another connection from the same address is not blocked yet...
     let mut other = server.client().await;
     other.login(id, "right").await;
-    other.call(json!({"msgid": 3})).await;
+    other.logout().await;
     // ...until the address has failed more than 30 times in the minute.
     for _ in 0..5 {
         let mut conn = server.client().await;
         for _ in 0..5 {
-            let reply = conn
-                .call(json!({"msgid": 1, "id": id, "password": "guess"}))
-                .await;
-            assert_eq!(reply["errno"], 1);
+            let reply = conn.call(&req::login(id, "guess")).await;
+            assert_eq!(reply.errno(), Errno::BadCredentials);
         }
     }
     let mut late = server.client().await;
-    let reply = late
-        .call(json!({"msgid": 1, "id": id, "password": "right"}))
-        .await;
-    assert_eq!(reply["errno"], 9);
+    let reply = late.call(&req::login(id, "right")).await;
+    assert_eq!(reply.errno(), Errno::RateLimited);
+    // Another address is not.
+    let mut elsewhere = Client::connect_from(server.addr, [127, 0, 0, 2].into()).await;
+    elsewhere.login(id, "right").await;
     server.stop().await;
 }

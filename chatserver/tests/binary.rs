@@ -1,17 +1,13 @@
 //! The `chatserver` binary itself: options, exit codes, the ready line,
 //! and clean shutdown on signals.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Backend, Client};
-use serde_json::json;
+use testkit::bin::{run_to_exit, Process};
+use testkit::prelude::*;
+use testkit::run::{fresh_mariadb_url, temp_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chatserver");
 
@@ -26,72 +22,16 @@ fn chatserver(dir: &Path, args: &[&str]) -> Command {
     command
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "chatchat-bin-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// Runs to completion within 20 s; returns (exit code, stderr).
+fn run(command: Command) -> (i32, String) {
+    let exit = run_to_exit(command, Duration::from_secs(20));
+    (exit.code, exit.stderr)
 }
 
-/// Runs to completion with a time bound; returns (exit code, stderr).
-fn run_to_exit(mut command: Command) -> (i32, String) {
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_with_timeout(&mut child, Duration::from_secs(20)).expect("exits in time");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    (status.code().unwrap_or(-1), stderr)
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    None
-}
-
-/// Starts the server and waits for its `listening on ADDR` line.
-fn start(mut command: Command) -> (Child, SocketAddr) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server prints its address");
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    (child, addr)
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+/// Starts the server (stderr inherited) and waits for its `listening on
+/// ADDR` line.
+fn start(mut command: Command) -> (Process, std::net::SocketAddr) {
+    Process::start_listening(command.stderr(Stdio::inherit()))
 }
 
 #[test]
@@ -122,11 +62,11 @@ fn help_names_every_option() {
 
 #[test]
 fn bad_arguments_exit_1_naming_the_option() {
-    let dir = temp_dir("badargs");
-    let (code, stderr) = run_to_exit(chatserver(&dir, &["127.0.0.1", "0", "--max-frame", "lots"]));
+    let dir = temp_dir("bin-badargs");
+    let (code, stderr) = run(chatserver(&dir, &["127.0.0.1", "0", "--max-frame", "lots"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("--max-frame"), "{stderr}");
-    let (code, stderr) = run_to_exit(chatserver(&dir, &["127.0.0.1", "0", "--log-format", "xml"]));
+    let (code, stderr) = run(chatserver(&dir, &["127.0.0.1", "0", "--log-format", "xml"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("log-format"), "{stderr}");
     std::fs::write(
@@ -134,26 +74,26 @@ fn bad_arguments_exit_1_naming_the_option() {
         "outbound_queue = 3\nno_such_key = 1\n",
     )
     .unwrap();
-    let (code, stderr) = run_to_exit(chatserver(&dir, &["--config", "bad.toml"]));
+    let (code, stderr) = run(chatserver(&dir, &["--config", "bad.toml"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("no_such_key"), "{stderr}");
 }
 
 #[test]
 fn busy_port_exits_2() {
-    let dir = temp_dir("busy");
+    let dir = temp_dir("bin-busy");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let (code, stderr) = run_to_exit(chatserver(&dir, &["127.0.0.1", &port]));
+    let (code, stderr) = run(chatserver(&dir, &["127.0.0.1", &port]));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("cannot listen"), "{stderr}");
 }
 
 #[test]
 fn unreachable_database_exits_3_after_retrying() {
-    let dir = temp_dir("nodb");
+    let dir = temp_dir("bin-nodb");
     let started = Instant::now();
-    let (code, stderr) = run_to_exit(chatserver(
+    let (code, stderr) = run(chatserver(
         &dir,
         &[
             "127.0.0.1",
@@ -176,7 +116,7 @@ fn unreachable_database_exits_3_after_retrying() {
 /// then exits 0 within 5 s with the logged-in users recorded offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_on_the_embedded_default_and_shuts_down_cleanly() {
-    let dir = temp_dir("default");
+    let dir = temp_dir("bin-default");
     let (child, addr) = start(chatserver(
         &dir,
         &[
@@ -207,22 +147,15 @@ async fn runs_on_the_embedded_default_and_shuts_down_cleanly() {
         .unwrap();
     assert_eq!(online, 2);
 
-    let mut child = child;
     let stopping = Instant::now();
-    signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        let status = wait_with_timeout(&mut child, Duration::from_secs(5));
-        (status, child)
-    })
-    .await
-    .unwrap()
-    .0
-    .expect("exits within 5 s");
+    child.signal("TERM");
+    let (status, _) = child.wait_timeout_async(Duration::from_secs(5)).await;
+    let status = status.expect("exits within 5 s");
     assert_eq!(status.code(), Some(0));
     assert!(stopping.elapsed() < Duration::from_secs(5));
     // Both clients see their connection closed.
-    assert!(alice.next_frame().await.is_none());
-    assert!(bob.next_frame().await.is_none());
+    assert!(alice.expect_closed(WAIT).await.is_empty());
+    assert!(bob.expect_closed(WAIT).await.is_empty());
     let online: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE state = 'online'")
         .fetch_one(&pool)
         .await
@@ -233,17 +166,19 @@ async fn runs_on_the_embedded_default_and_shuts_down_cleanly() {
     let (mut child, addr) = start(chatserver(&dir, &["127.0.0.1", "0"]));
     let mut again = Client::connect(addr).await;
     let ack = again.login(id, "pw").await;
-    assert_eq!(ack["name"], "alice");
-    signal(&child, "INT");
-    let status = wait_with_timeout(&mut child, Duration::from_secs(5)).expect("exits on SIGINT");
+    assert_eq!(ack.name, "alice");
+    child.signal("INT");
+    let status = child
+        .wait_timeout(Duration::from_secs(5))
+        .expect("exits on SIGINT");
     assert_eq!(status.code(), Some(0));
 }
 
 /// The same binary against MariaDB: the database is created when missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_a_missing_mariadb_database() {
-    let dir = temp_dir("maria");
-    let url = common::fresh_database_url(Backend::MariaDb);
+    let dir = temp_dir("bin-maria");
+    let url = fresh_mariadb_url();
     let (mut child, addr) = start(chatserver(
         &dir,
         &[
@@ -257,12 +192,9 @@ async fn creates_a_missing_mariadb_database() {
     ));
     let mut client = Client::connect(addr).await;
     let id = client.register("maria", "pw").await;
-    let ack = client
-        .call(json!({"msgid": 1, "id": id, "password": "pw"}))
-        .await;
-    assert_eq!(ack["errno"], 0);
-    signal(&child, "TERM");
-    let status = wait_with_timeout(&mut child, Duration::from_secs(5)).expect("exits");
+    client.login(id, "pw").await;
+    child.signal("TERM");
+    let status = child.wait_timeout(Duration::from_secs(5)).expect("exits");
     assert_eq!(status.code(), Some(0));
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
@@ -277,7 +209,7 @@ async fn creates_a_missing_mariadb_database() {
 /// stopped reading, a second signal exits at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_exits_at_once() {
-    let dir = temp_dir("second");
+    let dir = temp_dir("bin-second");
     let (mut child, addr) = start(chatserver(
         &dir,
         &[
@@ -299,19 +231,21 @@ async fn second_signal_exits_at_once() {
     let padding = "z".repeat(8 * 1024);
     for i in 0..1000 {
         sender
-            .send(json!({"msgid": 6, "toid": sleeper_id, "msg": i.to_string(), "time": padding}))
+            .send_v2(&req::chat_at(sleeper_id, &i.to_string(), &padding))
             .await;
     }
-    sender.call(json!({"msgid": 12})).await;
-    signal(&child, "TERM");
+    sender.ping().await;
+    child.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.is_running(),
         "the first signal waits for the stuck session"
     );
     let second = Instant::now();
-    signal(&child, "TERM");
-    let status = wait_with_timeout(&mut child, Duration::from_secs(2)).expect("exits at once");
+    child.signal("TERM");
+    let status = child
+        .wait_timeout(Duration::from_secs(2))
+        .expect("exits at once");
     assert_eq!(status.code(), Some(130));
     assert!(second.elapsed() < Duration::from_secs(1));
     drop(sleeper);

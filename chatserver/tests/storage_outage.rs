@@ -3,15 +3,14 @@
 //! half-written, requests that do not keep working, and the server recovers
 //! by itself.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fresh_database_url, mysql_base_url, test_config, Backend, Client, TestServer};
-use serde_json::json;
+use testkit::prelude::*;
+use testkit::run::{fresh_mariadb_url, mysql_base_url};
+use testkit::server::{config_on, ChatServer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -75,64 +74,49 @@ async fn database_outage_gives_errno_10_and_the_server_recovers() {
         .next()
         .unwrap();
     let relay = Relay::start(target).await;
-    let direct_url = fresh_database_url(Backend::MariaDb);
+    let direct_url = fresh_mariadb_url();
     let database = direct_url.rsplit('/').next().unwrap();
     let relayed_url = format!(
         "{}@{}/{database}",
         base.rsplit_once('@').unwrap().0,
         relay.addr
     );
-    let mut config = test_config(Backend::MariaDb);
-    config.database_url = relayed_url;
-    let server = TestServer::start_with(config).await;
+    let server = ChatServer::start_with(config_on(relayed_url)).await;
 
-    let (mut alice, _) = Client::user(&server, "alice").await;
-    let (mut bob, bob_id) = Client::user(&server, "bob").await;
+    let (mut alice, _) = server.user("alice").await;
+    let (mut bob, bob_id) = server.user("bob").await;
     let mut carol = server.client().await;
     let carol_id = carol.register("carol", "pw").await;
     let before = server.count("SELECT COUNT(*) FROM group_members").await;
 
     relay.cut();
     // Storage is needed: errno 10, whatever the request.
-    let create = alice
-        .call(json!({"msgid": 8, "groupname": "during outage"}))
-        .await;
-    assert_eq!(create["errno"], 10, "{create}");
-    let offline = alice
-        .call(json!({"msgid": 6, "toid": carol_id, "msg": "stored?"}))
-        .await;
-    assert_eq!(offline["errno"], 10, "{offline}");
-    let login = carol
-        .call(json!({"msgid": 1, "id": carol_id, "password": "pw"}))
-        .await;
-    assert_eq!(login["errno"], 10, "{login}");
-    let register = carol
-        .call(json!({"msgid": 4, "name": "dave", "password": "pw"}))
-        .await;
-    assert_eq!(register["errno"], 10, "{register}");
+    for request in [
+        req::create_group("during outage", ""),
+        req::chat(carol_id, "stored?"),
+    ] {
+        let reply = alice.call(&request).await;
+        assert_eq!(reply.errno(), Errno::ServerError, "{request:?}: {reply:?}");
+    }
+    for request in [req::login(carol_id, "pw"), req::register("dave", "pw")] {
+        let reply = carol.call(&request).await;
+        assert_eq!(reply.errno(), Errno::ServerError, "{request:?}: {reply:?}");
+    }
     // Not needed: online chat and PING go on.
-    let online = alice
-        .call(json!({"msgid": 6, "toid": bob_id, "msg": "still here"}))
-        .await;
-    assert_eq!(online["errno"], 0);
-    assert_eq!(bob.recv().await["msg"], "still here");
-    assert_eq!(carol.call(json!({"msgid": 12})).await["msgid"], 13);
+    alice.chat(bob_id, "still here").await;
+    assert_eq!(bob.recv_chat().await.msg, "still here");
+    carol.ping().await;
 
     relay.restore();
     // The pool reconnects by itself; nothing was half-written meanwhile.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = Deadline::after(Duration::from_secs(20));
     loop {
-        let create = alice
-            .call(json!({"msgid": 8, "groupname": "after outage"}))
-            .await;
-        if create["errno"] == 0 {
+        let create = alice.call(&req::create_group("after outage", "")).await;
+        if create.errno() == Errno::Ok {
             break;
         }
-        assert_eq!(create["errno"], 10);
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "storage never came back"
-        );
+        assert_eq!(create.errno(), Errno::ServerError);
+        deadline.check("storage never came back");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
@@ -146,10 +130,10 @@ async fn database_outage_gives_errno_10_and_the_server_recovers() {
         before + 1
     );
     let ack = carol.login(carol_id, "pw").await;
-    assert_eq!(
-        ack["offlinemsg"],
-        json!([]),
-        "the refused message was not stored"
+    assert!(
+        ack.offline.is_empty(),
+        "the refused message was not stored: {:?}",
+        ack.offline
     );
     server.stop().await;
 }

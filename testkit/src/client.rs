@@ -529,6 +529,15 @@ impl Client {
     }
 }
 
+/// A frame of arbitrary JSON ended by `terminator` (NUL as the original
+/// client, `\n` as ours), for requests the typed ones cannot express: extra
+/// or mistyped fields, or the original client's exact bytes.
+pub fn json_frame(value: &Value, terminator: u8) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(value).expect("JSON values serialize");
+    bytes.push(terminator);
+    bytes
+}
+
 /// Reads a frame the server sent; panics, showing it, when the protocol
 /// cannot.
 fn typed(frame: &[u8]) -> Incoming {

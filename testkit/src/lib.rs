@@ -33,14 +33,14 @@ use std::time::Duration;
 /// Bound on any single expected event: a reply, a connect, a line of output.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-pub use client::{req, who_serves, Client, ReplyExt};
+pub use client::{json_frame, req, who_serves, Client, ReplyExt};
 pub use tally::Tally;
 pub use wait::{eventually, free_port, wait_until, Deadline};
 
 /// What most tests import: the client, request builders, the protocol's
 /// types and the bounded waits.
 pub mod prelude {
-    pub use crate::client::{req, Client, ReplyExt};
+    pub use crate::client::{json_frame, req, Client, ReplyExt};
     pub use crate::tally::Tally;
     pub use crate::wait::{eventually, free_port, wait_until, Deadline};
     pub use crate::WAIT;
