@@ -1,3 +1,3 @@
 //! Test-only crate: cross-binary scenarios live in `tests/` (clients through
 //! our balancer or a real Nginx to a chat cluster on MariaDB and Redis).
-//! The helpers they share are in `tests/common/`.
+//! The scenarios they share are in `tests/common/`, the helpers in `testkit`.

@@ -3,14 +3,17 @@
 
 mod common;
 
-use common::{after_kill_scenario, chat_scenario, wait_until, Cluster, Lb, WAIT};
+use common::{after_kill_scenario, chat_scenario, lb_toml};
+use testkit::lb::Lb;
+use testkit::server::Cluster;
+use testkit::{wait_until, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balancer_two_servers_chat_then_one_dies() {
     let cluster = Cluster::new();
     let a = cluster.start_node().await;
     let b = cluster.start_node().await;
-    let lb = Lb::start(&[a.addr, b.addr]).await;
+    let lb = Lb::start(&lb_toml(&[a.addr, b.addr]), false).await;
 
     let users = chat_scenario(lb.addr, "lb").await;
     let status = lb.handle.status();

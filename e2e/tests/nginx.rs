@@ -6,7 +6,9 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{after_kill_scenario, chat_scenario, render_nginx_conf, Cluster, Nginx};
+use common::{after_kill_scenario, chat_scenario};
+use testkit::nginx::{render_conf, Nginx};
+use testkit::server::Cluster;
 
 #[test]
 fn nginx_conf_renders_with_our_ports_only() {
@@ -15,7 +17,7 @@ fn nginx_conf_renders_with_our_ports_only() {
         "127.0.0.1:41001".parse().unwrap(),
         "127.0.0.1:41002".parse().unwrap(),
     ];
-    let conf = render_nginx_conf(template, 41000, &backends);
+    let conf = render_conf(template, 41000, &backends);
     assert!(conf.contains("listen 127.0.0.1:41000;"));
     assert!(conf.contains("server 127.0.0.1:41001 weight=1"));
     assert!(conf.contains("server 127.0.0.1:41002 weight=1"));
