@@ -23,14 +23,8 @@ impl Server {
     fn start() -> Server {
         let (process, addr) = Process::start_listening(
             Command::new(bin::path("chatserver"))
-                .args([
-                    "127.0.0.1",
-                    "0",
-                    "--hash-memory-kib",
-                    "64",
-                    "--hash-iterations",
-                    "1",
-                ])
+                .args(["127.0.0.1", "0"])
+                .args(bin::CHEAP_HASHING)
                 .current_dir(testkit::run::temp_dir("chatbench"))
                 .env("RUST_LOG", "warn")
                 .stderr(Stdio::null()),

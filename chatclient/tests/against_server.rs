@@ -2,8 +2,8 @@
 //! SQLite): registration, login, 1:1 and group chat, errors and exit codes,
 //! and a server restart the client must ride out by logging in again.
 
-use testkit::bin::{code, LineProcess};
-use testkit::cli::{self, logged_in, register, start};
+use testkit::bin::code;
+use testkit::cli::{logged_in, login, register, start};
 use testkit::server::{config_on, ChatServer, Storage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,16 +116,9 @@ async fn errors_and_exit_codes() {
     let alice_id = register(port, "alice", "pw-a").await;
 
     // Bad credentials: exit code 3.
-    let mut command = cli::command(&[
-        "127.0.0.1",
-        &port.to_string(),
-        "--login",
-        &alice_id.to_string(),
-        "--password-env",
-        "CHAT_PW",
-    ]);
-    command.env("CHAT_PW", "not the password");
-    let (status, _, err) = LineProcess::spawn(command).finish().await;
+    let (status, _, err) = login(port, alice_id, "not the password", &[])
+        .finish()
+        .await;
     assert_eq!(code(status), 3, "{err:#?}");
     assert!(err.iter().any(|l| l.contains("login failed")), "{err:#?}");
 
@@ -143,16 +136,7 @@ async fn errors_and_exit_codes() {
     alice.expect_err("errno 4").await;
 
     // The account is in use: a second login gets exit code 3.
-    let mut command = cli::command(&[
-        "127.0.0.1",
-        &port.to_string(),
-        "--login",
-        &alice_id.to_string(),
-        "--password-env",
-        "CHAT_PW",
-    ]);
-    command.env("CHAT_PW", "pw-a");
-    let (status, _, err) = LineProcess::spawn(command).finish().await;
+    let (status, _, err) = login(port, alice_id, "pw-a", &[]).finish().await;
     assert_eq!(code(status), 3, "{err:#?}");
     assert!(
         err.iter().any(|l| l.contains("this account is using")),

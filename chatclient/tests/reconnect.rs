@@ -2,8 +2,8 @@
 //! binary through pipes, against the fake server.
 
 use protocol::{Login, Request};
-use testkit::bin::{code, LineProcess};
-use testkit::cli::{self, logged_in, start};
+use testkit::bin::code;
+use testkit::cli::{logged_in, login, start};
 use testkit::fake_server::FakeServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -116,18 +116,7 @@ async fn a_silent_server_is_detected() {
             held.push(socket);
         }
     });
-    let mut command = cli::command(&[
-        "127.0.0.1",
-        &port.to_string(),
-        "--reply-timeout",
-        "0.5",
-        "--login",
-        "13",
-        "--password-env",
-        "CHAT_PW",
-    ]);
-    command.env("CHAT_PW", "pw");
-    let mut client = LineProcess::spawn(command);
+    let mut client = login(port, 13, "pw", &["--reply-timeout", "0.5"]);
     client
         .expect_err("connection lost (no reply from the server in 0.5 s)")
         .await;

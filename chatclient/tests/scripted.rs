@@ -3,7 +3,7 @@
 use protocol::{Chat, ChatTarget, MsgId, Parsed, Register, Request, SendChat, Version};
 use serde_json::Value;
 use testkit::bin::{code, LineProcess};
-use testkit::cli::{self, logged_in, start};
+use testkit::cli::{self, logged_in, login, start};
 use testkit::fake_server::FakeServer;
 use testkit::free_port;
 
@@ -279,19 +279,7 @@ async fn password_file_login() {
 async fn json_mode_prints_frames_raw() {
     let server = FakeServer::with_alice_and_bob().await;
     let mut bob = logged_in(server.port(), 15, "pw-b", &[]).await;
-    let mut command = cli::command(&[
-        "127.0.0.1",
-        &server.port().to_string(),
-        "--linger",
-        "0.3",
-        "--json",
-        "--login",
-        "13",
-        "--password-env",
-        "CHAT_PW",
-    ]);
-    command.env("CHAT_PW", "pw-a");
-    let mut alice = LineProcess::spawn(command);
+    let mut alice = login(server.port(), 13, "pw-a", &["--json"]);
     let ack: Value = serde_json::from_str(&alice.expect_out("\"msgid\":2").await).unwrap();
     assert_eq!(ack["friends"][0]["name"], "bob li");
     bob.send("chat:13:line1\\nstill line1\n").await;
@@ -310,18 +298,7 @@ async fn json_mode_prints_frames_raw() {
 #[tokio::test]
 async fn heartbeats_are_sent() {
     let server = FakeServer::with_alice_and_bob().await;
-    let mut command = cli::command(&[
-        "127.0.0.1",
-        &server.port().to_string(),
-        "--ping-interval",
-        "0.2",
-        "--login",
-        "13",
-        "--password-env",
-        "CHAT_PW",
-    ]);
-    command.env("CHAT_PW", "pw-a");
-    let mut alice = LineProcess::spawn(command);
+    let mut alice = login(server.port(), 13, "pw-a", &["--ping-interval", "0.2"]);
     alice.expect_out("logged in").await;
     server
         .wait_requests(

@@ -47,6 +47,13 @@ impl Bystanders {
         Bystanders { a, b, b_id }
     }
 
+    /// Still chatting, and the stored rows are as `before`; stops the server.
+    async fn unharmed(mut self, server: ChatServer, before: Vec<i64>) {
+        self.still_chatting().await;
+        assert_eq!(snapshot(&server).await, before);
+        server.stop().await;
+    }
+
     async fn still_chatting(&mut self) {
         self.a.chat(self.b_id, "still here").await;
         assert_eq!(self.b.recv_chat().await.msg, "still here");
@@ -80,7 +87,7 @@ async fn still_usable(client: &mut Client) {
 
 async fn malformed_frames_get_errno_6_and_change_nothing(storage: Storage) {
     let server = ChatServer::start(storage).await;
-    let mut bystanders = Bystanders::new(&server).await;
+    let bystanders = Bystanders::new(&server).await;
     let (mut attacker, _) = server.user("attacker").await;
     let before = snapshot(&server).await;
     let cases: &[(&[u8], i64)] = &[
@@ -132,9 +139,7 @@ async fn malformed_frames_get_errno_6_and_change_nothing(storage: Storage) {
     .await;
     assert_eq!(reply["rid"], "x1");
     still_usable(&mut attacker).await;
-    bystanders.still_chatting().await;
-    assert_eq!(snapshot(&server).await, before);
-    server.stop().await;
+    bystanders.unharmed(server, before).await;
 }
 
 async fn requests_before_login_or_for_another_id_get_errno_7(storage: Storage) {
@@ -182,16 +187,14 @@ async fn requests_before_login_or_for_another_id_get_errno_7(storage: Storage) {
     let push = bystanders.b.recv_chat().await;
     assert_eq!(push.name, "mallory");
     still_usable(&mut anonymous).await;
-    bystanders.still_chatting().await;
-    assert_eq!(snapshot(&server).await, before);
-    server.stop().await;
+    bystanders.unharmed(server, before).await;
 }
 
 async fn oversized_frame_gets_errno_8_and_closes_only_that_connection(storage: Storage) {
     let mut config = test_config(storage);
     config.max_frame = 1024;
     let server = ChatServer::start_with(config).await;
-    let mut bystanders = Bystanders::new(&server).await;
+    let bystanders = Bystanders::new(&server).await;
     let (mut big, _) = server.user("big").await;
     let (mut exact, _) = server.user("exact").await;
     let before = snapshot(&server).await;
@@ -213,9 +216,7 @@ async fn oversized_frame_gets_errno_8_and_closes_only_that_connection(storage: S
     assert_eq!(padded.len(), 1025);
     exact.send_raw(padded.as_bytes()).await;
     exact.recv_reply().await.pong();
-    bystanders.still_chatting().await;
-    assert_eq!(snapshot(&server).await, before);
-    server.stop().await;
+    bystanders.unharmed(server, before).await;
 }
 
 async fn thousands_of_frames_in_one_write(storage: Storage) {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::bin::{run_to_exit, Process};
+use testkit::bin::{run_to_exit, Process, CHEAP_HASHING};
 use testkit::prelude::*;
 use testkit::run::{fresh_mariadb_url, temp_dir};
 
@@ -19,6 +19,13 @@ fn chatserver(dir: &Path, args: &[&str]) -> Command {
         .env_remove("CHAT_DATABASE_URL")
         .env_remove("CHAT_CONFIG")
         .env("RUST_LOG", "warn");
+    command
+}
+
+/// [`chatserver`] with the cheapest password hashing.
+fn cheap_chatserver(dir: &Path, args: &[&str]) -> Command {
+    let mut command = chatserver(dir, args);
+    command.args(CHEAP_HASHING);
     command
 }
 
@@ -117,27 +124,13 @@ fn unreachable_database_exits_3_after_retrying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_on_the_embedded_default_and_shuts_down_cleanly() {
     let dir = temp_dir("bin-default");
-    let (child, addr) = start(chatserver(
-        &dir,
-        &[
-            "127.0.0.1",
-            "0",
-            "--hash-memory-kib",
-            "64",
-            "--hash-iterations",
-            "1",
-        ],
-    ));
+    let (child, addr) = start(cheap_chatserver(&dir, &["127.0.0.1", "0"]));
     assert!(
         dir.join("chat.db").exists(),
         "chat.db created in the working directory"
     );
-    let mut alice = Client::connect(addr).await;
-    let id = alice.register("alice", "pw").await;
-    alice.login(id, "pw").await;
-    let mut bob = Client::connect(addr).await;
-    let bob_id = bob.register("bob", "pw").await;
-    bob.login(bob_id, "pw").await;
+    let (mut alice, id) = Client::user(addr, "alice").await;
+    let (mut bob, _) = Client::user(addr, "bob").await;
     let url = format!("sqlite://{}/chat.db", dir.display());
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
@@ -210,23 +203,9 @@ async fn creates_a_missing_mariadb_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_exits_at_once() {
     let dir = temp_dir("bin-second");
-    let (mut child, addr) = start(chatserver(
-        &dir,
-        &[
-            "127.0.0.1",
-            "0",
-            "--hash-memory-kib",
-            "64",
-            "--hash-iterations",
-            "1",
-        ],
-    ));
-    let mut sleeper = Client::connect(addr).await;
-    let sleeper_id = sleeper.register("sleeper", "pw").await;
-    sleeper.login(sleeper_id, "pw").await;
-    let mut sender = Client::connect(addr).await;
-    let id = sender.register("sender", "pw").await;
-    sender.login(id, "pw").await;
+    let (mut child, addr) = start(cheap_chatserver(&dir, &["127.0.0.1", "0"]));
+    let (sleeper, sleeper_id) = Client::user(addr, "sleeper").await;
+    let (mut sender, _) = Client::user(addr, "sender").await;
     // Far more than the socket buffers hold: the sleeper's session blocks in a write.
     let padding = "z".repeat(8 * 1024);
     for i in 0..1000 {

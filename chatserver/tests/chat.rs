@@ -23,6 +23,15 @@ fn parse_inner(value: &Value) -> Value {
     serde_json::from_str(value.as_str().expect("v1 list entries are strings")).unwrap()
 }
 
+/// A v1 list: each entry JSON text, read back.
+fn inner_list(list: &Value) -> Vec<Value> {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(parse_inner)
+        .collect()
+}
+
 fn registered(reply: Reply) -> i64 {
     match reply {
         Reply::RegisterOk { id } => id,
@@ -69,22 +78,12 @@ async fn v1_client_round_trip(storage: Storage) {
     let ack = li.recv_json().await;
     assert_eq!(ack["errno"], 0);
     assert_eq!(ack["name"], "li si");
-    let friends: Vec<Value> = ack["friends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(parse_inner)
-        .collect();
+    let friends: Vec<Value> = inner_list(&ack["friends"]);
     assert_eq!(
         friends,
         vec![json!({"id": zhang_id, "name": "zhang san", "state": "online"})]
     );
-    let offline: Vec<Value> = ack["offlinemsg"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(parse_inner)
-        .collect();
+    let offline: Vec<Value> = inner_list(&ack["offlinemsg"]);
     assert_eq!(
         offline,
         vec![
@@ -128,12 +127,7 @@ async fn v1_client_round_trip(storage: Storage) {
     assert_eq!(group["id"], 1);
     assert_eq!(group["groupname"], "ChatChat");
     assert_eq!(group["groupdesc"], "dev");
-    let users: Vec<Value> = group["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(parse_inner)
-        .collect();
+    let users: Vec<Value> = inner_list(&group["users"]);
     assert_eq!(
         users,
         vec![

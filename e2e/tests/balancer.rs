@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{after_kill_scenario, chat_scenario, lb_toml};
+use common::{chat_scenario, lb_toml, stop_alices_server_and_carry_on};
 use testkit::lb::Lb;
 use testkit::server::Cluster;
 use testkit::{wait_until, WAIT};
@@ -27,14 +27,9 @@ async fn balancer_two_servers_chat_then_one_dies() {
     }
 
     // Kill the server alice is on; the other one carries on.
-    let (killed, survivor) = if users.0.server == a.name() {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    let (killed_name, survivor_name) = (killed.name(), survivor.name());
-    killed.stop().await;
-    after_kill_scenario(lb.addr, &killed_name, &survivor_name, users, "lb").await;
+    let (killed_name, survivor) =
+        stop_alices_server_and_carry_on(lb.addr, (a, b), users, "lb").await;
+    let survivor_name = survivor.name();
 
     // Clients connected right after the kill went through the retry (the
     // dead server was still in rotation), and health checks took it out.

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{after_kill_scenario, chat_scenario};
+use common::{chat_scenario, stop_alices_server_and_carry_on};
 use testkit::nginx::{render_conf, Nginx};
 use testkit::server::Cluster;
 
@@ -54,14 +54,8 @@ async fn nginx_two_servers_chat_then_one_dies() {
 
     // Nginx has no active checks: it finds the dead server by failing to
     // connect to it and passes the client on (proxy_next_upstream).
-    let (killed, survivor) = if users.0.server == a.name() {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    let (killed_name, survivor_name) = (killed.name(), survivor.name());
-    killed.stop().await;
-    after_kill_scenario(nginx.addr, &killed_name, &survivor_name, users, "nginx").await;
+    let (killed_name, survivor) =
+        stop_alices_server_and_carry_on(nginx.addr, (a, b), users, "nginx").await;
 
     let log = nginx.error_log();
     assert!(

@@ -19,6 +19,10 @@ use crate::WAIT;
 /// start of a test binary may run migrations on a busy machine).
 pub const START_WAIT: Duration = Duration::from_secs(30);
 
+/// `chatserver` options for the cheapest password hashing: tests log in
+/// often and prove nothing about hashing cost.
+pub const CHEAP_HASHING: [&str; 4] = ["--hash-memory-kib", "64", "--hash-iterations", "1"];
+
 /// The path of workspace binary `name`: `$<NAME>_BIN` if set (say
 /// `CHATSERVER_BIN`), else beside the running test's own directory
 /// (`target/<profile>/<name>`, built by `cargo test --workspace` or

@@ -18,31 +18,30 @@ const LINGER: &str = "0.5";
 
 /// `chatclient 127.0.0.1 PORT --linger 0.5 ARGS...`, stdin left open.
 pub fn start(port: u16, args: &[&str]) -> LineProcess {
+    LineProcess::spawn(to_port(port, args))
+}
+
+fn to_port(port: u16, args: &[&str]) -> tokio::process::Command {
     let port = port.to_string();
     let mut all = vec!["127.0.0.1", port.as_str(), "--linger", LINGER];
     all.extend_from_slice(args);
-    LineProcess::spawn(command(&all))
+    command(&all)
 }
 
-/// A client logged in with `--login`, its password in the environment,
-/// stdin left open; returns once it printed `logged in: id ID`.
-pub async fn logged_in(port: u16, id: i64, password: &str, extra: &[&str]) -> LineProcess {
-    let port = port.to_string();
-    let id_text = id.to_string();
-    let mut args = vec![
-        "127.0.0.1",
-        &port,
-        "--linger",
-        LINGER,
-        "--login",
-        &id_text,
-        "--password-env",
-        "CHAT_PW",
-    ];
+/// A client logging in with `--login` (its password in the environment)
+/// and `extra` options, stdin left open; not waited for.
+pub fn login(port: u16, id: i64, password: &str, extra: &[&str]) -> LineProcess {
+    let id = id.to_string();
+    let mut args = vec!["--login", &id, "--password-env", "CHAT_PW"];
     args.extend_from_slice(extra);
-    let mut command = command(&args);
+    let mut command = to_port(port, &args);
     command.env("CHAT_PW", password);
-    let mut client = LineProcess::spawn(command);
+    LineProcess::spawn(command)
+}
+
+/// [`login`], returning once it printed `logged in: id ID`.
+pub async fn logged_in(port: u16, id: i64, password: &str, extra: &[&str]) -> LineProcess {
+    let mut client = login(port, id, password, extra);
     client.expect_out(&format!("logged in: id {id} ")).await;
     client
 }

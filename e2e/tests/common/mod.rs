@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use testkit::prelude::*;
+use testkit::server::ChatServer;
 
 /// Our balancer's config for the e2e cluster: chat-level health checks as
 /// in `config/lb.toml` (every 1 s, down after 3 failures), 2 retries on a
@@ -166,10 +167,29 @@ pub async fn chat_scenario(front: SocketAddr, tag: &str) -> (User, User, User) {
     (alice, bob, carol)
 }
 
-/// After the server `killed` stopped: new clients through `front` all reach
-/// `survivor` (the front retries on the dead one), the users who were on
-/// the dead server log in again, and everyone chats 1:1 and in the group.
-pub async fn after_kill_scenario(
+/// Stops the server alice is on (one of `a` and `b`), then the other one
+/// must carry on: new clients through `front` all reach it (the front
+/// retries on the dead one), the users who were on the dead server log in
+/// again, and everyone chats 1:1 and in the group. Returns the name of the
+/// stopped server and the survivor.
+pub async fn stop_alices_server_and_carry_on(
+    front: SocketAddr,
+    (a, b): (ChatServer, ChatServer),
+    users: (User, User, User),
+    tag: &str,
+) -> (String, ChatServer) {
+    let (killed, survivor) = if users.0.server == a.name() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let killed_name = killed.name();
+    killed.stop().await;
+    after_kill_scenario(front, &killed_name, &survivor.name(), users, tag).await;
+    (killed_name, survivor)
+}
+
+async fn after_kill_scenario(
     front: SocketAddr,
     killed: &str,
     survivor: &str,
