@@ -104,7 +104,7 @@ async fn offline_messages_and_a_900_byte_chat_arrive_whole_one_per_read(storage:
     }
     // A chat whose v1 push is 900 bytes, terminator included.
     let shell = v1_push(other_id, "other", receiver_id, "", TIME).len();
-    let big = "长".repeat(1) + &"b".repeat(900 - shell - "长".len());
+    let big = "长".to_owned() + &"b".repeat(900 - shell - "长".len());
     let big_frame = v1_push(other_id, "other", receiver_id, &big, TIME);
     assert_eq!(big_frame.len(), 900);
     other.call_ok(&req::chat_at(receiver_id, &big, TIME)).await;

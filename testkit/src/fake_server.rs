@@ -360,7 +360,8 @@ fn handle(conn: u64, parsed: Parsed, state: &Mutex<State>) {
 
 fn log_in(s: &mut State, conn: u64, Login { id, password }: Login) -> Reply {
     let request = Some(MsgId::Login);
-    if !s.users.get(&id).is_some_and(|u| u.password == password) {
+    let known = s.users.get(&id).is_some_and(|u| u.password == password);
+    if !known {
         return Reply::error(request, Errno::BadCredentials);
     }
     if s.busy_logins > 0 || s.online.contains_key(&id) {
