@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use crate::cluster::Cluster;
+use crate::bus::Bus;
 use crate::directory::Directory;
 use crate::hasher::PasswordHasher;
 use crate::mid::MidGenerator;
@@ -34,6 +32,6 @@ pub struct Context {
     pub hasher: PasswordHasher,
     pub address_limiter: AddressLimiter,
     pub mids: MidGenerator,
-    /// Present in cluster mode (`--redis-url`).
-    pub cluster: Option<Arc<Cluster>>,
+    /// Other servers: Redis in cluster mode (`--redis-url`), else local only.
+    pub bus: Bus,
 }

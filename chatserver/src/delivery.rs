@@ -24,12 +24,7 @@ pub async fn deliver(ctx: &Context, receivers: &[i64], pushed: &Pushed) -> Resul
             None => elsewhere.push(receiver),
         }
     }
-    match &ctx.cluster {
-        Some(cluster) if !elsewhere.is_empty() => {
-            offline.extend(cluster.hand_off(&elsewhere, pushed).await);
-        }
-        _ => offline.extend(elsewhere),
-    }
+    offline.extend(ctx.bus.hand_off(&elsewhere, pushed).await);
     store_for_later(ctx, &offline, std::slice::from_ref(pushed)).await
 }
 
@@ -66,11 +61,9 @@ pub async fn store_for_later(
             None => elsewhere.push(receiver),
         }
     }
-    if let Some(cluster) = &ctx.cluster {
-        if let Err(error) = cluster.request_sweep(&elsewhere).await {
-            // The rows stay stored; they arrive at the receivers' next login.
-            tracing::debug!(%error, "sweep request not sent");
-        }
+    if let Err(error) = ctx.bus.request_sweep(&elsewhere).await {
+        // The rows stay stored; they arrive at the receivers' next login.
+        tracing::debug!(%error, "sweep request not sent");
     }
     Ok(())
 }

@@ -30,7 +30,7 @@ pub enum StoreError {
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error("cluster unavailable: {0}")]
-    Cluster(String),
+    Bus(#[from] BusError),
 }
 
 /// Why the server could not start; `main` maps each to an exit code.
@@ -44,5 +44,19 @@ pub enum StartError {
     #[error("database unreachable at start-up: {0}")]
     Database(StoreError),
     #[error("redis unreachable at start-up: {0}")]
-    Redis(crate::cluster::ClusterError),
+    Redis(BusError),
+}
+
+/// A call to the cluster's Redis failed. Requests that needed it get
+/// errno 10; local users keep being served.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("redis is not connected")]
+    NotConnected,
+    #[error("no free server number: {0} servers already run in this cluster")]
+    NoFreeNode(u64),
 }

@@ -11,7 +11,7 @@
 //! and reads and deletes run one after another in the session, so no row is
 //! written twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,27 +63,23 @@ pub async fn apply(
     }
     // From here on, messages for this user that reach this server queue in
     // `mailbox`; claiming the user in the cluster makes the others send here.
-    if let Some(cluster) = &ctx.cluster {
-        let refusal = match cluster.claim(id).await {
-            Ok(true) => None,
-            Ok(false) => Some(Errno::AlreadyLoggedIn),
-            Err(error) => {
-                tracing::warn!(%error, "cannot check the login across the cluster");
-                Some(Errno::ServerError)
-            }
-        };
-        if let Some(errno) = refusal {
-            ctx.registry.release(id, session.conn_id);
-            return Reply::error(Some(MsgId::Login), errno).into();
+    let refusal = match ctx.bus.claim(id).await {
+        Ok(true) => None,
+        Ok(false) => Some(Errno::AlreadyLoggedIn),
+        Err(error) => {
+            tracing::warn!(%error, "cannot check the login across the cluster");
+            Some(Errno::ServerError)
         }
+    };
+    if let Some(errno) = refusal {
+        ctx.registry.release(id, session.conn_id);
+        return Reply::error(Some(MsgId::Login), errno).into();
     }
     let login = match load_login(ctx, id, name.clone()).await {
         Ok(login) => login,
         Err(error) => {
             ctx.registry.release(id, session.conn_id);
-            if let Some(cluster) = &ctx.cluster {
-                cluster.release(id).await;
-            }
+            ctx.bus.release(id).await;
             return server_error(MsgId::Login, error).into();
         }
     };
@@ -121,20 +117,12 @@ async fn load_login(
     ctx.store.set_online(&[id], true).await?;
     let friends = ctx.store.friends(id).await?;
     let members = ctx.store.groups_of(id).await?;
-    let elsewhere = match &ctx.cluster {
-        Some(cluster) => {
-            let mut ids: Vec<i64> = friends.iter().map(|(id, _)| *id).collect();
-            ids.extend(members.iter().map(|m| m.user_id));
-            ids.retain(|id| !ctx.registry.is_online(*id));
-            ids.sort_unstable();
-            ids.dedup();
-            cluster
-                .online(&ids)
-                .await
-                .map_err(|e| StoreError::Cluster(e.to_string()))?
-        }
-        None => HashSet::new(),
-    };
+    let mut ids: Vec<i64> = friends.iter().map(|(id, _)| *id).collect();
+    ids.extend(members.iter().map(|m| m.user_id));
+    ids.retain(|id| !ctx.registry.is_online(*id));
+    ids.sort_unstable();
+    ids.dedup();
+    let elsewhere = ctx.bus.online_elsewhere(&ids).await?;
     let presence = |user: i64| {
         if ctx.registry.is_online(user) || elsewhere.contains(&user) {
             Presence::Online
