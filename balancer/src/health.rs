@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{BackendState, Transition};
 use crate::config::HealthKind;
-use crate::Shared;
+use crate::shared::Shared;
 
 /// Why a check failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
 //! The `balancer` binary itself: the `listening on ADDR` line, SIGHUP reload,
-//! a config error naming its line, and a clean exit on SIGTERM.
+//! a config error naming its line, a clean exit on SIGTERM, and plain logs
+//! when stderr is not a terminal.
 
 mod common;
 
@@ -92,4 +93,30 @@ fn binary_refuses_a_bad_config_naming_line_and_key() {
     assert!(out.stdout.is_empty(), "nothing on stdout before listening");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 4") && err.contains("wieght"), "{err}");
+}
+
+#[test]
+fn binary_logs_without_colour_codes_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, config_toml("", &[("127.0.0.1:1", 1)])).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_balancer"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on "), "{line:?}");
+    signal(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("watching the config file"), "{err}");
+    assert!(!err.contains('\x1b'), "colour codes in a pipe: {err:?}");
 }

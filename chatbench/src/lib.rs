@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod conn;
+pub mod options;
 pub mod procfs;
 pub mod scenario;
 pub mod stats;
@@ -19,8 +20,9 @@ use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 
-use crate::cli::{Cli, Common, Scenario};
+use crate::cli::{Cli, Scenario};
 use crate::conn::{BenchError, Conn, User};
+use crate::options::Common;
 use crate::procfs::{CpuSample, CpuUsed};
 use crate::stats::{Errors, Latency, RunReport};
 
