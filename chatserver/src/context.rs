@@ -8,6 +8,7 @@ use crate::directory::Directory;
 use crate::hasher::PasswordHasher;
 use crate::mid::MidGenerator;
 use crate::rate_limit::AddressLimiter;
+use crate::refusals::Refusals;
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -31,6 +32,8 @@ pub struct Context {
     pub directory: Directory,
     pub hasher: PasswordHasher,
     pub address_limiter: AddressLimiter,
+    /// Every limit's refusals, counted and log-throttled.
+    pub refusals: Refusals,
     pub mids: MidGenerator,
     /// Other servers: Redis in cluster mode (`--redis-url`), else local only.
     pub bus: Bus,

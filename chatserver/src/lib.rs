@@ -15,6 +15,7 @@ mod inbound;
 pub mod mailbox;
 pub mod mid;
 pub mod rate_limit;
+pub mod refusals;
 pub mod registry;
 mod server;
 mod session;

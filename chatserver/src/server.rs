@@ -98,6 +98,7 @@ impl Server {
             registry: Registry::default(),
             hasher: PasswordHasher::new(config.hash_cost, config.hash_threads),
             address_limiter: AddressLimiter::default(),
+            refusals: Default::default(),
             mids: MidGenerator::new(bus.node()),
             bus,
         };

@@ -25,6 +25,7 @@ use crate::context::Context;
 use crate::error::StoreError;
 use crate::mailbox::mailbox;
 use crate::rate_limit::PER_CONNECTION;
+use crate::refusals::Refusal;
 use crate::store::GroupMemberRow;
 
 pub async fn apply(
@@ -45,6 +46,7 @@ pub async fn apply(
     if session.login_failures.exceeded(PER_CONNECTION, now)
         || ctx.address_limiter.blocked(session.peer_ip, now)
     {
+        ctx.refusals.note(Refusal::LoginRate, session.peer_ip);
         return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
     }
     let name = match check_password(ctx, id, password).await {
