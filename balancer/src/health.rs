@@ -38,7 +38,7 @@ pub enum CheckError {
 /// Largest frame a check reads while waiting for PONG; a PONG is tiny.
 const CHECK_MAX_FRAME: usize = 64 * 1024;
 
-/// The PING frame of PROTOCOL.md, `\n`-terminated.
+/// The PING frame of docs/protocol.md, `\n`-terminated.
 pub fn ping_frame() -> Vec<u8> {
     let mut frame = serde_json::json!({ "msgid": MsgId::Ping.number() })
         .to_string()

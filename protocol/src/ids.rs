@@ -1,6 +1,6 @@
 //! The numbers of the protocol: message ids, error numbers and versions.
 
-/// A message id (`msgid`) as listed in PROTOCOL.md.
+/// A message id (`msgid`) as listed in docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum MsgId {
@@ -46,7 +46,7 @@ impl MsgId {
     }
 }
 
-/// An error number (`errno`) as listed in PROTOCOL.md.
+/// An error number (`errno`) as listed in docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Errno {

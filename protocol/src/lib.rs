@@ -1,4 +1,4 @@
-//! The ChatChat wire protocol (see PROTOCOL.md): message ids, error numbers,
+//! The ChatChat wire protocol (see docs/protocol.md): message ids, error numbers,
 //! the frame codec, request parsing and v1/v2 rendering of replies.
 //!
 //! This crate does no I/O of its own, so the server, the client, the balancer's
