@@ -1,5 +1,5 @@
 //! chatclient: a terminal client for ChatChat that people can use and
-//! scripts can drive. It speaks protocol v2 (see PROTOCOL.md).
+//! scripts can drive. It speaks protocol v2 (see docs/protocol.md).
 //!
 //! - [`app`] is the state machine (no I/O), [`command`] parses typed lines,
 //!   [`wire`] builds requests and reads server frames;

@@ -414,6 +414,8 @@ pub fn spawn_script_input(events: mpsc::Sender<Event>) -> std_mpsc::Sender<Ask> 
 struct ClientHelper {
     masking: bool,
     color: bool,
+    /// Terminal width when the current prompt started (0: unknown).
+    cols: usize,
 }
 
 impl Completer for ClientHelper {
@@ -449,9 +451,11 @@ impl Validator for ClientHelper {}
 impl Highlighter for ClientHelper {
     fn highlight<'l>(&self, line: &'l str, _pos: usize) -> Cow<'l, str> {
         if self.masking {
-            // Blanks of the same width keep the editor's layout right while
-            // showing nothing; the cursor is hidden meanwhile.
-            Cow::Owned(" ".repeat(unicode_width::UnicodeWidthStr::width(line)))
+            // Nothing at all, not even one blank per character, so the length
+            // stays hidden too (the cursor is hidden meanwhile). Only the rows
+            // a line this long wraps onto are kept, as bare newlines, so that
+            // the editor's idea of which row it is on stays true.
+            Cow::Owned("\n".repeat(wrapped_rows(prompt(Ask::Password), line, self.cols)))
         } else {
             Cow::Borrowed(line)
         }
@@ -476,6 +480,22 @@ impl Highlighter for ClientHelper {
 
 impl Helper for ClientHelper {}
 
+/// Rows below the first that `prompt` followed by `line` take on a terminal
+/// `cols` wide, counted as rustyline counts them (text ending exactly at the
+/// right margin gets its newline from rustyline itself).
+fn wrapped_rows(prompt: &str, line: &str, cols: usize) -> usize {
+    let (mut rows, mut col) = (0, 0);
+    for c in prompt.chars().chain(line.chars()) {
+        let width = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        col += width;
+        if cols > 0 && col > cols {
+            rows += 1;
+            col = width;
+        }
+    }
+    rows
+}
+
 /// Starts the interactive line editor on its own thread. Returns where to
 /// print (above the prompt) and the sender for asks.
 pub fn spawn_interactive_input(
@@ -491,6 +511,7 @@ pub fn spawn_interactive_input(
     editor.set_helper(Some(ClientHelper {
         masking: false,
         color,
+        cols: 0,
     }));
     // Highlighting is what masks passwords, so it is always on; colours in
     // the prompt follow `color`.
@@ -508,8 +529,10 @@ pub fn spawn_interactive_input(
         .spawn(move || {
             while let Ok(ask) = asked.recv() {
                 let masking = ask == Ask::Password;
+                let cols = editor.dimensions().map_or(0, |(cols, _)| usize::from(cols));
                 if let Some(helper) = editor.helper_mut() {
                     helper.masking = masking;
+                    helper.cols = cols;
                 }
                 let hidden = if masking {
                     editor.set_cursor_visibility(false).ok().flatten()

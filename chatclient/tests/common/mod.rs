@@ -1,4 +1,4 @@
-//! Test helpers: a fake ChatChat server speaking v2 (PROTOCOL.md) on
+//! Test helpers: a fake ChatChat server speaking v2 (docs/protocol.md) on
 //! 127.0.0.1:0, and a handle on a `chatclient` child process driven
 //! through pipes. Every wait is bounded.
 
