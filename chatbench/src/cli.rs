@@ -45,10 +45,12 @@ pub struct Common {
     /// Measured runs; a JSON line with the median of each figure follows.
     #[arg(long, global = true, default_value_t = 1)]
     pub runs: usize,
-    /// Speak v2 (`"v":2`, request ids, an ACK per request) instead of v1
-    /// frames as the original client sends them.
+    /// Speak v1, frames as the original client sends them, instead of v2
+    /// (`"v":2`, request ids, an ACK per request). The server spaces frames
+    /// to a v1 connection at least 5 ms apart (its --v1-write-gap), so v1
+    /// throughput measures that gap rather than the server.
     #[arg(long, global = true)]
-    pub v2: bool,
+    pub v1: bool,
     /// How long to wait for any one reply or delivery.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -240,7 +242,7 @@ mod tests {
             "10",
             "--server-pid",
             "11",
-            "--v2",
+            "--v1",
             "--warmup",
             "0",
             "--runs",
@@ -249,14 +251,14 @@ mod tests {
         .unwrap();
         assert_eq!(cli.common.servers.len(), 2);
         assert_eq!(cli.common.server_pids, vec![10, 11]);
-        assert!(cli.common.v2);
+        assert!(cli.common.v1);
         assert_eq!(cli.common.warmup, Duration::ZERO);
         assert_eq!(cli.common.runs, 3);
         assert!(matches!(cli.scenario, Scenario::Cross { pairs: 3 }));
 
         let cli = Cli::try_parse_from(["chatbench", "pingpong"]).unwrap();
         assert_eq!(cli.common.servers, vec!["127.0.0.1:6000".parse().unwrap()]);
-        assert!(!cli.common.v2);
+        assert!(!cli.common.v1);
         assert_eq!(cli.common.threads, 1);
         assert!(matches!(cli.scenario, Scenario::Pingpong { pairs: 100 }));
 

@@ -162,12 +162,12 @@ impl Bench {
         &self.prefix
     }
 
-    /// The protocol version the scenario's connections speak: v1 unless --v2.
+    /// The protocol version the scenario's connections speak: v2 unless --v1.
     pub fn version(&self) -> Version {
-        if self.common.v2 {
-            Version::V2
-        } else {
+        if self.common.v1 {
             Version::V1
+        } else {
+            Version::V2
         }
     }
 
