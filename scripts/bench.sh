@@ -99,23 +99,23 @@ for scenario in $SCENARIOS; do
     case "$scenario" in
         pingpong)
             start_server pingpong
+            bench pingpong --pairs 100 --v1
             bench pingpong --pairs 100
-            bench pingpong --pairs 100 --v2
             stop_server ;;
         pingpong1)
             start_server pingpong1
+            bench pingpong --pairs 1 --v1
             bench pingpong --pairs 1
-            bench pingpong --pairs 1 --v2
             stop_server ;;
         fanout)
             start_server fanout
+            bench fanout --members 50 --v1
             bench fanout --members 50
-            bench fanout --members 50 --v2
             stop_server ;;
         offline)
             start_server offline
+            bench offline --messages 200 --v1
             bench offline --messages 200
-            bench offline --messages 200 --v2
             stop_server ;;
         login)
             # Default (OWASP minimum) hashing cost.

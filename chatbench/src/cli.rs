@@ -146,7 +146,7 @@ mod tests {
             "10",
             "--server-pid",
             "11",
-            "--v2",
+            "--v1",
             "--warmup",
             "0",
             "--runs",
@@ -155,14 +155,14 @@ mod tests {
         .unwrap();
         assert_eq!(cli.common.servers.len(), 2);
         assert_eq!(cli.common.server_pids, vec![10, 11]);
-        assert!(cli.common.v2);
+        assert!(cli.common.v1);
         assert_eq!(cli.common.warmup, Duration::ZERO);
         assert_eq!(cli.common.runs, 3);
         assert!(matches!(cli.scenario, Scenario::Cross { pairs: 3 }));
 
         let cli = Cli::try_parse_from(["chatbench", "pingpong"]).unwrap();
         assert_eq!(cli.common.servers, vec!["127.0.0.1:6000".parse().unwrap()]);
-        assert!(!cli.common.v2);
+        assert!(!cli.common.v1);
         assert_eq!(cli.common.threads, 1);
         assert!(matches!(cli.scenario, Scenario::Pingpong { pairs: 100 }));
 

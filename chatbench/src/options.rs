@@ -35,10 +35,12 @@ pub struct Common {
     /// Measured runs; a JSON line with the median of each figure follows.
     #[arg(long, global = true, default_value_t = 1)]
     pub runs: usize,
-    /// Speak v2 (`"v":2`, request ids, an ACK per request) instead of v1
-    /// frames as the original client sends them.
+    /// Speak v1, frames as the original client sends them, instead of v2
+    /// (`"v":2`, request ids, an ACK per request). The server spaces frames
+    /// to a v1 connection at least 5 ms apart (its --v1-write-gap), so v1
+    /// throughput measures that gap rather than the server.
     #[arg(long, global = true)]
-    pub v2: bool,
+    pub v1: bool,
     /// How long to wait for any one reply or delivery.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
