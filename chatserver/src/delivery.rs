@@ -3,7 +3,7 @@
 //! storage. Never both, never neither.
 
 use crate::context::Context;
-use crate::error::StoreError;
+use crate::error::Unavailable;
 use crate::mailbox::{Offer, Outbound, Pushed};
 use crate::store::OfflineMessage;
 
@@ -11,7 +11,7 @@ use crate::store::OfflineMessage;
 /// the cluster to other servers, and into storage for everyone else. An
 /// error means storage failed for receivers that could not take it now;
 /// those online got it regardless.
-pub async fn deliver(ctx: &Context, receivers: &[i64], pushed: &Pushed) -> Result<(), StoreError> {
+pub async fn deliver(ctx: &Context, receivers: &[i64], pushed: &Pushed) -> Result<(), Unavailable> {
     let mut offline = Vec::new();
     let mut elsewhere = Vec::new();
     for &receiver in receivers {
@@ -36,7 +36,7 @@ pub async fn store_for_later(
     ctx: &Context,
     receivers: &[i64],
     messages: &[Pushed],
-) -> Result<(), StoreError> {
+) -> Result<(), Unavailable> {
     if receivers.is_empty() || messages.is_empty() {
         return Ok(());
     }

@@ -19,16 +19,29 @@ pub enum ConfigError {
     },
 }
 
-/// Storage failed. Requests that hit it get errno 10; nothing was half-done
-/// because multi-row writes run in transactions.
+/// Storage failed; nothing was half-done because multi-row writes run in
+/// transactions.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("password hashing failed: {0}")]
-    Hash(String),
+}
+
+/// The password-hashing threads failed or are gone.
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing failed: {0}")]
+pub struct HashError(pub String);
+
+/// Why a request could not be served: what errno 10 reports. The request
+/// changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hash(#[from] HashError),
     #[error("cluster unavailable: {0}")]
     Bus(#[from] BusError),
 }

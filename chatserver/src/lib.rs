@@ -22,5 +22,5 @@ mod session;
 pub mod store;
 
 pub use config::{Args, Config};
-pub use error::{BusError, ConfigError, StartError, StoreError};
+pub use error::{BusError, ConfigError, HashError, StartError, StoreError, Unavailable};
 pub use server::{run, Server};

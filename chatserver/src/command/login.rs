@@ -22,7 +22,7 @@ use protocol::{
 
 use super::{refuse, server_error, AfterWrite, Outcome, SessionState, User};
 use crate::context::Context;
-use crate::error::StoreError;
+use crate::error::Unavailable;
 use crate::mailbox::mailbox;
 use crate::rate_limit::PER_CONNECTION;
 use crate::refusals::Refusal;
@@ -115,7 +115,7 @@ async fn load_login(
     ctx: &Context,
     id: i64,
     name: Arc<str>,
-) -> Result<(LoginAck, Vec<i64>), StoreError> {
+) -> Result<(LoginAck, Vec<i64>), Unavailable> {
     ctx.store.set_online(&[id], true).await?;
     let friends = ctx.store.friends(id).await?;
     let members = ctx.store.groups_of(id).await?;
@@ -192,7 +192,7 @@ async fn check_password(
     ctx: &Context,
     id: i64,
     password: String,
-) -> Result<Option<Arc<str>>, StoreError> {
+) -> Result<Option<Arc<str>>, Unavailable> {
     if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
         return Ok(None);
     }
