@@ -94,7 +94,7 @@ pub(crate) fn refuse(request: MsgId, errno: Errno, message: impl Into<Cow<'stati
 /// Storage failed: log it and answer errno 10.
 pub(crate) fn server_error(request: MsgId, error: impl Into<Unavailable>) -> Reply {
     let error = error.into();
-    tracing::error!(%error, request = ?request, "request failed in storage");
+    tracing::error!(%error, request = ?request, "request failed: storage, hashing or cluster unavailable");
     Reply::error(Some(request), Errno::ServerError)
 }
 
