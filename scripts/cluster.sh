@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a local cluster for trying things by hand: SERVERS chat servers
 # (default 2, on ports 6000, 6002, 6004, ...) sharing one MariaDB database
-# and one Redis, and the balancer on port 8000 with config/lb.toml in front.
+# and one Redis, and the balancer on port 8000 in front of all of them. The
+# balancer's config is written to run/lb.toml, listing every server started
+# here with weight 1 (config/lb.toml, the commented example, lists two).
 # Logs go to run/logs/. Ctrl-C stops everything.
 #
 #   scripts/cluster.sh                       # then, in other terminals:
@@ -24,6 +26,7 @@ cargo build --release -q -p chatserver -p balancer -p chatclient
 mkdir -p run/logs
 
 pids=()
+ports=()
 stop_all() {
     log "stopping"
     kill "${pids[@]}" 2>/dev/null || true
@@ -51,11 +54,22 @@ for i in $(seq 0 $((SERVERS - 1))); do
     # One at a time: the first one creates the database and its tables.
     wait_ready "chat-$i" "$out"
     log "chat-$i listening on 127.0.0.1:$port"
+    ports+=("$port")
 done
 
-target/release/balancer --config config/lb.toml >run/logs/balancer.out 2>run/logs/balancer.log &
+# The balancer in front of every server started above; any setting left out
+# takes its default, which config/lb.toml lists and explains.
+{
+    echo "# Written by scripts/cluster.sh: the $SERVERS chat servers it started."
+    echo 'listen = "0.0.0.0:8000"'
+    echo 'admin = "127.0.0.1:9100"'
+    for port in "${ports[@]}"; do
+        printf '\n[[backend]]\naddress = "127.0.0.1:%s"\n' "$port"
+    done
+} >run/lb.toml
+target/release/balancer --config run/lb.toml >run/logs/balancer.out 2>run/logs/balancer.log &
 pids+=($!)
 wait_ready balancer run/logs/balancer.out
-log "balancer listening on 0.0.0.0:8000 (metrics: http://127.0.0.1:9100/metrics)"
+log "balancer listening on 0.0.0.0:8000 in front of $SERVERS servers (run/lb.toml; metrics: http://127.0.0.1:9100/metrics)"
 log "connect with: target/release/chatclient 127.0.0.1 8000"
 wait

@@ -22,7 +22,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::{BackendStatus, Shared, Status};
+use crate::shared::Shared;
+use crate::status::{BackendStatus, Status};
 
 /// The OpenMetrics text content type that `prometheus-client` writes.
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -56,7 +57,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 async fn status(State(state): State<AdminState>) -> Json<Status> {
-    Json(state.shared.status())
+    Json(Status::of(&state.shared))
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
@@ -115,7 +116,7 @@ fn plain_counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64
 
 impl Collector for BalancerCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
-        let s = self.shared.status();
+        let s = Status::of(&self.shared);
         let b = &s.backends;
         backend_gauge(
             &mut e,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use protocol::{FrameCodec, MsgId};
+use protocol::{parse_server_frame, FrameCodec, Reply, Request, ServerFrame, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{BackendState, Transition};
 use crate::config::HealthKind;
-use crate::Shared;
+use crate::shared::Shared;
 
 /// Why a check failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,23 +38,6 @@ pub enum CheckError {
 /// Largest frame a check reads while waiting for PONG; a PONG is tiny.
 const CHECK_MAX_FRAME: usize = 64 * 1024;
 
-/// The PING frame of PROTOCOL.md, `\n`-terminated.
-pub fn ping_frame() -> Vec<u8> {
-    let mut frame = serde_json::json!({ "msgid": MsgId::Ping.number() })
-        .to_string()
-        .into_bytes();
-    frame.push(b'\n');
-    frame
-}
-
-/// True when `frame` is a JSON object whose `msgid` is PONG.
-pub fn is_pong(frame: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(frame)
-        .ok()
-        .and_then(|v| v.get("msgid").and_then(|m| m.as_i64()))
-        == Some(i64::from(MsgId::Pong.number()))
-}
-
 /// Runs one check against `address`, bounded by `timeout` as a whole.
 pub async fn check(kind: HealthKind, address: &str, timeout: Duration) -> Result<(), CheckError> {
     tokio::time::timeout(timeout, check_inner(kind, address))
@@ -71,7 +54,7 @@ async fn check_inner(kind: HealthKind, address: &str) -> Result<(), CheckError> 
     }
     stream.set_nodelay(true).map_err(CheckError::Io)?;
     stream
-        .write_all(&ping_frame())
+        .write_all(&Request::Ping.encode(Version::V2, None))
         .await
         .map_err(CheckError::Io)?;
     let mut frames = FramedRead::new(stream, FrameCodec::new(CHECK_MAX_FRAME));
@@ -117,15 +100,10 @@ pub async fn run_checker(shared: Arc<Shared>, state: Arc<BackendState>, stop: Ca
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ping_and_pong_frames() {
-        assert_eq!(ping_frame(), b"{\"msgid\":12}\n");
-        assert!(is_pong(br#"{"msgid":13,"server":"x","load":0}"#));
-        assert!(!is_pong(br#"{"msgid":12}"#));
-        assert!(!is_pong(b"not json"));
-    }
+/// True when `frame` is a PONG.
+fn is_pong(frame: &[u8]) -> bool {
+    matches!(
+        parse_server_frame(frame).map(|incoming| incoming.frame),
+        Ok(ServerFrame::Reply(Reply::Pong(_)))
+    )
 }

@@ -1,6 +1,7 @@
 //! `balancer --config lb.toml`: parse flags, set up logging, bind, wire
 //! signals, and hand over to [`balancer::Balancer::run`].
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -28,6 +29,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person watching; a file or a pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     let config = Config::load(&args.config)?;

@@ -16,7 +16,7 @@ use tokio_util::io::poll_read_buf;
 use tracing::{debug, info_span, warn, Instrument, Span};
 
 use crate::backend::{BackendState, Transition};
-use crate::Shared;
+use crate::shared::Shared;
 
 /// Size of each direction's copy buffer.
 const BUF_SIZE: usize = 16 * 1024;
@@ -36,7 +36,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         match accepted {
             Ok((client, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                shared.clients_total.fetch_add(1, Ordering::Relaxed);
+                shared.clients.total.fetch_add(1, Ordering::Relaxed);
                 let span = info_span!("conn", %peer, backend = tracing::field::Empty);
                 let task_shared = shared.clone();
                 shared
@@ -116,7 +116,7 @@ async fn connect_backend(shared: &Shared) -> Option<(TcpStream, Slot)> {
 /// more than the copy itself.
 async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, span: Span) {
     let Some((backend, slot)) = connect_backend(&shared).instrument(span.clone()).await else {
-        shared.clients_rejected.fetch_add(1, Ordering::Relaxed);
+        shared.clients.rejected.fetch_add(1, Ordering::Relaxed);
         span.in_scope(|| warn!("no backend accepted the connection; closing the client"));
         return;
     };

@@ -1,8 +1,7 @@
 //! Hot reload: a file watcher and SIGHUP both only signal; one task re-reads
-//! the file, validates it, diffs it against the running config and applies
-//! it. An invalid file is logged and the running config stays.
+//! the file, validates it and hands it to `apply`. An invalid file is
+//! logged and the running config stays.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,132 +10,13 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::apply::apply;
 use crate::config::Config;
-use crate::Shared;
+use crate::shared::Shared;
 
 /// How long to wait after a change before reading the file, so the several
 /// events of one editor save collapse into one reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
-
-/// What changed between two configs.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Diff {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    /// `(address, old weight, new weight)`.
-    pub reweighted: Vec<(String, u32, u32)>,
-    /// Backends whose connection limit changed.
-    pub relimited: Vec<String>,
-    /// Needs a restart: a reload keeps the old address.
-    pub listen_changed: bool,
-    /// Needs a restart: a reload keeps the old address.
-    pub admin_changed: bool,
-    pub health_changed: bool,
-    /// Timeouts, retries, slow start, drain or grace period.
-    pub settings_changed: bool,
-    /// Backend order changed (it decides the order of the all-down fallback).
-    pub reordered: bool,
-}
-
-impl Diff {
-    pub fn is_empty(&self) -> bool {
-        *self == Diff::default()
-    }
-}
-
-/// One log line's worth: `added [a:1] removed [b:1] weights [c:1 3→1] …`.
-impl std::fmt::Display for Diff {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut parts = Vec::new();
-        if !self.added.is_empty() {
-            parts.push(format!("added [{}]", self.added.join(" ")));
-        }
-        if !self.removed.is_empty() {
-            parts.push(format!("removed [{}]", self.removed.join(" ")));
-        }
-        if !self.reweighted.is_empty() {
-            let w: Vec<String> = self
-                .reweighted
-                .iter()
-                .map(|(a, from, to)| format!("{a} {from}→{to}"))
-                .collect();
-            parts.push(format!("weights [{}]", w.join(", ")));
-        }
-        if !self.relimited.is_empty() {
-            parts.push(format!("limits [{}]", self.relimited.join(" ")));
-        }
-        for (changed, what) in [
-            (self.reordered, "order"),
-            (self.health_changed, "health"),
-            (self.settings_changed, "settings"),
-            (self.listen_changed, "listen (ignored until restart)"),
-            (self.admin_changed, "admin (ignored until restart)"),
-        ] {
-            if changed {
-                parts.push(what.to_string());
-            }
-        }
-        if parts.is_empty() {
-            f.write_str("no change")
-        } else {
-            f.write_str(&parts.join("; "))
-        }
-    }
-}
-
-/// Compares two validated configs; pure.
-pub fn diff(old: &Config, new: &Config) -> Diff {
-    let old_by_addr: HashMap<&str, _> = old
-        .backends
-        .iter()
-        .map(|b| (b.address.as_str(), b))
-        .collect();
-    let new_by_addr: HashMap<&str, _> = new
-        .backends
-        .iter()
-        .map(|b| (b.address.as_str(), b))
-        .collect();
-    let mut d = Diff::default();
-    for b in &new.backends {
-        match old_by_addr.get(b.address.as_str()) {
-            None => d.added.push(b.address.clone()),
-            Some(o) => {
-                if o.weight != b.weight {
-                    d.reweighted.push((b.address.clone(), o.weight, b.weight));
-                }
-                if o.max_connections != b.max_connections {
-                    d.relimited.push(b.address.clone());
-                }
-            }
-        }
-    }
-    for b in &old.backends {
-        if !new_by_addr.contains_key(b.address.as_str()) {
-            d.removed.push(b.address.clone());
-        }
-    }
-    let kept = |c: &Config| -> Vec<String> {
-        c.backends
-            .iter()
-            .filter(|b| {
-                old_by_addr.contains_key(b.address.as_str())
-                    && new_by_addr.contains_key(b.address.as_str())
-            })
-            .map(|b| b.address.clone())
-            .collect()
-    };
-    d.reordered = kept(old) != kept(new);
-    d.listen_changed = old.listen != new.listen;
-    d.admin_changed = old.admin != new.admin;
-    d.health_changed = old.health != new.health;
-    d.settings_changed = old.connect_timeout != new.connect_timeout
-        || old.retries != new.retries
-        || old.slow_start != new.slow_start
-        || old.drain_timeout != new.drain_timeout
-        || old.shutdown_grace != new.shutdown_grace
-        || old.idle_timeout != new.idle_timeout;
-    d
-}
 
 /// Watches the directory holding `path`: editors often save by writing a
 /// new file and renaming it over the old one, which a watch on the file
@@ -175,152 +55,57 @@ pub fn start_watcher(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::Recomm
     }
 }
 
-/// Re-reads `path` whenever the watcher or SIGHUP signals, until shutdown.
-/// `_watcher` is only kept alive here: dropping it stops the watch.
-pub async fn reload_task(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<()>,
+/// The reload machinery of one balancer: the config file, the watcher on
+/// it, and the receiving end of the reload signals. Built with the
+/// balancer, so the watch is on before anything can change the file;
+/// [`Self::run`] starts reacting once the balancer runs.
+#[derive(Debug)]
+pub struct Reloader {
     path: PathBuf,
+    rx: mpsc::Receiver<()>,
+    /// Only kept alive here: dropping it stops the watch.
     _watcher: Option<notify::RecommendedWatcher>,
-) {
-    loop {
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            m = rx.recv() => if m.is_none() { return },
-        }
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(DEBOUNCE) => {}
-        }
-        while rx.try_recv().is_ok() {}
-        match Config::load(&path) {
-            Ok(config) => {
-                let d = shared.apply(config);
-                if !d.is_empty() {
-                    info!(changes = %d, "config reloaded");
-                } else {
-                    debug!("config file touched, nothing changed");
-                }
-            }
-            Err(e) => {
-                shared.record_reload_error(e.to_string());
-                error!("config reload rejected, keeping the running config: {e}");
-            }
-        }
-    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    fn cfg(extra: &str, backends: &[(&str, u32)]) -> Config {
-        let mut text = format!("listen = \"127.0.0.1:8000\"\n{extra}\n");
-        for (a, w) in backends {
-            text += &format!("[[backend]]\naddress = \"{a}\"\nweight = {w}\n");
-        }
-        Config::parse(&text, "t").unwrap()
-    }
-
-    #[test]
-    fn diff_table() {
-        let base = cfg("", &[("a:1", 3), ("b:1", 1)]);
-        struct Case {
-            name: &'static str,
-            new: Config,
-            want: Diff,
-        }
-        let cases = [
-            Case {
-                name: "same",
-                new: base.clone(),
-                want: Diff::default(),
-            },
-            Case {
-                name: "add",
-                new: cfg("", &[("a:1", 3), ("b:1", 1), ("c:1", 2)]),
-                want: Diff {
-                    added: vec!["c:1".into()],
-                    ..Diff::default()
-                },
-            },
-            Case {
-                name: "remove",
-                new: cfg("", &[("a:1", 3)]),
-                want: Diff {
-                    removed: vec!["b:1".into()],
-                    ..Diff::default()
-                },
-            },
-            Case {
-                name: "reweight",
-                new: cfg("", &[("a:1", 1), ("b:1", 1)]),
-                want: Diff {
-                    reweighted: vec![("a:1".into(), 3, 1)],
-                    ..Diff::default()
-                },
-            },
-            Case {
-                name: "replace and reorder",
-                new: cfg("", &[("c:1", 1), ("b:1", 1), ("a:1", 3)]),
-                want: Diff {
-                    added: vec!["c:1".into()],
-                    reordered: true,
-                    ..Diff::default()
-                },
-            },
-            Case {
-                name: "listen and admin",
-                new: {
-                    let mut c = cfg("admin = \"127.0.0.1:9\"", &[("a:1", 3), ("b:1", 1)]);
-                    c.listen = "127.0.0.1:8001".into();
-                    c
-                },
-                want: Diff {
-                    listen_changed: true,
-                    admin_changed: true,
-                    ..Diff::default()
-                },
-            },
-            Case {
-                name: "health and settings",
-                new: cfg(
-                    "retries = 5\n[health]\nkind = \"tcp\"",
-                    &[("a:1", 3), ("b:1", 1)],
-                ),
-                want: Diff {
-                    health_changed: true,
-                    settings_changed: true,
-                    ..Diff::default()
-                },
-            },
-            Case {
-                name: "limit",
-                new: cfg("max_connections = 10", &[("a:1", 3), ("b:1", 1)]),
-                want: Diff {
-                    relimited: vec!["a:1".into(), "b:1".into()],
-                    ..Diff::default()
-                },
-            },
-        ];
-        for case in cases {
-            assert_eq!(diff(&base, &case.new), case.want, "case {}", case.name);
+impl Reloader {
+    /// Watches `path`; the watcher signals on `tx`, as
+    /// [`Handle::request_reload`](crate::Handle::request_reload) does.
+    pub fn new(path: PathBuf, tx: mpsc::Sender<()>, rx: mpsc::Receiver<()>) -> Self {
+        let watcher = start_watcher(&path, tx);
+        Self {
+            path,
+            rx,
+            _watcher: watcher,
         }
     }
 
-    #[test]
-    fn diff_reads_as_one_line() {
-        let d = Diff {
-            added: vec!["c:1".into()],
-            reweighted: vec![("a:1".into(), 3, 1)],
-            listen_changed: true,
-            ..Diff::default()
-        };
-        assert_eq!(
-            d.to_string(),
-            "added [c:1]; weights [a:1 3→1]; listen (ignored until restart)"
-        );
-        assert_eq!(Diff::default().to_string(), "no change");
+    /// Re-reads the file whenever the watcher or SIGHUP signals, until
+    /// shutdown.
+    pub async fn run(mut self, shared: Arc<Shared>) {
+        loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                m = self.rx.recv() => if m.is_none() { return },
+            }
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(DEBOUNCE) => {}
+            }
+            while self.rx.try_recv().is_ok() {}
+            match Config::load(&self.path) {
+                Ok(config) => {
+                    let d = apply(&shared, config);
+                    if !d.is_empty() {
+                        info!(changes = %d, "config reloaded");
+                    } else {
+                        debug!("config file touched, nothing changed");
+                    }
+                }
+                Err(e) => {
+                    shared.reloads.record_failure(e.to_string());
+                    error!("config reload rejected, keeping the running config: {e}");
+                }
+            }
+        }
     }
 }

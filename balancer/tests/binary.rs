@@ -1,5 +1,6 @@
 //! The `balancer` binary itself: the `listening on ADDR` line, SIGHUP reload,
-//! a config error naming its line, and a clean exit on SIGTERM.
+//! a config error naming its line, a clean exit on SIGTERM, and plain logs
+//! when stderr is not a terminal.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -65,4 +66,25 @@ fn binary_refuses_a_bad_config_naming_line_and_key() {
         "{}",
         exit.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_logs_without_colour_codes_when_stderr_is_not_a_terminal() {
+    let path = run::temp_dir("lb-colour").join("lb.toml");
+    std::fs::write(&path, config_toml("", &[("127.0.0.1:1", 1)])).unwrap();
+    let (process, _) = Process::start_listening(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped()),
+    );
+    process.signal("TERM");
+    let (status, mut process) = process.wait_timeout_async(WAIT).await;
+    let status = status.expect("no exit after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut process.child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("watching the config file"), "{err}");
+    assert!(!err.contains('\x1b'), "colour codes in a pipe: {err:?}");
 }

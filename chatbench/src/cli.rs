@@ -1,10 +1,13 @@
-//! Command-line options.
+//! The command line: the subcommands and their own options, on top of the
+//! options every scenario shares.
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+
+use crate::options::{parse_duration, Common};
+use crate::scenario::proxy::{Target, Test};
 
 /// Load generator for ChatChat servers: throughput, latency percentiles,
 /// server CPU per delivered message and server memory per connection.
@@ -18,65 +21,6 @@ pub struct Cli {
     pub common: Common,
     #[command(subcommand)]
     pub scenario: Scenario,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct Common {
-    /// Server address(es), comma-separated or repeated. Users are
-    /// registered on the first; scenarios spread connections over all.
-    #[arg(
-        long = "server",
-        short = 's',
-        global = true,
-        value_delimiter = ',',
-        default_value = "127.0.0.1:6000"
-    )]
-    pub servers: Vec<SocketAddr>,
-    /// PID(s) of the server process(es): CPU time (from /proc/PID/stat) and
-    /// RSS (from /proc/PID/status) are read for them.
-    #[arg(long = "server-pid", global = true, value_delimiter = ',')]
-    pub server_pids: Vec<u32>,
-    /// Time before each measured window, excluded from every figure.
-    #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
-    pub warmup: Duration,
-    /// Length of each measured window (closed-loop scenarios).
-    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Measured runs; a JSON line with the median of each figure follows.
-    #[arg(long, global = true, default_value_t = 1)]
-    pub runs: usize,
-    /// Speak v2 (`"v":2`, request ids, an ACK per request) instead of v1
-    /// frames as the original client sends them.
-    #[arg(long, global = true)]
-    pub v2: bool,
-    /// How long to wait for any one reply or delivery.
-    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// Password of the benchmark users.
-    #[arg(long, global = true, default_value = "bench-password")]
-    pub password: String,
-    /// Runtime worker threads of the load generator (1: a single-threaded
-    /// runtime, cheapest when it shares the cores with the server).
-    #[arg(long, global = true, default_value_t = 1)]
-    pub threads: usize,
-    /// Print only the JSON lines.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// Never show a progress bar (it is shown only on a terminal anyway).
-    #[arg(long, global = true)]
-    pub no_progress: bool,
-    /// Connections used at once to register and log in users.
-    #[arg(long, global = true, default_value_t = 32)]
-    pub setup_concurrency: usize,
-    /// Local addresses to connect from, round robin (e.g.
-    /// 127.0.0.1,127.0.0.2): each gives about 28,000 ephemeral ports.
-    #[arg(long, global = true, value_delimiter = ',')]
-    pub source_ips: Vec<IpAddr>,
-    /// Reuse users listed in this file (`id name` per line) and append the
-    /// ones registered, so repeated runs against one database skip
-    /// registration.
-    #[arg(long, global = true)]
-    pub users_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -174,10 +118,10 @@ pub enum Scenario {
         proxy_threads: Option<usize>,
         /// Targets, in the order they are measured.
         #[arg(long, value_delimiter = ',', default_value = "direct,balancer,nginx")]
-        targets: Vec<crate::scenario::proxy::Target>,
+        targets: Vec<Target>,
         /// Tests, in the order they are run.
         #[arg(long, value_delimiter = ',', default_value = "keepalive,connect,bulk")]
-        tests: Vec<crate::scenario::proxy::Test>,
+        tests: Vec<Test>,
         /// Append a markdown section with the command, machine, load and
         /// results to this file (e.g. docs/BENCHMARKS.md).
         #[arg(long)]
@@ -185,47 +129,9 @@ pub enum Scenario {
     },
 }
 
-/// `1.5s`, `500ms`, `2m`, `100us`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 10s, 500ms, 2m)"))?;
-    let secs = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "m" | "min" => value * 60.0,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}` (use us, ms, s or m)"
-            ))
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{text}` is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5h").is_err());
-    }
 
     #[test]
     fn arguments_parse_with_global_options_anywhere() {
@@ -240,7 +146,7 @@ mod tests {
             "10",
             "--server-pid",
             "11",
-            "--v2",
+            "--v1",
             "--warmup",
             "0",
             "--runs",
@@ -249,14 +155,14 @@ mod tests {
         .unwrap();
         assert_eq!(cli.common.servers.len(), 2);
         assert_eq!(cli.common.server_pids, vec![10, 11]);
-        assert!(cli.common.v2);
+        assert!(cli.common.v1);
         assert_eq!(cli.common.warmup, Duration::ZERO);
         assert_eq!(cli.common.runs, 3);
         assert!(matches!(cli.scenario, Scenario::Cross { pairs: 3 }));
 
         let cli = Cli::try_parse_from(["chatbench", "pingpong"]).unwrap();
         assert_eq!(cli.common.servers, vec!["127.0.0.1:6000".parse().unwrap()]);
-        assert!(!cli.common.v2);
+        assert!(!cli.common.v1);
         assert_eq!(cli.common.threads, 1);
         assert!(matches!(cli.scenario, Scenario::Pingpong { pairs: 100 }));
 
@@ -297,7 +203,6 @@ mod tests {
                 connections,
                 ..
             } => {
-                use crate::scenario::proxy::{Target, Test};
                 assert_eq!(targets, vec![Target::Balancer, Target::Nginx]);
                 assert_eq!(tests, vec![Test::Bulk]);
                 assert_eq!(proxy_threads, Some(2));
@@ -307,5 +212,22 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["chatbench", "proxy", "--targets", "haproxy"]).is_err());
         assert!(Cli::try_parse_from(["chatbench"]).is_err());
+    }
+
+    #[test]
+    fn every_subcommand_help_shows_the_global_options() {
+        use clap::CommandFactory;
+        for sub in Cli::command().get_subcommands() {
+            let name = sub.get_name();
+            let err = Cli::try_parse_from(["chatbench", name, "--help"]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+            let help = err.to_string();
+            for option in ["--server <SERVERS>", "--server-pid", "--runs", "--json"] {
+                assert!(
+                    help.contains(option),
+                    "`{name} --help` lacks {option}:\n{help}"
+                );
+            }
+        }
     }
 }

@@ -1,19 +1,23 @@
 //! One client connection: connect (optionally from a given source address),
-//! write frames as v1 (NUL-terminated) or v2 (`\n`), read frames with the
-//! protocol's codec, and the small request/reply exchanges the scenarios need.
+//! write requests as v1 (NUL-terminated) or v2 (`\n`, with a `rid`) through
+//! the protocol crate, read frames with its codec, and the small
+//! request/reply exchanges the scenarios need.
 
-use std::borrow::Cow;
-use std::io::Write as _;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use protocol::{FrameCodec, FrameError, MsgId};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use protocol::{
+    Errno, Failure, FrameCodec, FrameError, Login, LoginAck, Logout, MsgId, Register, Reply,
+    Request, SendChat, ServerFrame, Version,
+};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Decoder;
+
+pub use protocol::ChatTarget;
 
 /// Why an exchange failed; `kind()` is the name errors are counted under.
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +30,10 @@ pub enum BenchError {
     Closed,
     #[error("timed out")]
     Timeout,
-    #[error("frame is not a JSON reply: {0}")]
+    #[error("frame is not a server frame: {0}")]
     BadFrame(String),
-    #[error("server answered errno {errno} to msgid {msgid}")]
-    Errno { msgid: i64, errno: i64 },
+    #[error("server answered errno {} in msgid {}", .errno.number(), .msgid.number())]
+    Errno { msgid: MsgId, errno: Errno },
     #[error("unexpected msgid {0}")]
     Unexpected(i64),
     #[error("message out of sequence")]
@@ -44,7 +48,9 @@ impl BenchError {
             BenchError::Closed => "closed".into(),
             BenchError::Timeout => "timeout".into(),
             BenchError::BadFrame(_) => "bad_frame".into(),
-            BenchError::Errno { msgid, errno } => format!("msgid{msgid}_errno{errno}"),
+            BenchError::Errno { msgid, errno } => {
+                format!("msgid{}_errno{}", msgid.number(), errno.number())
+            }
             BenchError::Unexpected(m) => format!("unexpected_msgid{m}"),
             BenchError::Sequence => "out_of_sequence".into(),
         }
@@ -57,42 +63,47 @@ impl BenchError {
             BenchError::Connect(_) | BenchError::Io(_) | BenchError::Closed
         )
     }
-}
 
-/// The fields of a server frame the scenarios look at; the rest is skipped.
-#[derive(Debug, Deserialize)]
-pub struct Incoming<'a> {
-    pub msgid: i64,
-    #[serde(default)]
-    pub errno: Option<i64>,
-    #[serde(default, borrow)]
-    pub msg: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub id: Option<i64>,
-    #[serde(default)]
-    pub groupid: Option<i64>,
-}
-
-impl<'a> Incoming<'a> {
-    pub fn parse(frame: &'a [u8]) -> Result<Self, BenchError> {
-        serde_json::from_slice(frame).map_err(|e| BenchError::BadFrame(e.to_string()))
-    }
-
-    /// The sequence number in a benchmark chat text (`seq 42 ...`).
-    pub fn seq(&self) -> Option<u64> {
-        parse_seq(self.msg.as_deref()?)
-    }
-
-    /// An error reply (`errno` present and not 0) as an error.
-    pub fn check(&self) -> Result<(), BenchError> {
-        match self.errno {
-            Some(errno) if errno != 0 => Err(BenchError::Errno {
-                msgid: self.msgid,
-                errno,
-            }),
-            _ => Ok(()),
+    /// An error reply, named by its reply type and errno.
+    pub fn refused(failure: &Failure) -> Self {
+        BenchError::Errno {
+            msgid: Failure::reply_type(failure.request),
+            errno: failure.errno,
         }
     }
+}
+
+/// Reads one server frame.
+pub fn parse(frame: &[u8]) -> Result<ServerFrame, BenchError> {
+    protocol::parse_server_frame(frame)
+        .map(|incoming| incoming.frame)
+        .map_err(|e| BenchError::BadFrame(e.to_string()))
+}
+
+/// Reads a frame met while benchmark chats flow: a pushed chat gives its
+/// sequence number, an ACK without error (of a v2 chat sent) gives `None`;
+/// error replies and anything else are errors.
+pub fn chat_seq(frame: &[u8]) -> Result<Option<u64>, BenchError> {
+    match parse(frame)? {
+        ServerFrame::Chat(chat) => parse_seq(&chat.msg).map(Some).ok_or(BenchError::Sequence),
+        ServerFrame::Reply(Reply::Done(_)) => Ok(None),
+        ServerFrame::Reply(Reply::Error(failure)) => Err(BenchError::refused(&failure)),
+        other => Err(BenchError::Unexpected(msgid_of(&other))),
+    }
+}
+
+/// The msgid a server frame came with.
+pub fn msgid_of(frame: &ServerFrame) -> i64 {
+    let msgid = match frame {
+        ServerFrame::Reply(Reply::LoginOk(_)) => MsgId::LoginAck,
+        ServerFrame::Reply(Reply::RegisterOk { .. }) => MsgId::RegisterAck,
+        ServerFrame::Reply(Reply::Done(_)) => MsgId::Ack,
+        ServerFrame::Reply(Reply::Pong(_)) => MsgId::Pong,
+        ServerFrame::Reply(Reply::Error(failure)) => Failure::reply_type(failure.request),
+        ServerFrame::Chat(chat) => chat.target.msgid(),
+        ServerFrame::Other { msgid } => return *msgid,
+    };
+    i64::from(msgid.number())
 }
 
 /// The sequence number at the start of a benchmark message text.
@@ -109,12 +120,46 @@ pub struct User {
     pub name: String,
 }
 
+/// The `time` a v1 chat carries, as the original client sends one.
+const V1_TIME: &str = "2024-01-01 00:00:00";
+
+/// The chat a benchmark task sends again and again, only its text `seq N`
+/// rewritten: one request reused, so a message costs no allocation. In
+/// v1 it carries the sender's `id` and a `time` as the original client's
+/// do; v2 leaves both to the server.
+#[derive(Debug, Clone)]
+pub struct BenchChat(Request);
+
+impl BenchChat {
+    pub fn new(from: &User, target: ChatTarget, version: Version) -> Self {
+        let v1 = version == Version::V1;
+        BenchChat(Request::Chat(SendChat {
+            id: v1.then_some(from.id),
+            target,
+            msg: String::with_capacity(24),
+            time: v1.then(|| V1_TIME.to_owned()),
+        }))
+    }
+
+    /// The request with the text `seq N`.
+    pub fn seq(&mut self, seq: u64) -> &Request {
+        // Always a chat: `new` builds nothing else.
+        if let Request::Chat(chat) = &mut self.0 {
+            chat.msg.clear();
+            let _ = write!(chat.msg, "seq {seq}");
+        }
+        &self.0
+    }
+}
+
 pub struct Conn {
     stream: TcpStream,
     buf: BytesMut,
     codec: FrameCodec,
-    /// Write v2 frames (`"v":2`, `\n`) instead of v1 (NUL-terminated).
-    pub v2: bool,
+    /// The version this connection writes: v1 frames as the original client
+    /// (NUL-terminated), or v2 (`"v":2`, a `rid`, `\n`).
+    pub version: Version,
+    /// The frame being written, reused from one request to the next.
     out: Vec<u8>,
     next_rid: u64,
 }
@@ -123,7 +168,7 @@ impl Conn {
     pub async fn connect(
         server: SocketAddr,
         source: Option<IpAddr>,
-        v2: bool,
+        version: Version,
     ) -> Result<Conn, BenchError> {
         let stream = match source {
             None => TcpStream::connect(server).await,
@@ -146,32 +191,24 @@ impl Conn {
             stream,
             buf: BytesMut::with_capacity(4096),
             codec: FrameCodec::new(1 << 24),
-            v2,
+            version,
             out: Vec::with_capacity(256),
             next_rid: 1,
         })
     }
 
-    /// Writes prepared bytes (terminator included) in one write call.
-    pub async fn send_raw(&mut self, frame: &[u8]) -> Result<(), BenchError> {
-        self.stream.write_all(frame).await.map_err(BenchError::Io)
-    }
-
-    /// Writes a request object, adding `v` and `rid` on v2 connections and
-    /// the terminator of the connection's version.
-    pub async fn send(&mut self, mut request: Value) -> Result<(), BenchError> {
-        if self.v2 {
-            request["v"] = json!(2);
-            request["rid"] = json!(self.next_rid);
+    /// Writes a request in this connection's version (v2: with the next
+    /// `rid`), in one write call.
+    pub async fn send(&mut self, request: &Request) -> Result<(), BenchError> {
+        let rid = (self.version == Version::V2).then(|| {
             self.next_rid += 1;
-        }
-        self.out.clear();
-        serde_json::to_writer(&mut self.out, &request).expect("JSON values serialize");
-        self.out.push(if self.v2 { b'\n' } else { 0 });
-        let frame = std::mem::take(&mut self.out);
-        let sent = self.send_raw(&frame).await;
-        self.out = frame;
-        sent
+            Value::from(self.next_rid - 1)
+        });
+        request.encode_into(&mut self.out, self.version, rid.as_ref());
+        self.stream
+            .write_all(&self.out)
+            .await
+            .map_err(BenchError::Io)
     }
 
     /// Reads the next frame.
@@ -200,31 +237,42 @@ impl Conn {
             .unwrap_or(Err(BenchError::Timeout))
     }
 
-    /// Reads frames until one with `msgid`, which must not carry an error.
-    /// Pushed chats and ACKs without error met on the way are skipped.
-    pub async fn expect(&mut self, msgid: MsgId, limit: Duration) -> Result<Value, BenchError> {
+    /// Reads frames until a reply that `pick` takes. Pushed chats and ACKs
+    /// without error met on the way are skipped; an error reply is an error.
+    async fn expect<T>(
+        &mut self,
+        limit: Duration,
+        pick: impl Fn(Reply) -> Result<T, Reply>,
+    ) -> Result<T, BenchError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let frame = tokio::time::timeout_at(deadline, self.recv())
                 .await
                 .unwrap_or(Err(BenchError::Timeout))?;
-            let reply: Value =
-                serde_json::from_slice(&frame).map_err(|e| BenchError::BadFrame(e.to_string()))?;
-            let got = reply["msgid"].as_i64().unwrap_or(-1);
-            let errno = reply["errno"].as_i64().unwrap_or(0);
-            if errno != 0 && (got == msgid.number() as i64 || got == MsgId::Ack.number() as i64) {
-                return Err(BenchError::Errno { msgid: got, errno });
-            }
-            if got == msgid.number() as i64 {
-                return Ok(reply);
-            }
-            if got != MsgId::OneChat.number() as i64
-                && got != MsgId::GroupChat.number() as i64
-                && got != MsgId::Ack.number() as i64
-            {
-                return Err(BenchError::Unexpected(got));
+            match parse(&frame)? {
+                ServerFrame::Reply(Reply::Error(failure)) => {
+                    return Err(BenchError::refused(&failure))
+                }
+                ServerFrame::Reply(reply) => match pick(reply) {
+                    Ok(picked) => return Ok(picked),
+                    Err(Reply::Done(_)) => {}
+                    Err(other) => {
+                        return Err(BenchError::Unexpected(msgid_of(&ServerFrame::Reply(other))))
+                    }
+                },
+                ServerFrame::Chat(_) => {}
+                ServerFrame::Other { msgid } => return Err(BenchError::Unexpected(msgid)),
             }
         }
+    }
+
+    /// Waits for the next ACK without error (v2).
+    pub async fn expect_ack(&mut self, limit: Duration) -> Result<protocol::Ack, BenchError> {
+        self.expect(limit, |reply| match reply {
+            Reply::Done(ack) => Ok(ack),
+            other => Err(other),
+        })
+        .await
     }
 
     pub async fn register(
@@ -233,12 +281,16 @@ impl Conn {
         password: &str,
         limit: Duration,
     ) -> Result<i64, BenchError> {
-        self.send(json!({"msgid": 4, "name": name, "password": password}))
-            .await?;
-        let ack = self.expect(MsgId::RegisterAck, limit).await?;
-        ack["id"]
-            .as_i64()
-            .ok_or_else(|| BenchError::BadFrame("REGISTER_ACK without id".into()))
+        let register = Register {
+            name: name.to_owned(),
+            password: password.to_owned(),
+        };
+        self.send(&Request::Register(register)).await?;
+        self.expect(limit, |reply| match reply {
+            Reply::RegisterOk { id } => Ok(id),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Logs in and returns the LOGIN_ACK.
@@ -247,22 +299,38 @@ impl Conn {
         id: i64,
         password: &str,
         limit: Duration,
-    ) -> Result<Value, BenchError> {
-        self.send(json!({"msgid": 1, "id": id, "password": password}))
-            .await?;
-        self.expect(MsgId::LoginAck, limit).await
+    ) -> Result<Box<LoginAck>, BenchError> {
+        let login = Login {
+            id,
+            password: password.to_owned(),
+        };
+        self.send(&Request::Login(login)).await?;
+        self.expect(limit, |reply| match reply {
+            Reply::LoginOk(ack) => Ok(ack),
+            other => Err(other),
+        })
+        .await
     }
 
-    /// Sends PING and waits for PONG: everything sent before has been
+    /// Sends PING and returns the PONG: everything sent before has been
     /// handled, and any error reply to it has been seen (and returned).
+    pub async fn ping(&mut self, limit: Duration) -> Result<protocol::Pong, BenchError> {
+        self.send(&Request::Ping).await?;
+        self.expect(limit, |reply| match reply {
+            Reply::Pong(pong) => Ok(pong),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// [`Conn::ping`] for its ordering only.
     pub async fn barrier(&mut self, limit: Duration) -> Result<(), BenchError> {
-        self.send(json!({"msgid": 12})).await?;
-        self.expect(MsgId::Pong, limit).await.map(drop)
+        self.ping(limit).await.map(drop)
     }
 
     /// LOGOUT, then a barrier so the server has released the user.
     pub async fn logout(&mut self, id: i64, limit: Duration) -> Result<(), BenchError> {
-        self.send(json!({"msgid": 3, "id": id})).await?;
+        self.send(&Request::Logout(Logout { id: Some(id) })).await?;
         self.barrier(limit).await
     }
 
@@ -271,38 +339,6 @@ impl Conn {
     pub fn into_stream(self) -> TcpStream {
         self.stream
     }
-}
-
-/// Builds a chat frame into `out`: `msgid` 6 (to a user) or 10 (to a group),
-/// text `seq N`, in the shape the original client sends (v1, NUL-terminated)
-/// or as v2 (`"v":2`, a `rid`, `\n`).
-pub fn chat_frame(out: &mut Vec<u8>, v2: bool, from: &User, target: ChatTarget, seq: u64) {
-    out.clear();
-    let (msgid, key, to) = match target {
-        ChatTarget::User(to) => (6, "toid", to),
-        ChatTarget::Group(g) => (10, "groupid", g),
-    };
-    if v2 {
-        let _ = write!(
-            out,
-            r#"{{"msgid":{msgid},"v":2,"rid":{seq},"{key}":{to},"msg":"seq {seq}"}}"#
-        );
-        out.push(b'\n');
-    } else {
-        let _ = write!(
-            out,
-            r#"{{"msgid":{msgid},"id":{},"name":{},"{key}":{to},"msg":"seq {seq}","time":"2024-01-01 00:00:00"}}"#,
-            from.id,
-            Value::from(from.name.as_str())
-        );
-        out.push(0);
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub enum ChatTarget {
-    User(i64),
-    Group(i64),
 }
 
 #[cfg(test)]
@@ -317,40 +353,55 @@ mod tests {
         assert_eq!(parse_seq("seq x"), None);
     }
 
+    fn sent(chat: &mut BenchChat, version: Version, seq: u64) -> Value {
+        let frame = chat.seq(seq).encode(version, None);
+        let end = if version == Version::V1 { 0 } else { b'\n' };
+        assert_eq!(frame.last(), Some(&end));
+        serde_json::from_slice(&frame[..frame.len() - 1]).unwrap()
+    }
+
     #[test]
-    fn chat_frames_match_the_wire_shapes() {
+    fn bench_chats_in_the_shape_of_each_version() {
         let user = User {
             id: 3,
             name: "a\"b".into(),
         };
-        let mut out = Vec::new();
-        chat_frame(&mut out, false, &user, ChatTarget::User(9), 5);
-        assert_eq!(out.last(), Some(&0));
-        let v: Value = serde_json::from_slice(&out[..out.len() - 1]).unwrap();
-        assert_eq!(v["msgid"], 6);
-        assert_eq!(v["id"], 3);
-        assert_eq!(v["name"], "a\"b");
-        assert_eq!(v["toid"], 9);
-        assert_eq!(v["msg"], "seq 5");
+        let mut v1 = BenchChat::new(&user, ChatTarget::User(9), Version::V1);
+        let v = sent(&mut v1, Version::V1, 5);
+        assert_eq!(
+            (v["msgid"].as_i64(), v["id"].as_i64(), v["toid"].as_i64()),
+            (Some(6), Some(3), Some(9))
+        );
+        assert_eq!(
+            (v["msg"].as_str(), v["time"].as_str()),
+            (Some("seq 5"), Some(V1_TIME))
+        );
         assert!(v.get("v").is_none());
-        chat_frame(&mut out, true, &user, ChatTarget::Group(2), 6);
-        assert_eq!(out.last(), Some(&b'\n'));
-        let v: Value = serde_json::from_slice(&out[..out.len() - 1]).unwrap();
+        // The text is rewritten, not appended to.
+        assert_eq!(sent(&mut v1, Version::V1, 6)["msg"], "seq 6");
+        let mut v2 = BenchChat::new(&user, ChatTarget::Group(2), Version::V2);
+        let v = sent(&mut v2, Version::V2, 7);
         assert_eq!(
             (v["msgid"].as_i64(), v["v"].as_i64(), v["groupid"].as_i64()),
             (Some(10), Some(2), Some(2))
         );
-        let incoming = Incoming::parse(
-            br#"{"msgid":10,"id":3,"name":"x","groupid":2,"msg":"seq 6","mid":1,"ts":2}"#,
-        )
-        .unwrap();
-        assert_eq!(incoming.seq(), Some(6));
-        assert!(incoming.check().is_ok());
-        let err = Incoming::parse(br#"{"msgid":11,"errno":4}"#)
-            .unwrap()
-            .check()
-            .unwrap_err();
+        assert!(v.get("id").is_none() && v.get("time").is_none());
+    }
+
+    #[test]
+    fn frames_met_while_chats_flow() {
+        let push = br#"{"msgid":10,"id":3,"name":"x","groupid":2,"msg":"seq 6","mid":1,"ts":2}"#;
+        assert_eq!(chat_seq(push).unwrap(), Some(6));
+        assert_eq!(
+            chat_seq(br#"{"msgid":11,"errno":0,"mid":1}"#).unwrap(),
+            None
+        );
+        let err = chat_seq(br#"{"msgid":11,"errno":4}"#).unwrap_err();
         assert_eq!(err.kind(), "msgid11_errno4");
-        assert!(Incoming::parse(b"nope").is_err());
+        let err = chat_seq(br#"{"msgid":6,"id":3,"toid":2,"msg":"hello"}"#).unwrap_err();
+        assert_eq!(err.kind(), "out_of_sequence");
+        let err = chat_seq(br#"{"msgid":13,"server":"s","load":1}"#).unwrap_err();
+        assert_eq!(err.kind(), "unexpected_msgid13");
+        assert_eq!(chat_seq(b"nope").unwrap_err().kind(), "bad_frame");
     }
 }

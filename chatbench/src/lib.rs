@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod conn;
+pub mod options;
 pub mod procfs;
 pub mod scenario;
 pub mod stats;
@@ -17,10 +18,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
+use protocol::Version;
 use serde_json::{Map, Value};
 
-use crate::cli::{Cli, Common, Scenario};
+use crate::cli::{Cli, Scenario};
 use crate::conn::{BenchError, Conn, User};
+use crate::options::Common;
 use crate::procfs::{CpuSample, CpuUsed};
 use crate::stats::{Errors, Latency, RunReport};
 
@@ -161,6 +164,15 @@ impl Bench {
         &self.prefix
     }
 
+    /// The protocol version the scenario's connections speak: v2 unless --v1.
+    pub fn version(&self) -> Version {
+        if self.common.v1 {
+            Version::V1
+        } else {
+            Version::V2
+        }
+    }
+
     pub fn server(&self, i: usize) -> SocketAddr {
         self.common.servers[i % self.common.servers.len()]
     }
@@ -205,7 +217,11 @@ impl Bench {
         let mut params = Map::new();
         params.insert(
             "version".into(),
-            (if self.common.v2 { "v2" } else { "v1" }).into(),
+            (match self.version() {
+                Version::V1 => "v1",
+                Version::V2 => "v2",
+            })
+            .into(),
         );
         params.insert(
             "servers".into(),
@@ -285,7 +301,7 @@ impl Bench {
                 let mut conn: Option<Conn> = None;
                 for (i, name) in chunk {
                     if conn.is_none() {
-                        match Conn::connect(self.server(0), self.source(c), self.common.v2).await {
+                        match Conn::connect(self.server(0), self.source(c), self.version()).await {
                             Ok(c) => conn = Some(c),
                             Err(e) => {
                                 out.push((i, Err(e)));
@@ -338,7 +354,7 @@ impl Bench {
                 let bar = bar.clone();
                 async move {
                     let mut conn =
-                        Conn::connect(server_of(i), self.source(i), self.common.v2).await?;
+                        Conn::connect(server_of(i), self.source(i), self.version()).await?;
                     conn.login(
                         user.id,
                         &self.common.password,

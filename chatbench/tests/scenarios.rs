@@ -69,7 +69,7 @@ impl Server {
 fn ping_pong_offline_and_fan_out_against_the_real_server() {
     let server = Server::start();
 
-    for version in [None, Some("--v2")] {
+    for version in [None, Some("--v1")] {
         let mut args = vec![
             "pingpong",
             "--pairs",

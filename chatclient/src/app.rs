@@ -8,8 +8,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use protocol::{
+    Ack, AddFriend, AddGroup, Chat, ChatTarget, CreateGroup, Errno, Failure, Friend, Group, Login,
+    LoginAck, Logout, Member, MsgId, Presence, Register, Reply, Request, Role, SendChat,
+    ServerFrame, Version,
+};
+
 use crate::command::{self, Command};
-use crate::wire::{self, Ack, Chat, Friend, Group, LoginAck, Member, Outgoing, ServerFrame};
+
+/// The protocol level this client speaks: every request carries `"v":2`
+/// and a numeric `rid`.
+pub const VERSION: Version = Version::V2;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -104,8 +113,11 @@ pub enum Output {
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Write one frame (JSON text without terminator).
-    Send(String),
+    /// Write one request, encoded for [`VERSION`] with this `rid`.
+    Send {
+        rid: u64,
+        request: Request,
+    },
     Show(Output),
     /// Read one more line of input.
     Ask(Ask),
@@ -195,31 +207,10 @@ pub struct App {
     linger_until: Option<Instant>,
 }
 
-fn errno_text(errno: i64) -> &'static str {
-    use protocol::Errno::*;
-    let known = match errno {
-        0 => Ok,
-        1 => BadCredentials,
-        2 => AlreadyLoggedIn,
-        3 => GroupNameTaken,
-        4 => NotFound,
-        5 => NotMember,
-        6 => BadRequest,
-        7 => NotAuthorized,
-        8 => FrameTooLarge,
-        9 => RateLimited,
-        10 => ServerError,
-        _ => return "unknown error",
-    };
-    known.default_message()
-}
-
-/// The server's message for a failed reply, or the standard one.
-fn failure(errno: i64, errmsg: Option<&str>) -> String {
-    let text = errmsg
-        .filter(|m| !m.trim().is_empty())
-        .unwrap_or_else(|| errno_text(errno));
-    format!("{text} (errno {errno})")
+/// A refused request as shown: the server's message (the errno's standard
+/// one when it sent none) and the errno.
+fn failure(failure: &Failure) -> String {
+    format!("{} (errno {})", failure.message, failure.errno.number())
 }
 
 impl App {
@@ -372,10 +363,10 @@ impl App {
                     self.back_to_menu(&mut fx);
                 } else {
                     self.phase = Phase::Registering;
-                    let request = Outgoing::Register {
+                    let request = Request::Register(Register {
                         name: name.clone(),
                         password: line.to_owned(),
-                    };
+                    });
                     self.send(
                         request,
                         Pending::Register { name },
@@ -464,7 +455,7 @@ impl App {
         let Some(profile) = self.profile.clone() else {
             return;
         };
-        let (me, my_name) = (profile.id, profile.name.clone());
+        let me = Some(profile.id);
         match command {
             Command::Help => fx.push(Effect::Show(Output::Help)),
             Command::Friends => fx.push(Effect::Show(Output::Friends(profile.friends))),
@@ -479,7 +470,8 @@ impl App {
             }
             Command::Loginout => {
                 if self.connected && self.logged_in {
-                    self.send(Outgoing::Logout { id: me }, Pending::Logout, line, now, fx);
+                    let logout = Request::Logout(Logout { id: me });
+                    self.send(logout, Pending::Logout, line, now, fx);
                 } else {
                     fx.push(Effect::Show(Output::Done(
                         "logged out (locally: not connected)".to_owned(),
@@ -502,38 +494,27 @@ impl App {
                     return;
                 }
                 let (request, what) = match other {
-                    Command::Chat { to, msg } => (
-                        Outgoing::OneChat {
-                            id: me,
-                            name: my_name,
-                            to,
-                            msg,
-                        },
-                        Pending::Chat { to },
-                    ),
+                    Command::Chat { to, msg } => {
+                        (chat(me, ChatTarget::User(to), msg), Pending::Chat { to })
+                    }
                     Command::GroupChat { group, msg } => (
-                        Outgoing::GroupChat {
-                            id: me,
-                            name: my_name,
-                            group,
-                            msg,
-                        },
+                        chat(me, ChatTarget::Group(group), msg),
                         Pending::GroupChat { group },
                     ),
                     Command::AddFriend { id } => (
-                        Outgoing::AddFriend { id: me, friend: id },
+                        Request::AddFriend(AddFriend { id: me, friend: id }),
                         Pending::AddFriend { id },
                     ),
                     Command::AddGroup { id } => (
-                        Outgoing::AddGroup { id: me, group: id },
+                        Request::AddGroup(AddGroup { id: me, group: id }),
                         Pending::AddGroup { id },
                     ),
                     Command::CreateGroup { name, desc } => (
-                        Outgoing::CreateGroup {
+                        Request::CreateGroup(CreateGroup {
                             id: me,
                             name: name.clone(),
                             desc: desc.clone(),
-                        },
+                        }),
                         Pending::CreateGroup { name, desc },
                     ),
                     Command::Help
@@ -636,7 +617,10 @@ impl App {
                 return fx;
             }
             let rid = self.rid();
-            fx.push(Effect::Send(Outgoing::Ping.to_json(rid)));
+            fx.push(Effect::Send {
+                rid,
+                request: Request::Ping,
+            });
             self.ping_sent = Some(now);
             self.next_ping = Some(now + self.settings.ping_interval);
         }
@@ -656,7 +640,7 @@ impl App {
         let mut fx = Vec::new();
         // Any frame shows the link is alive.
         self.ping_sent = None;
-        let parsed = wire::parse_server_frame(frame);
+        let parsed = protocol::parse_server_frame(frame);
         if self.settings.json && parsed.is_ok() {
             fx.push(Effect::Show(Output::Raw(
                 String::from_utf8_lossy(frame).trim().to_owned(),
@@ -667,24 +651,37 @@ impl App {
                 "ignored a bad frame from the server ({e}): {}",
                 preview(frame)
             )))),
-            Ok(ServerFrame::Chat(chat)) => {
-                self.seen_online(&chat);
-                self.show(Output::Chat(chat), &mut fx);
+            Ok(incoming) => {
+                let rid = incoming.rid_number();
+                match incoming.frame {
+                    ServerFrame::Chat(chat) => {
+                        self.seen_online(&chat);
+                        self.show(Output::Chat(chat), &mut fx);
+                    }
+                    ServerFrame::Reply(reply) => self.on_reply(rid, reply, now, &mut fx),
+                    ServerFrame::Other { msgid } => fx.push(Effect::Show(Output::Warn(format!(
+                        "ignored a frame with unexpected msgid {msgid}"
+                    )))),
+                }
             }
-            Ok(ServerFrame::LoginAck(ack)) => self.on_login_ack(*ack, now, &mut fx),
-            Ok(ServerFrame::RegisterAck {
-                rid,
-                errno,
-                errmsg,
-                id,
-            }) => self.on_register_ack(rid, errno, errmsg, id, &mut fx),
-            Ok(ServerFrame::Ack(ack)) => self.on_ack(ack, &mut fx),
-            Ok(ServerFrame::Pong { .. }) => {}
-            Ok(ServerFrame::Other { msgid }) => fx.push(Effect::Show(Output::Warn(format!(
-                "ignored a frame with unexpected msgid {msgid}"
-            )))),
         }
         fx
+    }
+
+    /// A reply goes to the request it answers; an error reply's type (LOGIN_ACK,
+    /// REGISTER_ACK or ACK) tells which kind of request that was.
+    fn on_reply(&mut self, rid: Option<u64>, reply: Reply, now: Instant, fx: &mut Vec<Effect>) {
+        match reply {
+            Reply::LoginOk(ack) => self.on_login_ack(rid, Ok(*ack), now, fx),
+            Reply::RegisterOk { id } => self.on_register_ack(rid, Ok(id), fx),
+            Reply::Done(ack) => self.on_ack(rid, Ok(ack), fx),
+            Reply::Pong(_) => {}
+            Reply::Error(refused) => match refused.request {
+                Some(MsgId::Login) => self.on_login_ack(rid, Err(refused), now, fx),
+                Some(MsgId::Register) => self.on_register_ack(rid, Err(refused), fx),
+                _ => self.on_ack(rid, Err(refused), fx),
+            },
+        }
     }
 
     fn take_pending(&mut self, rid: Option<u64>, kind: fn(&Pending) -> bool) -> Option<Pending> {
@@ -700,9 +697,15 @@ impl App {
         self.pending.remove(&rid).map(|p| p.what)
     }
 
-    fn on_login_ack(&mut self, ack: LoginAck, now: Instant, fx: &mut Vec<Effect>) {
+    fn on_login_ack(
+        &mut self,
+        rid: Option<u64>,
+        result: Result<LoginAck, Failure>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
         if self
-            .take_pending(ack.rid, |p| matches!(p, Pending::Login))
+            .take_pending(rid, |p| matches!(p, Pending::Login))
             .is_none()
         {
             fx.push(Effect::Show(Output::Warn(
@@ -713,54 +716,54 @@ impl App {
         let Some(creds) = self.creds.clone() else {
             return;
         };
-        if ack.errno == 0 {
-            let profile = Profile {
-                id: ack.id.unwrap_or(creds.id),
-                name: ack.name.clone().unwrap_or_default(),
-                friends: ack.friends,
-                groups: ack.groups,
-            };
-            self.profile = Some(profile.clone());
-            self.logged_in = true;
-            self.relogin_at = None;
-            if ack.skipped > 0 {
-                fx.push(Effect::Show(Output::Warn(format!(
-                    "{} unreadable entries in the friend and group lists were skipped",
-                    ack.skipped
-                ))));
-            }
-            let first = self.phase == Phase::LoggingIn;
-            if first {
-                self.show(Output::Welcome(profile), fx);
-            } else {
-                fx.push(Effect::Show(Output::Warn(format!(
-                    "logged in again as {} {}",
-                    profile.id, profile.name
-                ))));
-            }
-            for item in ack.offline {
-                match item {
-                    Ok(chat) => self.show(Output::Chat(chat), fx),
-                    Err(text) => fx.push(Effect::Show(Output::Warn(format!(
-                        "unreadable offline message: {}",
-                        preview(text.as_bytes())
-                    )))),
-                }
-            }
-            if first {
-                self.phase = Phase::Commands;
-                self.ask(Ask::Command, fx);
-            } else {
-                for line in std::mem::take(&mut self.held) {
-                    self.command(&line, now, fx);
-                }
-                if self.phase == Phase::Commands {
-                    self.ask(Ask::Command, fx);
-                }
-            }
-            return;
+        let ack = match result {
+            Ok(ack) => ack,
+            Err(refused) => return self.on_login_refused(&refused, now, fx),
+        };
+        let profile = Profile {
+            // Ids are positive: 0 is a reply that carried none.
+            id: if ack.id > 0 { ack.id } else { creds.id },
+            name: ack.name,
+            friends: ack.friends,
+            groups: ack.groups,
+        };
+        self.profile = Some(profile.clone());
+        self.logged_in = true;
+        self.relogin_at = None;
+        if ack.skipped > 0 {
+            fx.push(Effect::Show(Output::Warn(format!(
+                "{} unreadable entries in the friend, group and offline message lists \
+                 were skipped",
+                ack.skipped
+            ))));
         }
-        let busy = ack.errno == 2;
+        let first = self.phase == Phase::LoggingIn;
+        if first {
+            self.show(Output::Welcome(profile), fx);
+        } else {
+            fx.push(Effect::Show(Output::Warn(format!(
+                "logged in again as {} {}",
+                profile.id, profile.name
+            ))));
+        }
+        for chat in ack.offline {
+            self.show(Output::Chat(chat), fx);
+        }
+        if first {
+            self.phase = Phase::Commands;
+            self.ask(Ask::Command, fx);
+        } else {
+            for line in std::mem::take(&mut self.held) {
+                self.command(&line, now, fx);
+            }
+            if self.phase == Phase::Commands {
+                self.ask(Ask::Command, fx);
+            }
+        }
+    }
+
+    fn on_login_refused(&mut self, refused: &Failure, now: Instant, fx: &mut Vec<Effect>) {
+        let busy = refused.errno == Errno::AlreadyLoggedIn;
         let just_reconnected = self
             .reconnected_at
             .is_some_and(|t| now < t + self.settings.relogin_window);
@@ -772,10 +775,7 @@ impl App {
             self.relogin_at = Some(now + RELOGIN_RETRY_STEP);
             return;
         }
-        fx.push(error(format!(
-            "login failed: {}",
-            failure(ack.errno, ack.errmsg.as_deref())
-        )));
+        fx.push(error(format!("login failed: {}", failure(refused))));
         self.creds = None;
         self.profile = None;
         self.logged_in = false;
@@ -784,7 +784,10 @@ impl App {
             self.back_to_menu(fx);
         } else {
             self.report_held(fx);
-            let code = if ack.errno == 1 || ack.errno == 2 {
+            let code = if matches!(
+                refused.errno,
+                Errno::BadCredentials | Errno::AlreadyLoggedIn
+            ) {
                 EXIT_CREDENTIALS
             } else {
                 EXIT_CONNECTION
@@ -796,9 +799,7 @@ impl App {
     fn on_register_ack(
         &mut self,
         rid: Option<u64>,
-        errno: i64,
-        errmsg: Option<String>,
-        id: Option<i64>,
+        result: Result<i64, Failure>,
         fx: &mut Vec<Effect>,
     ) {
         let Some(Pending::Register { name }) =
@@ -809,59 +810,52 @@ impl App {
             )));
             return;
         };
-        match (errno, id) {
-            (0, Some(id)) => self.show(Output::Registered { id, name }, fx),
-            (0, None) => fx.push(error(
-                "registration: the server sent no id (malformed reply)".to_owned(),
-            )),
-            _ => fx.push(error(format!(
-                "registration failed: {}",
-                failure(errno, errmsg.as_deref())
-            ))),
+        match result {
+            Ok(id) => self.show(Output::Registered { id, name }, fx),
+            Err(refused) => fx.push(error(format!("registration failed: {}", failure(&refused)))),
         }
         if self.phase == Phase::Registering {
             self.back_to_menu(fx);
         }
     }
 
-    fn on_ack(&mut self, ack: Ack, fx: &mut Vec<Effect>) {
-        let what = ack.rid.and_then(|rid| self.pending.remove(&rid));
+    fn on_ack(&mut self, rid: Option<u64>, result: Result<Ack, Failure>, fx: &mut Vec<Effect>) {
+        let what = rid.and_then(|rid| self.pending.remove(&rid));
         let Some(entry) = what else {
-            if ack.errno != 0 {
-                fx.push(error(format!(
-                    "server error: {}",
-                    failure(ack.errno, ack.errmsg.as_deref())
-                )));
+            if let Err(refused) = result {
+                fx.push(error(format!("server error: {}", failure(&refused))));
             }
             return;
         };
-        if ack.errno != 0 {
-            let what = match &entry.what {
-                Pending::Chat { to } => format!("chat to {to}"),
-                Pending::GroupChat { group } => format!("groupchat to group {group}"),
-                Pending::AddFriend { id } => format!("addfriend {id}"),
-                Pending::CreateGroup { name, .. } => format!("creategroup {name}"),
-                Pending::AddGroup { id } => format!("addgroup {id}"),
-                Pending::Logout => "loginout".to_owned(),
-                Pending::Login => "login".to_owned(),
-                Pending::Register { .. } => "registration".to_owned(),
-            };
-            fx.push(error(format!(
-                "{what} failed: {}",
-                failure(ack.errno, ack.errmsg.as_deref())
-            )));
-            return;
-        }
+        let ack = match result {
+            Ok(ack) => ack,
+            Err(refused) => {
+                let what = match &entry.what {
+                    Pending::Chat { to } => format!("chat to {to}"),
+                    Pending::GroupChat { group } => format!("groupchat to group {group}"),
+                    Pending::AddFriend { id } => format!("addfriend {id}"),
+                    Pending::CreateGroup { name, .. } => format!("creategroup {name}"),
+                    Pending::AddGroup { id } => format!("addgroup {id}"),
+                    Pending::Logout => "loginout".to_owned(),
+                    Pending::Login => "login".to_owned(),
+                    Pending::Register { .. } => "registration".to_owned(),
+                };
+                fx.push(error(format!("{what} failed: {}", failure(&refused))));
+                return;
+            }
+        };
         let done = match entry.what {
             Pending::Chat { to } => format!("sent to {to}"),
             Pending::GroupChat { group } => format!("sent to group {group}"),
             Pending::AddFriend { id } => {
                 if let Some(p) = self.profile.as_mut() {
                     if !p.friends.iter().any(|f| f.id == id) {
+                        // Whether the new friend is online is not known: shown offline
+                        // until a message from them arrives.
                         p.friends.push(Friend {
                             id,
                             name: String::new(),
-                            state: String::new(),
+                            state: Presence::Offline,
                         });
                     }
                 }
@@ -873,8 +867,8 @@ impl App {
                         let me = Member {
                             id: p.id,
                             name: p.name.clone(),
-                            state: "online".into(),
-                            role: "creator".into(),
+                            state: Presence::Online,
+                            role: Role::Creator,
                         };
                         p.groups.push(Group {
                             id: gid,
@@ -916,10 +910,10 @@ impl App {
         };
         let members = profile.groups.iter_mut().flat_map(|g| g.users.iter_mut());
         for member in members.filter(|m| m.id == chat.from) {
-            member.state = "online".to_owned();
+            member.state = Presence::Online;
         }
         for friend in profile.friends.iter_mut().filter(|f| f.id == chat.from) {
-            friend.state = "online".to_owned();
+            friend.state = Presence::Online;
             if friend.name.is_empty() {
                 friend.name.clone_from(&chat.name);
             }
@@ -934,14 +928,14 @@ impl App {
 
     fn send(
         &mut self,
-        request: Outgoing,
+        request: Request,
         what: Pending,
         line: &str,
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
         let rid = self.rid();
-        fx.push(Effect::Send(request.to_json(rid)));
+        fx.push(Effect::Send { rid, request });
         self.pending.insert(
             rid,
             PendingEntry {
@@ -970,10 +964,10 @@ impl App {
             return;
         }
         let line = format!("login {}", creds.id);
-        let request = Outgoing::Login {
+        let request = Request::Login(Login {
             id: creds.id,
             password: creds.password,
-        };
+        });
         self.send(request, Pending::Login, &line, now, fx);
     }
 
@@ -1026,6 +1020,16 @@ impl App {
         self.linger_until = None;
         fx.push(Effect::Exit(code));
     }
+}
+
+/// A chat message from `me`; the server fills in the time.
+fn chat(me: Option<i64>, target: ChatTarget, msg: String) -> Request {
+    Request::Chat(SendChat {
+        id: me,
+        target,
+        msg,
+        time: None,
+    })
 }
 
 fn error(text: String) -> Effect {

@@ -1,8 +1,8 @@
 //! chatclient: a terminal client for ChatChat that people can use and
-//! scripts can drive. It speaks protocol v2 (see PROTOCOL.md).
+//! scripts can drive. It speaks protocol v2 (see docs/protocol.md); the
+//! `protocol` crate encodes its requests and reads the server's frames.
 //!
-//! - [`app`] is the state machine (no I/O), [`command`] parses typed lines,
-//!   [`wire`] builds requests and reads server frames;
+//! - [`app`] is the state machine (no I/O), [`command`] parses typed lines;
 //! - [`net`] owns the connection and reconnecting, [`ui`] the terminal;
 //! - [`run`] wires them: one task carries out the state machine's effects,
 //!   a reader task per connection feeds it frames, and a thread reads input.
@@ -11,7 +11,6 @@ pub mod app;
 pub mod command;
 pub mod net;
 pub mod ui;
-pub mod wire;
 
 use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
@@ -189,13 +188,14 @@ impl Driver {
     /// Carries out one effect; `Some(code)` to exit.
     async fn apply(&mut self, effect: Effect, todo: &mut VecDeque<Effect>) -> Option<u8> {
         match effect {
-            Effect::Send(text) => {
+            Effect::Send { rid, request } => {
                 let Some(link) = self.link.as_mut() else {
                     tracing::debug!("dropped a frame: not connected");
                     return None;
                 };
-                tracing::debug!(frame = %redact(&text), "sending");
-                if let Err(reason) = link.send(&text).await {
+                // The Debug form of a request never shows a password.
+                tracing::debug!(rid, ?request, "sending");
+                if let Err(reason) = link.send(rid, &request).await {
                     let effects = self.lose_connection(&reason, Instant::now());
                     todo.extend(effects);
                 }
@@ -230,33 +230,22 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// A request for the debug log, with any password masked.
-fn redact(text: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Object(mut object)) => {
-            if object.contains_key("password") {
-                object.insert("password".into(), "***".into());
-            }
-            serde_json::Value::Object(object).to_string()
-        }
-        _ => text.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use protocol::{Login, Request};
+
     use super::*;
 
     #[test]
     fn debug_logs_mask_passwords() {
-        let login = wire::Outgoing::Login {
-            id: 1,
-            password: "hunter2".into(),
-        }
-        .to_json(1);
-        let logged = redact(&login);
+        let send = Effect::Send {
+            rid: 1,
+            request: Request::Login(Login {
+                id: 1,
+                password: "hunter2".into(),
+            }),
+        };
+        let logged = format!("{send:?}");
         assert!(!logged.contains("hunter2"), "{logged}");
-        assert!(logged.contains("\"password\":\"***\""), "{logged}");
-        assert_eq!(redact("not json"), "not json");
     }
 }

@@ -5,15 +5,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
-use protocol::{FrameCodec, FrameError};
+use futures::StreamExt;
+use protocol::{FrameCodec, FrameError, Request};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
+use crate::app::VERSION;
 use crate::Event;
 
 /// The largest frame accepted from a server. Far above the server's own
@@ -60,7 +62,9 @@ pub async fn connect(target: &Target) -> std::io::Result<TcpStream> {
 /// sends [`Event::Frame`]s and finally one [`Event::Closed`], all tagged
 /// with this connection's generation so events of an old one are ignored.
 pub struct Link {
-    writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    writer: OwnedWriteHalf,
+    /// The frame being written, reused from one request to the next.
+    out: Vec<u8>,
     reader: JoinHandle<()>,
 }
 
@@ -87,16 +91,18 @@ impl Link {
             let _ = events.send(Event::Closed { generation, reason }).await;
         });
         Self {
-            writer: FramedWrite::new(write, FrameCodec::new(MAX_SERVER_FRAME)),
+            writer: write,
+            out: Vec::with_capacity(256),
             reader,
         }
     }
 
-    /// Writes one frame (JSON text, the codec adds the `\n`).
-    pub async fn send(&mut self, text: &str) -> Result<(), String> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.writer.send(text.as_bytes())).await {
+    /// Writes one request as a [`VERSION`] frame carrying `rid`.
+    pub async fn send(&mut self, rid: u64, request: &Request) -> Result<(), String> {
+        request.encode_into(&mut self.out, VERSION, Some(&serde_json::Value::from(rid)));
+        match tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&self.out)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(describe(&e)),
+            Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("could not write for {} s", WRITE_TIMEOUT.as_secs())),
         }
     }

@@ -8,6 +8,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::mpsc as std_mpsc;
 
 use anstyle::{AnsiColor, Style};
+use protocol::{Chat, ChatTarget, Friend, Group, Presence};
 use rustyline::completion::Completer;
 use rustyline::config::Configurer;
 use rustyline::error::ReadlineError;
@@ -20,7 +21,6 @@ use tokio::sync::mpsc;
 
 use crate::app::{Ask, Output, Profile};
 use crate::command;
-use crate::wire::{Chat, ChatTo, Friend, Group};
 use crate::Event;
 
 /// When to use colours.
@@ -110,8 +110,8 @@ pub fn sanitize(text: &str) -> Cow<'_, str> {
 /// The time shown for a message: the sender's `time` string, else the
 /// server's `ts` in local time.
 pub fn chat_time(chat: &Chat) -> String {
-    if let Some(time) = chat.time.as_deref().filter(|t| !t.trim().is_empty()) {
-        return sanitize(time).into_owned();
+    if !chat.time.trim().is_empty() {
+        return sanitize(&chat.time).into_owned();
     }
     chat.ts
         .and_then(chrono::DateTime::from_timestamp_millis)
@@ -129,9 +129,9 @@ pub fn render_chat(chat: &Chat, palette: Palette) -> String {
     let time = palette.paint(TIME, &format!("[{}]", chat_time(chat)));
     let sender = palette.paint(SENDER, &format!("{} {}", chat.from, sanitize(&chat.name)));
     let msg = sanitize(&chat.msg);
-    match chat.to {
-        ChatTo::User(_) => format!("{time} {sender}: {msg}"),
-        ChatTo::Group(group) => {
+    match chat.target {
+        ChatTarget::User(_) => format!("{time} {sender}: {msg}"),
+        ChatTarget::Group(group) => {
             let group = palette.paint(GROUP, &format!("#{group}"));
             format!("{time} {group} {sender}: {msg}")
         }
@@ -146,11 +146,10 @@ fn or_unknown(text: &str) -> Cow<'_, str> {
     }
 }
 
-fn state(text: &str, palette: Palette) -> String {
-    match text {
-        "online" => palette.paint(OK, "online"),
-        "" => "unknown".to_owned(),
-        other => sanitize(other).into_owned(),
+fn state(state: Presence, palette: Palette) -> String {
+    match state {
+        Presence::Online => palette.paint(OK, "online"),
+        Presence::Offline => "offline".to_owned(),
     }
 }
 
@@ -163,13 +162,13 @@ fn friend_lines(friends: &[Friend], interactive: bool, palette: Palette) -> Vec<
                     "{} {} {}",
                     f.id,
                     or_unknown(&f.name),
-                    state(&f.state, palette)
+                    state(f.state, palette)
                 )
             } else {
                 format!(
                     "friend: {} {} {}",
                     f.id,
-                    state(&f.state, palette),
+                    state(f.state, palette),
                     or_unknown(&f.name)
                 )
             }
@@ -193,13 +192,13 @@ fn group_lines(groups: &[Group], interactive: bool, palette: Palette) -> Vec<Str
             lines.push(format!("group: {title}: {desc}"));
         }
         for u in &g.users {
-            let role = or_unknown(&u.role);
+            let role = u.role.as_str();
             if interactive {
                 lines.push(format!(
                     "    {} {} {} {}",
                     u.id,
                     or_unknown(&u.name),
-                    state(&u.state, palette),
+                    state(u.state, palette),
                     role
                 ));
             } else {
@@ -208,7 +207,7 @@ fn group_lines(groups: &[Group], interactive: bool, palette: Palette) -> Vec<Str
                     g.id,
                     u.id,
                     role,
-                    state(&u.state, palette),
+                    state(u.state, palette),
                     or_unknown(&u.name)
                 ));
             }
@@ -414,6 +413,8 @@ pub fn spawn_script_input(events: mpsc::Sender<Event>) -> std_mpsc::Sender<Ask> 
 struct ClientHelper {
     masking: bool,
     color: bool,
+    /// Terminal width when the current prompt started (0: unknown).
+    cols: usize,
 }
 
 impl Completer for ClientHelper {
@@ -449,9 +450,11 @@ impl Validator for ClientHelper {}
 impl Highlighter for ClientHelper {
     fn highlight<'l>(&self, line: &'l str, _pos: usize) -> Cow<'l, str> {
         if self.masking {
-            // Blanks of the same width keep the editor's layout right while
-            // showing nothing; the cursor is hidden meanwhile.
-            Cow::Owned(" ".repeat(unicode_width::UnicodeWidthStr::width(line)))
+            // Nothing at all, not even one blank per character, so the length
+            // stays hidden too (the cursor is hidden meanwhile). Only the rows
+            // a line this long wraps onto are kept, as bare newlines, so that
+            // the editor's idea of which row it is on stays true.
+            Cow::Owned("\n".repeat(wrapped_rows(prompt(Ask::Password), line, self.cols)))
         } else {
             Cow::Borrowed(line)
         }
@@ -476,6 +479,22 @@ impl Highlighter for ClientHelper {
 
 impl Helper for ClientHelper {}
 
+/// Rows below the first that `prompt` followed by `line` take on a terminal
+/// `cols` wide, counted as rustyline counts them (text ending exactly at the
+/// right margin gets its newline from rustyline itself).
+fn wrapped_rows(prompt: &str, line: &str, cols: usize) -> usize {
+    let (mut rows, mut col) = (0, 0);
+    for c in prompt.chars().chain(line.chars()) {
+        let width = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        col += width;
+        if cols > 0 && col > cols {
+            rows += 1;
+            col = width;
+        }
+    }
+    rows
+}
+
 /// Starts the interactive line editor on its own thread. Returns where to
 /// print (above the prompt) and the sender for asks.
 pub fn spawn_interactive_input(
@@ -491,6 +510,7 @@ pub fn spawn_interactive_input(
     editor.set_helper(Some(ClientHelper {
         masking: false,
         color,
+        cols: 0,
     }));
     // Highlighting is what masks passwords, so it is always on; colours in
     // the prompt follow `color`.
@@ -508,8 +528,10 @@ pub fn spawn_interactive_input(
         .spawn(move || {
             while let Ok(ask) = asked.recv() {
                 let masking = ask == Ask::Password;
+                let cols = editor.dimensions().map_or(0, |(cols, _)| usize::from(cols));
                 if let Some(helper) = editor.helper_mut() {
                     helper.masking = masking;
+                    helper.cols = cols;
                 }
                 let hidden = if masking {
                     editor.set_cursor_visibility(false).ok().flatten()
@@ -545,13 +567,15 @@ pub fn spawn_interactive_input(
 mod tests {
     use super::*;
 
-    fn chat(to: ChatTo, msg: &str) -> Chat {
+    use protocol::{Member, Role};
+
+    fn chat(target: ChatTarget, msg: &str) -> Chat {
         Chat {
-            to,
+            target,
             from: 15,
             name: "li si".into(),
             msg: msg.into(),
-            time: Some("2024-05-01 10:00:00".into()),
+            time: "2024-05-01 10:00:00".into(),
             mid: Some(1),
             ts: Some(1),
         }
@@ -561,13 +585,13 @@ mod tests {
     fn chat_lines_in_the_scripted_format() {
         assert_eq!(
             render_chat(
-                &chat(ChatTo::User(13), "hello: 你好 😀 \"q\""),
+                &chat(ChatTarget::User(13), "hello: 你好 😀 \"q\""),
                 Palette::PLAIN
             ),
             "[2024-05-01 10:00:00] 15 li si: hello: 你好 😀 \"q\""
         );
         assert_eq!(
-            render_chat(&chat(ChatTo::Group(3), "hi all"), Palette::PLAIN),
+            render_chat(&chat(ChatTarget::Group(3), "hi all"), Palette::PLAIN),
             "[2024-05-01 10:00:00] #3 15 li si: hi all"
         );
     }
@@ -576,7 +600,7 @@ mod tests {
     fn control_characters_cannot_break_lines_or_drive_the_terminal() {
         assert_eq!(
             render_chat(
-                &chat(ChatTo::User(1), "a\nb\r\x1b[2Jc\u{7f}"),
+                &chat(ChatTarget::User(1), "a\nb\r\x1b[2Jc\u{7f}"),
                 Palette::PLAIN
             ),
             "[2024-05-01 10:00:00] 15 li si: a\\nb\\r\\u{1b}[2Jc\\u{7f}"
@@ -586,8 +610,8 @@ mod tests {
 
     #[test]
     fn time_falls_back_to_the_server_timestamp() {
-        let mut c = chat(ChatTo::User(1), "x");
-        c.time = None;
+        let mut c = chat(ChatTarget::User(1), "x");
+        c.time = String::new();
         c.ts = Some(0);
         let shown = chat_time(&c);
         assert!(shown.starts_with("19"), "{shown}");
@@ -598,7 +622,7 @@ mod tests {
 
     #[test]
     fn colours_only_when_enabled() {
-        let colored = render_chat(&chat(ChatTo::Group(3), "x"), Palette { color: true });
+        let colored = render_chat(&chat(ChatTarget::Group(3), "x"), Palette { color: true });
         assert!(colored.contains('\x1b'));
         let (stream, text) = render(&Output::Error("boom".into()), false, Palette::PLAIN).unwrap();
         assert_eq!((stream, text.as_str()), (Stream::Stderr, "error: boom"));
@@ -612,17 +636,17 @@ mod tests {
             friends: vec![Friend {
                 id: 15,
                 name: "li si".into(),
-                state: "offline".into(),
+                state: Presence::Offline,
             }],
             groups: vec![Group {
                 id: 1,
                 name: "g".into(),
                 desc: "d".into(),
-                users: vec![crate::wire::Member {
+                users: vec![Member {
                     id: 13,
                     name: "zhang san".into(),
-                    state: "online".into(),
-                    role: "creator".into(),
+                    state: Presence::Online,
+                    role: Role::Creator,
                 }],
             }],
         };

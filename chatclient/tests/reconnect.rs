@@ -77,7 +77,7 @@ async fn bad_server_frames_are_reported_not_fatal() {
     for needle in [
         "not valid JSON",
         "not a JSON object",
-        "field id is missing",
+        "field toid is missing",
         "not valid UTF-8",
         "unexpected msgid 99",
         "not a JSON object",

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::ConfigError;
 
@@ -33,15 +34,26 @@ pub const DEFAULT_PRESENCE_LEASE: Duration = Duration::from_secs(15);
 /// or as a key of the TOML file passed with --config (see
 /// config/chatserver.toml); flags override the environment, which overrides
 /// the file.
-#[derive(Debug, Parser)]
+///
+/// Each setting is declared once, here: its flag, variable, file key (the
+/// field name) and help. The file is read into this same struct, and the
+/// two are merged field by field (see `merge`).
+#[derive(Debug, Default, Parser, Serialize, Deserialize)]
 #[command(version, about, long_about = None)]
+#[serde(deny_unknown_fields, default)]
 pub struct Args {
     /// Address to listen on [config: listen, default 127.0.0.1]
+    #[serde(skip)]
     pub ip: Option<String>,
     /// Port to listen on; 0 picks a free port [config: listen, default 6000]
+    #[serde(skip)]
     pub port: Option<u16>,
+    /// IP:PORT to listen on; a file key only (flags use IP PORT).
+    #[arg(skip)]
+    pub listen: Option<String>,
     /// TOML config file with the same settings as the options below.
     #[arg(long, env = "CHAT_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Storage: sqlite://FILE?mode=rwc (embedded, the default: chat.db in the
     /// working directory) or mysql://USER:PASS@HOST:PORT/DB (MySQL/MariaDB; the
@@ -103,28 +115,29 @@ pub struct Args {
     pub log_format: Option<String>,
 }
 
-/// The config file, as written. Unknown keys are rejected.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    database_url: Option<String>,
-    max_frame: Option<usize>,
-    hash_memory_kib: Option<u32>,
-    hash_iterations: Option<u32>,
-    hash_threads: Option<usize>,
-    login_idle_timeout: Option<String>,
-    v2_idle_timeout: Option<String>,
-    frame_stall_timeout: Option<String>,
-    outbound_queue: Option<usize>,
-    v1_write_gap: Option<String>,
-    db_connect_timeout: Option<String>,
-    redis_url: Option<String>,
-    redis_prefix: Option<String>,
-    presence_lease: Option<String>,
-    worker_threads: Option<usize>,
-    name: Option<String>,
-    log_format: Option<String>,
+/// Flags (and environment) over the file: every setting given in `flags`
+/// replaces the file's. Generic over the fields, so a new setting needs no
+/// line here.
+fn merge(file: Args, flags: Args) -> Result<Args, ConfigError> {
+    let as_map = |args: &Args| match serde_json::to_value(args) {
+        Ok(Value::Object(map)) => map,
+        _ => unreachable!("Args serializes to an object"),
+    };
+    let mut merged = as_map(&file);
+    for (key, value) in as_map(&flags) {
+        if !value.is_null() {
+            merged.insert(key, value);
+        }
+    }
+    let mut args: Args =
+        serde_json::from_value(Value::Object(merged)).map_err(|e| ConfigError::Invalid {
+            option: "config",
+            message: e.to_string(),
+        })?;
+    args.ip = flags.ip;
+    args.port = flags.port;
+    args.config = flags.config;
+    Ok(args)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,13 +257,14 @@ fn default_threads() -> usize {
 
 impl Config {
     /// Merges the file named by `--config` (if any) under the flags.
-    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
-        let file = match &args.config {
+    pub fn from_args(flags: Args) -> Result<Self, ConfigError> {
+        let file = match &flags.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => Args::default(),
         };
+        let args = merge(file, flags)?;
         let defaults = Config::default();
-        let listen = match (args.ip, args.port, file.listen) {
+        let listen = match (args.ip, args.port, args.listen) {
             (Some(ip), Some(port), _) => join_host_port(&ip, port),
             (Some(ip), None, _) => join_host_port(&ip, 6000),
             (None, _, Some(listen)) => listen,
@@ -258,73 +272,45 @@ impl Config {
         };
         let config = Config {
             listen,
-            database_url: args
-                .database_url
-                .or(file.database_url)
-                .unwrap_or(defaults.database_url),
-            max_frame: args
-                .max_frame
-                .or(file.max_frame)
-                .unwrap_or(defaults.max_frame),
+            database_url: args.database_url.unwrap_or(defaults.database_url),
+            max_frame: args.max_frame.unwrap_or(defaults.max_frame),
             hash_cost: HashCost {
-                memory_kib: args
-                    .hash_memory_kib
-                    .or(file.hash_memory_kib)
-                    .unwrap_or(DEFAULT_HASH_MEMORY_KIB),
-                iterations: args
-                    .hash_iterations
-                    .or(file.hash_iterations)
-                    .unwrap_or(DEFAULT_HASH_ITERATIONS),
+                memory_kib: args.hash_memory_kib.unwrap_or(DEFAULT_HASH_MEMORY_KIB),
+                iterations: args.hash_iterations.unwrap_or(DEFAULT_HASH_ITERATIONS),
             },
-            hash_threads: args
-                .hash_threads
-                .or(file.hash_threads)
-                .unwrap_or(defaults.hash_threads),
+            hash_threads: args.hash_threads.unwrap_or(defaults.hash_threads),
             login_idle_timeout: duration(
                 "login-idle-timeout",
-                args.login_idle_timeout.or(file.login_idle_timeout),
+                args.login_idle_timeout,
                 defaults.login_idle_timeout,
             )?,
             v2_idle_timeout: duration(
                 "v2-idle-timeout",
-                args.v2_idle_timeout.or(file.v2_idle_timeout),
+                args.v2_idle_timeout,
                 defaults.v2_idle_timeout,
             )?,
             frame_stall_timeout: duration(
                 "frame-stall-timeout",
-                args.frame_stall_timeout.or(file.frame_stall_timeout),
+                args.frame_stall_timeout,
                 defaults.frame_stall_timeout,
             )?,
-            outbound_queue: args
-                .outbound_queue
-                .or(file.outbound_queue)
-                .unwrap_or(defaults.outbound_queue),
-            v1_write_gap: duration(
-                "v1-write-gap",
-                args.v1_write_gap.or(file.v1_write_gap),
-                defaults.v1_write_gap,
-            )?,
+            outbound_queue: args.outbound_queue.unwrap_or(defaults.outbound_queue),
+            v1_write_gap: duration("v1-write-gap", args.v1_write_gap, defaults.v1_write_gap)?,
             db_connect_timeout: duration(
                 "db-connect-timeout",
-                args.db_connect_timeout.or(file.db_connect_timeout),
+                args.db_connect_timeout,
                 defaults.db_connect_timeout,
             )?,
-            redis_url: args.redis_url.or(file.redis_url),
-            redis_prefix: args
-                .redis_prefix
-                .or(file.redis_prefix)
-                .unwrap_or(defaults.redis_prefix),
+            redis_url: args.redis_url,
+            redis_prefix: args.redis_prefix.unwrap_or(defaults.redis_prefix),
             presence_lease: duration(
                 "presence-lease",
-                args.presence_lease.or(file.presence_lease),
+                args.presence_lease,
                 defaults.presence_lease,
             )?,
-            worker_threads: args
-                .worker_threads
-                .or(file.worker_threads)
-                .unwrap_or(defaults.worker_threads),
-            name: args.name.or(file.name),
-            log_format: match args.log_format.or(file.log_format).as_deref() {
+            worker_threads: args.worker_threads.unwrap_or(defaults.worker_threads),
+            name: args.name,
+            log_format: match args.log_format.as_deref() {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,
                 Some(other) => {
@@ -406,7 +392,7 @@ fn duration(
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<Args, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,

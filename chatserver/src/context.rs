@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use crate::cluster::Cluster;
+use crate::bus::Bus;
 use crate::directory::Directory;
 use crate::hasher::PasswordHasher;
 use crate::mid::MidGenerator;
 use crate::rate_limit::AddressLimiter;
+use crate::refusals::Refusals;
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -33,7 +32,9 @@ pub struct Context {
     pub directory: Directory,
     pub hasher: PasswordHasher,
     pub address_limiter: AddressLimiter,
+    /// Every limit's refusals, counted and log-throttled.
+    pub refusals: Refusals,
     pub mids: MidGenerator,
-    /// Present in cluster mode (`--redis-url`).
-    pub cluster: Option<Arc<Cluster>>,
+    /// Other servers: Redis in cluster mode (`--redis-url`), else local only.
+    pub bus: Bus,
 }

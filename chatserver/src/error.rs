@@ -19,18 +19,31 @@ pub enum ConfigError {
     },
 }
 
-/// Storage failed. Requests that hit it get errno 10; nothing was half-done
-/// because multi-row writes run in transactions.
+/// Storage failed; nothing was half-done because multi-row writes run in
+/// transactions.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("password hashing failed: {0}")]
-    Hash(String),
+}
+
+/// The password-hashing threads failed or are gone.
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing failed: {0}")]
+pub struct HashError(pub String);
+
+/// Why a request could not be served: what errno 10 reports. The request
+/// changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hash(#[from] HashError),
     #[error("cluster unavailable: {0}")]
-    Cluster(String),
+    Bus(#[from] BusError),
 }
 
 /// Why the server could not start; `main` maps each to an exit code.
@@ -44,5 +57,19 @@ pub enum StartError {
     #[error("database unreachable at start-up: {0}")]
     Database(StoreError),
     #[error("redis unreachable at start-up: {0}")]
-    Redis(crate::cluster::ClusterError),
+    Redis(BusError),
+}
+
+/// A call to the cluster's Redis failed. Requests that needed it get
+/// errno 10; local users keep being served.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("redis is not connected")]
+    NotConnected,
+    #[error("no free server number: {0} servers already run in this cluster")]
+    NoFreeNode(u64),
 }

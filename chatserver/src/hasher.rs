@@ -11,7 +11,7 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::config::HashCost;
-use crate::error::StoreError;
+use crate::error::HashError;
 
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
@@ -55,7 +55,7 @@ impl PasswordHasher {
     }
 
     /// A PHC string (`$argon2id$v=19$m=...`) for a new password.
-    pub async fn hash(&self, password: String) -> Result<String, StoreError> {
+    pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let cost = self.cost;
         self.on_pool(move |_memory| {
             let params =
@@ -71,40 +71,40 @@ impl PasswordHasher {
     }
 
     /// Checks a password against a stored hash, at the cost the hash was made with.
-    pub async fn verify(&self, password: String, stored: String) -> Result<bool, StoreError> {
+    pub async fn verify(&self, password: String, stored: String) -> Result<bool, HashError> {
         self.on_pool(move |memory| verify_with(memory, password.as_bytes(), &stored))
             .await
     }
 
     async fn on_pool<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Vec<Block>) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
+        work: impl FnOnce(&mut Vec<Block>) -> Result<T, HashError> + Send + 'static,
+    ) -> Result<T, HashError> {
         let _permit = self
             .permits
             .acquire()
             .await
-            .map_err(|_| StoreError::Hash("hasher closed".into()))?;
+            .map_err(|_| HashError("hasher closed".into()))?;
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |memory| {
             let _ = done.send(work(memory));
         });
         self.jobs
             .send(job)
-            .map_err(|_| StoreError::Hash("hashing threads are gone".into()))?;
+            .map_err(|_| HashError("hashing threads are gone".into()))?;
         result
             .await
-            .map_err(|_| StoreError::Hash("hashing thread failed".into()))?
+            .map_err(|_| HashError("hashing thread failed".into()))?
     }
 }
 
-fn hash_error(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Hash(error.to_string())
+fn hash_error(error: impl std::fmt::Display) -> HashError {
+    HashError(error.to_string())
 }
 
 /// Recomputes the stored hash with the caller's work area and compares in
 /// constant time.
-fn verify_with(memory: &mut Vec<Block>, password: &[u8], stored: &str) -> Result<bool, StoreError> {
+fn verify_with(memory: &mut Vec<Block>, password: &[u8], stored: &str) -> Result<bool, HashError> {
     let parsed = PasswordHash::new(stored).map_err(hash_error)?;
     let algorithm = Algorithm::try_from(parsed.algorithm).map_err(hash_error)?;
     let version = match parsed.version {

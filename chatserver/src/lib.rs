@@ -3,7 +3,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod cluster;
+pub mod bus;
 pub mod command;
 pub mod config;
 pub mod context;
@@ -11,14 +11,16 @@ pub mod delivery;
 pub mod directory;
 pub mod error;
 pub mod hasher;
+mod inbound;
 pub mod mailbox;
 pub mod mid;
 pub mod rate_limit;
+pub mod refusals;
 pub mod registry;
 mod server;
 mod session;
 pub mod store;
 
 pub use config::{Args, Config};
-pub use error::{ConfigError, StartError, StoreError};
+pub use error::{BusError, ConfigError, HashError, StartError, StoreError, Unavailable};
 pub use server::{run, Server};

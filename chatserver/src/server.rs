@@ -10,12 +10,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{self, Cluster};
+use crate::bus::{Bus, RedisBus};
 use crate::config::Config;
 use crate::context::{Context, Limits};
 use crate::directory::Directory;
 use crate::error::StartError;
 use crate::hasher::PasswordHasher;
+use crate::inbound;
 use crate::mid::MidGenerator;
 use crate::rate_limit::AddressLimiter;
 use crate::registry::Registry;
@@ -30,11 +31,11 @@ const GROUP_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Connects to Redis, retrying like the database: a cluster may start
 /// before its Redis does.
-async fn connect_cluster(config: &Config, url: &str, name: &str) -> Result<Cluster, StartError> {
+async fn connect_cluster(config: &Config, url: &str, name: &str) -> Result<RedisBus, StartError> {
     let deadline = tokio::time::Instant::now() + config.db_connect_timeout;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match Cluster::connect(url, &config.redis_prefix, name, config.presence_lease).await {
+        match RedisBus::connect(url, &config.redis_prefix, name, config.presence_lease).await {
             Ok(cluster) => {
                 tracing::info!(
                     token = cluster.token(),
@@ -68,20 +69,20 @@ impl Server {
             .name
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
-        let cluster = match &config.redis_url {
-            Some(url) => Some(Arc::new(connect_cluster(config, url, &server_name).await?)),
+        let bus = match &config.redis_url {
+            Some(url) => Bus::Redis(Arc::new(connect_cluster(config, url, &server_name).await?)),
             None => {
                 // A single server owns every session, so nobody is online yet.
                 store
                     .reset_online_states()
                     .await
                     .map_err(StartError::Database)?;
-                None
+                Bus::Local
             }
         };
         // Cached memberships expire in a cluster, in case a join announced
         // on another server is missed during a Redis outage.
-        let group_ttl = cluster.as_ref().map(|_| GROUP_CACHE_TTL);
+        let group_ttl = matches!(bus, Bus::Redis(_)).then_some(GROUP_CACHE_TTL);
         let ctx = Context {
             server_name,
             limits: Limits {
@@ -97,8 +98,9 @@ impl Server {
             registry: Registry::default(),
             hasher: PasswordHasher::new(config.hash_cost, config.hash_threads),
             address_limiter: AddressLimiter::default(),
-            mids: MidGenerator::new(cluster.as_ref().map_or(0, |c| c.node())),
-            cluster,
+            refusals: Default::default(),
+            mids: MidGenerator::new(bus.node()),
+            bus,
         };
         Ok(Server { ctx: Arc::new(ctx) })
     }
@@ -108,11 +110,11 @@ impl Server {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let stop = CancellationToken::new();
         let sessions = TaskTracker::new();
-        let cluster_tasks = self
-            .ctx
-            .cluster
-            .clone()
-            .map(|cluster| cluster::spawn_tasks(self.ctx.clone(), cluster, stop.clone()));
+        // The bus's heartbeat and subscriber, and the stores they start.
+        let background = TaskTracker::new();
+        if let Bus::Redis(redis) = &self.ctx.bus {
+            inbound::spawn(self.ctx.clone(), redis.clone(), stop.clone(), &background);
+        }
         let mut next_conn_id: u64 = 0;
         tokio::pin!(shutdown);
         loop {
@@ -153,12 +155,10 @@ impl Server {
         }
         let still_online = self.ctx.registry.users();
         let final_update = async {
-            if let Some(tasks) = cluster_tasks {
-                tasks.wait().await;
-            }
-            if let Some(cluster) = &self.ctx.cluster {
-                cluster.leave(&still_online).await;
-            }
+            // Stores still running must finish before the pool closes.
+            background.close();
+            background.wait().await;
+            self.ctx.bus.leave(&still_online).await;
             if let Err(error) = self.ctx.store.set_online(&still_online, false).await {
                 tracing::error!(%error, "could not record users offline");
             }

@@ -19,6 +19,7 @@ use crate::command::{self, offline, AfterWrite, SessionState};
 use crate::context::Context;
 use crate::delivery::store_for_later;
 use crate::mailbox::{v1_frame, Outbound, Pushed};
+use crate::refusals::Refusal;
 
 /// A write that makes no progress this long means the peer stopped reading.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -219,9 +220,10 @@ impl Connection {
                     Box::pin(self.handle(&frame).instrument(span)).await?;
                 }
                 Ok(None) => break,
-                Err(FrameError::TooLarge { limit }) => {
-                    self.span
-                        .in_scope(|| tracing::warn!(limit, "frame too large"));
+                Err(FrameError::TooLarge { .. }) => {
+                    self.ctx
+                        .refusals
+                        .note(Refusal::FrameTooLarge, self.state.peer_ip);
                     self.reply(Reply::error(None, Errno::FrameTooLarge), None)
                         .await?;
                     return Err(Closing::FrameTooLarge);

@@ -1,4 +1,4 @@
-//! Hostile and malformed input: each gets the reply PROTOCOL.md names, the
+//! Hostile and malformed input: each gets the reply docs/protocol.md names, the
 //! connection stays usable (except for an oversized frame), other users are
 //! unaffected and no stored row changes.
 

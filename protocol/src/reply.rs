@@ -4,10 +4,14 @@
 
 use std::borrow::Cow;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::json::{Obj, ObjectWriter};
-use crate::message::{ack::Ack, ack::Failure, chat::Chat, login::LoginAck, ping::Pong};
+use crate::message::{
+    ack::Ack, ack::Failure, chat::Chat, chat::ChatTarget, login::LoginAck, ping::Pong,
+};
 use crate::{Errno, MsgId, Version};
 
 /// One reply to one request.
@@ -126,6 +130,9 @@ impl Incoming {
 /// strings read like v2 lists of objects. Never panics, whatever the bytes.
 pub fn parse_server_frame(frame: &[u8]) -> Result<Incoming, WireError> {
     let text = std::str::from_utf8(frame).map_err(|_| WireError::NotUtf8)?;
+    if let Some(incoming) = read_common(text) {
+        return Ok(incoming);
+    }
     let value: Value = serde_json::from_str(text).map_err(|_| WireError::NotJson)?;
     let Value::Object(map) = value else {
         return Err(WireError::NotObject);
@@ -156,9 +163,106 @@ pub fn parse_server_frame(frame: &[u8]) -> Result<Incoming, WireError> {
     Ok(Incoming { rid, frame })
 }
 
+/// The fields of the frames clients read most: pushed chats and successful
+/// ACKs and REGISTER_ACKs.
+#[derive(Deserialize)]
+struct CommonFields<'a> {
+    msgid: i64,
+    errno: Option<i64>,
+    #[serde(borrow)]
+    rid: Option<&'a RawValue>,
+    id: Option<i64>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    toid: Option<i64>,
+    groupid: Option<i64>,
+    #[serde(borrow)]
+    msg: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
+    mid: Option<i64>,
+    ts: Option<i64>,
+}
+
+/// Reads a common frame in one pass, without building a map of it (a load
+/// generator reads one per delivery). `None` sends everything else, and
+/// anything odd (a mistyped or repeated field), to the general reader,
+/// which gives the same result or the precise error.
+fn read_common(text: &str) -> Option<Incoming> {
+    let fields: CommonFields = serde_json::from_str(text).ok()?;
+    let frame = match (MsgId::from_number(fields.msgid)?, fields.errno) {
+        (msgid @ (MsgId::OneChat | MsgId::GroupChat), _) => ServerFrame::Chat(Chat {
+            target: match msgid {
+                MsgId::OneChat => ChatTarget::User(fields.toid?),
+                _ => ChatTarget::Group(fields.groupid?),
+            },
+            from: fields.id?,
+            name: fields.name.map(Cow::into_owned).unwrap_or_default(),
+            msg: fields.msg?.into_owned(),
+            time: fields.time.map(Cow::into_owned).unwrap_or_default(),
+            mid: fields.mid,
+            ts: fields.ts,
+        }),
+        (MsgId::Ack, Some(0)) => ServerFrame::Reply(Reply::Done(Ack {
+            mid: fields.mid,
+            groupid: fields.groupid,
+        })),
+        (MsgId::RegisterAck, Some(0)) => ServerFrame::Reply(Reply::RegisterOk { id: fields.id? }),
+        _ => return None,
+    };
+    let rid = match fields
+        .rid
+        .map(|raw| serde_json::from_str::<Value>(raw.get()))
+    {
+        Some(Ok(rid @ (Value::String(_) | Value::Number(_)))) => Some(rid),
+        _ => None,
+    };
+    Some(Incoming { rid, frame })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass reader and the general one agree on every frame the
+    /// first accepts.
+    #[test]
+    fn common_frames_read_the_same_both_ways() {
+        let frames: [&[u8]; 8] = [
+            br#"{"msgid":6,"id":1,"name":"n","toid":2,"msg":"a\"b \u4e2d","time":"t","mid":3,"ts":4}"#,
+            br#"{"msgid":10,"id":1,"groupid":5,"msg":"m","rid":7}"#,
+            br#"{"msgid":10,"id":1,"groupid":5,"msg":"m","name":null,"extra":[1,{"a":2}]}"#,
+            br#"{"msgid":11,"errno":0,"mid":9,"rid":"r"}"#,
+            br#"{"msgid":11,"errno":0,"groupid":9,"rid":[1]}"#,
+            br#"{"msgid":5,"errno":0,"id":22}"#,
+            br#"{"msgid":6,"id":1,"toid":2,"toid":3,"msg":"m"}"#,
+            br#"{"msgid":6,"id":1.5,"toid":2,"msg":"m"}"#,
+        ];
+        for (i, frame) in frames.iter().enumerate() {
+            let text = std::str::from_utf8(frame).unwrap();
+            match read_common(text) {
+                Some(fast) => assert_eq!(Ok(fast), parse_server_frame(frame), "{text}"),
+                None => assert!(i >= 6, "{text} should take the one-pass reader"),
+            }
+        }
+        // Mistyped or repeated fields fall back to the general reader.
+        assert!(read_common(r#"{"msgid":6,"id":1.5,"toid":2,"msg":"m"}"#).is_none());
+        assert!(read_common(r#"{"msgid":6,"id":1,"toid":2,"toid":3,"msg":"m"}"#).is_none());
+        assert_eq!(
+            parse_server_frame(br#"{"msgid":6,"id":1,"toid":2,"toid":3,"msg":"m"}"#)
+                .unwrap()
+                .frame,
+            ServerFrame::Chat(Chat {
+                target: ChatTarget::User(3),
+                from: 1,
+                name: String::new(),
+                msg: "m".into(),
+                time: String::new(),
+                mid: None,
+                ts: None,
+            })
+        );
+    }
 
     #[test]
     fn bad_frames_are_errors_not_panics() {

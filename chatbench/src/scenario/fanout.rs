@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use protocol::MsgId;
+use protocol::{AddGroup, CreateGroup, Request, Version};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::{chat_frame, BenchError, ChatTarget, Conn, Incoming, User};
+use crate::conn::{chat_seq, BenchChat, BenchError, ChatTarget, Conn, User};
 use crate::stats::RunReport;
 use crate::{lock, Bench, Phase, SharedSlot, MEASURE, STOP};
 
@@ -41,7 +41,11 @@ pub async fn run(bench: &Bench, members: usize) -> anyhow::Result<Vec<RunReport>
     let sender = conns.next().context("no sender connection")?;
     let mut receivers = Vec::new();
     for (mut conn, user) in conns.zip(&users[1..]) {
-        conn.send(json!({"msgid": 9, "id": user.id, "groupid": group}))
+        let join = AddGroup {
+            id: Some(user.id),
+            group,
+        };
+        conn.send(&Request::AddGroup(join))
             .await
             .and(conn.barrier(bench.common.timeout).await)
             .map_err(|e| anyhow::anyhow!("ADD_GROUP for {}: {e}", user.name))?;
@@ -124,18 +128,18 @@ pub async fn run(bench: &Bench, members: usize) -> anyhow::Result<Vec<RunReport>
 /// group id back) and logs out again.
 async fn create_group(bench: &Bench, users: &[User]) -> anyhow::Result<i64> {
     let limit = bench.common.timeout.max(Duration::from_secs(30));
-    let mut admin = Conn::connect(bench.server(0), bench.source(0), true).await?;
+    let mut admin = Conn::connect(bench.server(0), bench.source(0), Version::V2).await?;
     admin
         .login(users[0].id, &bench.common.password, limit)
         .await?;
-    let name = format!("{}group", bench.name_prefix());
-    admin
-        .send(json!({"msgid": 8, "groupname": name, "groupdesc": "chatbench"}))
-        .await?;
-    let ack = admin.expect(MsgId::Ack, limit).await?;
-    let group = ack["groupid"]
-        .as_i64()
-        .context("CREATE_GROUP ACK without groupid")?;
+    let create = CreateGroup {
+        id: None,
+        name: format!("{}group", bench.name_prefix()),
+        desc: "chatbench".into(),
+    };
+    admin.send(&Request::CreateGroup(create)).await?;
+    let ack = admin.expect_ack(limit).await?;
+    let group = ack.groupid.context("CREATE_GROUP ACK without groupid")?;
     admin.logout(users[0].id, limit).await?;
     Ok(group)
 }
@@ -149,23 +153,22 @@ async fn send(
     slot: SharedSlot,
     timeout: Duration,
 ) {
-    let mut frame = Vec::with_capacity(256);
+    let mut chat = BenchChat::new(&user, ChatTarget::Group(group), conn.version);
     let mut seq = 0;
     while round.phase.get() != STOP {
         seq += 1;
-        chat_frame(&mut frame, conn.v2, &user, ChatTarget::Group(group), seq);
         round.remaining.store(receivers, Ordering::SeqCst);
         round.seq.store(seq, Ordering::SeqCst);
         round
             .sent_at_ns
             .store(round.base.elapsed().as_nanos() as u64, Ordering::SeqCst);
-        if let Err(e) = conn.send_raw(&frame).await {
+        if let Err(e) = conn.send(chat.seq(seq)).await {
             lock(&slot).errors.add(e.kind());
             return;
         }
-        if conn.v2 {
+        if conn.version == Version::V2 {
             // v2 answers every GROUP_CHAT with an ACK.
-            if let Err(e) = conn.expect(MsgId::Ack, timeout).await {
+            if let Err(e) = conn.expect_ack(timeout).await {
                 let fatal = e.is_fatal();
                 lock(&slot).errors.add(e.kind());
                 if fatal {
@@ -204,15 +207,8 @@ async fn receive(mut conn: Conn, round: Arc<Round>, slot: SharedSlot, cancel: Ca
                 return;
             }
         };
-        let incoming = match Incoming::parse(&frame) {
-            Ok(i) => i,
-            Err(e) => {
-                lock(&slot).errors.add(e.kind());
-                continue;
-            }
-        };
-        match (incoming.msgid, incoming.seq()) {
-            (10, Some(seq)) => {
+        match chat_seq(&frame) {
+            Ok(Some(seq)) => {
                 let current = round.seq.load(Ordering::SeqCst);
                 if seq == current {
                     if round.phase.get() == MEASURE {
@@ -231,12 +227,8 @@ async fn receive(mut conn: Conn, round: Arc<Round>, slot: SharedSlot, cancel: Ca
                     lock(&slot).errors.add(BenchError::Sequence.kind());
                 }
             }
-            (11, _) => {
-                if let Err(e) = incoming.check() {
-                    lock(&slot).errors.add(e.kind());
-                }
-            }
-            (other, _) => lock(&slot).errors.add(BenchError::Unexpected(other).kind()),
+            Ok(None) => {}
+            Err(e) => lock(&slot).errors.add(e.kind()),
         }
     }
 }

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use protocol::Version;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::conn::{Conn, Incoming};
+use crate::conn::Conn;
 use crate::procfs::rss_kib;
 use crate::stats::{Errors, Latency, RunReport};
 use crate::Bench;
@@ -103,17 +104,11 @@ pub fn raise_fd_limit(want: u64) -> anyhow::Result<u64> {
     Ok(rlimit::Resource::NOFILE.get()?.0)
 }
 
-/// Logged-in users on the first server, from a PONG's `load` field.
+/// Logged-in users on the first server, from a PONG's `load` field (0
+/// from a server that sends none).
 async fn server_load(bench: &Bench) -> anyhow::Result<u64> {
-    let mut conn = Conn::connect(bench.server(0), None, true).await?;
-    conn.send(json!({"msgid": 12})).await?;
-    loop {
-        let frame = conn.recv_timeout(bench.common.timeout).await?;
-        if Incoming::parse(&frame)?.msgid == 13 {
-            let pong: serde_json::Value = serde_json::from_slice(&frame)?;
-            return pong["load"].as_u64().context("PONG without load");
-        }
-    }
+    let mut conn = Conn::connect(bench.server(0), None, Version::V2).await?;
+    Ok(conn.ping(bench.common.timeout).await?.load)
 }
 
 /// Waits until the server counts at most `load` logged-in users (the
@@ -123,7 +118,7 @@ async fn wait_until_load(bench: &Bench, load: u64, limit: Duration) -> anyhow::R
     loop {
         match server_load(bench).await {
             Ok(n) if n <= load => return Ok(()),
-            Err(_) => return Ok(()), // a server without `load`: nothing to wait for
+            Err(_) => return Ok(()), // no PONG: nothing to wait for
             Ok(n) if Instant::now() >= deadline => {
                 anyhow::bail!("server still has {n} users logged in after {limit:?}")
             }

@@ -30,7 +30,7 @@ pub async fn run(
 
     // Verify time: one login at a time, nothing else running.
     let mut verify = Latency::default();
-    let mut conn = Conn::connect(bench.server(0), bench.source(0), bench.common.v2).await?;
+    let mut conn = Conn::connect(bench.server(0), bench.source(0), bench.version()).await?;
     for _ in 0..VERIFY_SAMPLES {
         let started = Instant::now();
         conn.login(storm_users[0].id, &bench.common.password, limit)
@@ -65,7 +65,7 @@ pub async fn run(
                 let started = Instant::now();
                 let result = async {
                     let mut conn =
-                        Conn::connect(bench.server(i), bench.source(i), bench.common.v2).await?;
+                        Conn::connect(bench.server(i), bench.source(i), bench.version()).await?;
                     conn.login(user.id, &bench.common.password, limit).await?;
                     Ok::<_, crate::conn::BenchError>(conn)
                 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::conn::{chat_frame, BenchError, ChatTarget, Conn, Incoming, User};
+use crate::conn::{chat_seq, BenchChat, BenchError, ChatTarget, Conn, User};
 use crate::stats::RunReport;
 use crate::{lock, Bench, Phase, SharedSlot, Slot, MEASURE, STOP};
 
@@ -72,8 +72,18 @@ pub async fn start_pairs(
         };
         let slot = SharedSlot::default();
         slots.push(slot.clone());
+        let version = bench.version();
         let task = PairTask {
-            ends: [(a, pair[0].clone()), (b, pair[1].clone())],
+            ends: [
+                (
+                    a,
+                    BenchChat::new(&pair[0], ChatTarget::User(pair[1].id), version),
+                ),
+                (
+                    b,
+                    BenchChat::new(&pair[1], ChatTarget::User(pair[0].id), version),
+                ),
+            ],
             phase: phase.clone(),
             slot,
             timeout: bench.common.timeout,
@@ -91,7 +101,8 @@ pub async fn stop(phase: &Phase, tasks: Vec<JoinHandle<()>>, timeout: Duration) 
 }
 
 struct PairTask {
-    ends: [(Conn, User); 2],
+    /// Each user's connection and the chat it sends to the other.
+    ends: [(Conn, BenchChat); 2],
     phase: Arc<Phase>,
     slot: SharedSlot,
     timeout: Duration,
@@ -100,22 +111,13 @@ struct PairTask {
 impl PairTask {
     async fn run(mut self) {
         let mut seq = 0u64;
-        let mut frame = Vec::with_capacity(256);
         let mut from = 0;
         while self.phase.get() != STOP {
             seq += 1;
             let [a, b] = &mut self.ends;
-            let ((sender, sender_user), (receiver, receiver_user)) =
-                if from == 0 { (a, b) } else { (b, a) };
-            chat_frame(
-                &mut frame,
-                sender.v2,
-                sender_user,
-                ChatTarget::User(receiver_user.id),
-                seq,
-            );
+            let ((sender, chat), (receiver, _)) = if from == 0 { (a, b) } else { (b, a) };
             let started = Instant::now();
-            let result = match sender.send_raw(&frame).await {
+            let result = match sender.send(chat.seq(seq)).await {
                 Ok(()) => wait_for(receiver, seq, started + self.timeout, &self.slot).await,
                 Err(e) => Err(e),
             };
@@ -139,8 +141,8 @@ impl PairTask {
 }
 
 /// Reads until the chat with sequence number `seq` arrives. Older ones
-/// (after a timeout) are counted as `late`; error ACKs are counted; v2
-/// ACKs without error are skipped.
+/// (after a timeout) are counted as `late`; error replies and other
+/// frames are counted; v2 ACKs without error are skipped.
 pub async fn wait_for(
     conn: &mut Conn,
     seq: u64,
@@ -151,25 +153,12 @@ pub async fn wait_for(
         let frame = tokio::time::timeout_at(deadline, conn.recv())
             .await
             .unwrap_or(Err(BenchError::Timeout))?;
-        let incoming = match Incoming::parse(&frame) {
-            Ok(incoming) => incoming,
-            Err(e) => {
-                record(slot, &e);
-                continue;
-            }
-        };
-        match incoming.msgid {
-            6 | 10 => match incoming.seq() {
-                Some(s) if s == seq => return Ok(()),
-                Some(s) if s < seq => lock(slot).errors.add("late"),
-                _ => return Err(BenchError::Sequence),
-            },
-            11 => {
-                if let Err(e) = incoming.check() {
-                    record(slot, &e);
-                }
-            }
-            other => record(slot, &BenchError::Unexpected(other)),
+        match chat_seq(&frame) {
+            Ok(Some(s)) if s == seq => return Ok(()),
+            Ok(Some(s)) if s < seq => lock(slot).errors.add("late"),
+            Ok(Some(_)) => return Err(BenchError::Sequence),
+            Ok(None) => {}
+            Err(e) => record(slot, &e),
         }
     }
 }

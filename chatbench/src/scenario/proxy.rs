@@ -33,7 +33,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::cli::Common;
+use crate::options::Common;
 use crate::procfs::CpuUsed;
 use crate::stats::{self, RunReport};
 use crate::{lock, Bench, Phase, SharedSlot, MEASURE, STOP};

@@ -11,11 +11,14 @@ fn settings(interactive: bool) -> Settings {
     }
 }
 
-/// The requests sent by these effects, parsed.
+/// The requests sent by these effects, as the frames the driver writes.
 fn sent(fx: &[Effect]) -> Vec<Value> {
     fx.iter()
         .filter_map(|e| match e {
-            Effect::Send(text) => Some(serde_json::from_str(text).unwrap()),
+            Effect::Send { rid, request } => {
+                let frame = request.encode(VERSION, Some(&Value::from(*rid)));
+                Some(serde_json::from_slice(&frame).unwrap())
+            }
             _ => None,
         })
         .collect()
@@ -108,8 +111,8 @@ fn scripted_menu_login_shows_profile_and_offline_messages() {
         panic!("{fx:?}")
     };
     assert_eq!(profile.id, 13);
-    assert_eq!(profile.friends[0].state, "online");
-    assert_eq!(profile.groups[0].users[0].role, "creator");
+    assert_eq!(profile.friends[0].state, Presence::Online);
+    assert_eq!(profile.groups[0].users[0].role, Role::Creator);
     let Effect::Show(Output::Chat(chat)) = &fx[1] else {
         panic!("{fx:?}")
     };
@@ -339,9 +342,9 @@ fn pushed_messages_are_shown_and_json_mode_shows_raw_frames() {
     let fx = app.on_frame(&frame(push.clone()), now);
     assert!(matches!(&fx[..], [Effect::Show(Output::Chat(c))] if c.msg == "hey"));
     // A live message shows its sender online in the lists.
-    app.profile.as_mut().unwrap().friends[0].state = "offline".into();
+    app.profile.as_mut().unwrap().friends[0].state = Presence::Offline;
     app.on_frame(&frame(push.clone()), now);
-    assert_eq!(app.profile().unwrap().friends[0].state, "online");
+    assert_eq!(app.profile().unwrap().friends[0].state, Presence::Online);
 
     let mut app = App::new(Settings {
         json: true,

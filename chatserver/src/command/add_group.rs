@@ -9,9 +9,7 @@ pub async fn apply(ctx: &Context, user: &User, group: i64) -> Reply {
     match ctx.store.join_group(group, user.id).await {
         Ok(true) => {
             ctx.directory.invalidate_group(group);
-            if let Some(cluster) = &ctx.cluster {
-                cluster.group_changed(group).await;
-            }
+            ctx.bus.group_changed(group).await;
             Reply::DONE
         }
         Ok(false) => refuse(MsgId::AddGroup, Errno::NotFound, "no such group"),

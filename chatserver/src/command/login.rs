@@ -11,7 +11,7 @@
 //! and reads and deletes run one after another in the session, so no row is
 //! written twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,9 +22,10 @@ use protocol::{
 
 use super::{refuse, server_error, AfterWrite, Outcome, SessionState, User};
 use crate::context::Context;
-use crate::error::StoreError;
+use crate::error::Unavailable;
 use crate::mailbox::mailbox;
 use crate::rate_limit::PER_CONNECTION;
+use crate::refusals::Refusal;
 use crate::store::GroupMemberRow;
 
 pub async fn apply(
@@ -45,6 +46,7 @@ pub async fn apply(
     if session.login_failures.exceeded(PER_CONNECTION, now)
         || ctx.address_limiter.blocked(session.peer_ip, now)
     {
+        ctx.refusals.note(Refusal::LoginRate, session.peer_ip);
         return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
     }
     let name = match check_password(ctx, id, password).await {
@@ -63,27 +65,23 @@ pub async fn apply(
     }
     // From here on, messages for this user that reach this server queue in
     // `mailbox`; claiming the user in the cluster makes the others send here.
-    if let Some(cluster) = &ctx.cluster {
-        let refusal = match cluster.claim(id).await {
-            Ok(true) => None,
-            Ok(false) => Some(Errno::AlreadyLoggedIn),
-            Err(error) => {
-                tracing::warn!(%error, "cannot check the login across the cluster");
-                Some(Errno::ServerError)
-            }
-        };
-        if let Some(errno) = refusal {
-            ctx.registry.release(id, session.conn_id);
-            return Reply::error(Some(MsgId::Login), errno).into();
+    let refusal = match ctx.bus.claim(id).await {
+        Ok(true) => None,
+        Ok(false) => Some(Errno::AlreadyLoggedIn),
+        Err(error) => {
+            tracing::warn!(%error, "cannot check the login across the cluster");
+            Some(Errno::ServerError)
         }
+    };
+    if let Some(errno) = refusal {
+        ctx.registry.release(id, session.conn_id);
+        return Reply::error(Some(MsgId::Login), errno).into();
     }
     let login = match load_login(ctx, id, name.clone()).await {
         Ok(login) => login,
         Err(error) => {
             ctx.registry.release(id, session.conn_id);
-            if let Some(cluster) = &ctx.cluster {
-                cluster.release(id).await;
-            }
+            ctx.bus.release(id).await;
             return server_error(MsgId::Login, error).into();
         }
     };
@@ -117,24 +115,16 @@ async fn load_login(
     ctx: &Context,
     id: i64,
     name: Arc<str>,
-) -> Result<(LoginAck, Vec<i64>), StoreError> {
+) -> Result<(LoginAck, Vec<i64>), Unavailable> {
     ctx.store.set_online(&[id], true).await?;
     let friends = ctx.store.friends(id).await?;
     let members = ctx.store.groups_of(id).await?;
-    let elsewhere = match &ctx.cluster {
-        Some(cluster) => {
-            let mut ids: Vec<i64> = friends.iter().map(|(id, _)| *id).collect();
-            ids.extend(members.iter().map(|m| m.user_id));
-            ids.retain(|id| !ctx.registry.is_online(*id));
-            ids.sort_unstable();
-            ids.dedup();
-            cluster
-                .online(&ids)
-                .await
-                .map_err(|e| StoreError::Cluster(e.to_string()))?
-        }
-        None => HashSet::new(),
-    };
+    let mut ids: Vec<i64> = friends.iter().map(|(id, _)| *id).collect();
+    ids.extend(members.iter().map(|m| m.user_id));
+    ids.retain(|id| !ctx.registry.is_online(*id));
+    ids.sort_unstable();
+    ids.dedup();
+    let elsewhere = ctx.bus.online_elsewhere(&ids).await?;
     let presence = |user: i64| {
         if ctx.registry.is_online(user) || elsewhere.contains(&user) {
             Presence::Online
@@ -202,7 +192,7 @@ async fn check_password(
     ctx: &Context,
     id: i64,
     password: String,
-) -> Result<Option<Arc<str>>, StoreError> {
+) -> Result<Option<Arc<str>>, Unavailable> {
     if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
         return Ok(None);
     }

@@ -19,9 +19,7 @@ pub async fn end_login(ctx: &Context, session: &mut SessionState) {
         return;
     };
     ctx.registry.release(user.id, session.conn_id);
-    if let Some(cluster) = &ctx.cluster {
-        cluster.release(user.id).await;
-    }
+    ctx.bus.release(user.id).await;
     if let Some(mailbox) = session.mailbox.take() {
         let undelivered = mailbox.close_and_drain();
         if let Err(error) = store_for_later(ctx, &[user.id], &undelivered).await {

@@ -20,7 +20,7 @@ use protocol::{Ack, Chat, ChatTarget, Errno, MsgId, Reply, Request, SendChat, Ve
 
 use crate::context::Context;
 use crate::delivery::deliver;
-use crate::error::StoreError;
+use crate::error::Unavailable;
 use crate::mailbox::{Mailbox, Pushed};
 use crate::rate_limit::Failures;
 
@@ -92,8 +92,9 @@ pub(crate) fn refuse(request: MsgId, errno: Errno, message: impl Into<Cow<'stati
 }
 
 /// Storage failed: log it and answer errno 10.
-pub(crate) fn server_error(request: MsgId, error: StoreError) -> Reply {
-    tracing::error!(%error, request = ?request, "request failed in storage");
+pub(crate) fn server_error(request: MsgId, error: impl Into<Unavailable>) -> Reply {
+    let error = error.into();
+    tracing::error!(%error, request = ?request, "request failed: storage, hashing or cluster unavailable");
     Reply::error(Some(request), Errno::ServerError)
 }
 

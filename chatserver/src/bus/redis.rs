@@ -1,5 +1,7 @@
-//! Cluster mode: presence, delivery between servers and cache invalidation
-//! over Redis, for several servers sharing one MySQL/MariaDB and one Redis.
+//! The Redis side of cluster mode: presence, hand-off of pushes between
+//! servers and cache-invalidation announcements, as calls and Lua scripts,
+//! plus the format of the frames servers publish to each other. It knows
+//! nothing of sessions or storage: what to do with a frame is `inbound`'s.
 //!
 //! Keys and channels (all under the configured prefix):
 //! - `user:{id}` holds the token of the server where the user is logged in.
@@ -20,14 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
-use tokio_util::sync::CancellationToken;
 
-use crate::context::Context;
-use crate::delivery::store_for_later;
-use crate::mailbox::{Offer, Outbound, Pushed};
+use crate::error::BusError;
 use crate::mid::MAX_NODE;
 
 /// Every Redis call is bounded: a hung Redis must not hang a request.
@@ -41,19 +39,8 @@ const LOCATION_TTL: Duration = Duration::from_secs(5);
 const LOCATION_CACHE_MAX: usize = 200_000;
 /// How long the server-number lease lasts without a heartbeat.
 const NODE_LEASE: Duration = Duration::from_secs(120);
-const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("redis is not connected")]
-    NotConnected,
-    #[error("no free server number: {0} servers already run in this cluster")]
-    NoFreeNode(u64),
-}
+/// Longest wait between reconnection attempts.
+pub(crate) const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// A user is taken when its key names another server that is still alive.
 const CLAIM: &str = r#"
@@ -125,11 +112,11 @@ return 1
 /// A server token and users it holds.
 type UsersOnServer = (Arc<str>, Vec<i64>);
 
-pub struct Cluster {
+pub struct RedisBus {
     token: String,
     prefix: String,
-    lease: Duration,
-    client: redis::Client,
+    pub(crate) lease: Duration,
+    pub(crate) client: redis::Client,
     connection: ConnectionManager,
     claim: Script,
     release: Script,
@@ -140,14 +127,14 @@ pub struct Cluster {
     /// False from the first failed call until the heartbeat gets through
     /// again: while Redis is away, requests fail at once instead of each
     /// waiting for a timeout.
-    reachable: AtomicBool,
+    pub(crate) reachable: AtomicBool,
     /// Where users were last handed to: user id to server token and when.
     locations: Mutex<HashMap<i64, (Arc<str>, Instant)>>,
     /// Users whose release failed while Redis was away; retried by the heartbeat.
-    pending_releases: Mutex<HashSet<i64>>,
+    pub(crate) pending_releases: Mutex<HashSet<i64>>,
 }
 
-impl Cluster {
+impl RedisBus {
     /// Connects and leases a server number. Redis must be reachable here;
     /// afterwards the server rides out Redis outages.
     pub async fn connect(
@@ -155,7 +142,7 @@ impl Cluster {
         prefix: &str,
         name: &str,
         lease: Duration,
-    ) -> Result<Self, ClusterError> {
+    ) -> Result<Self, BusError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CALL_TIMEOUT)
@@ -165,7 +152,7 @@ impl Cluster {
         let connection =
             bounded(ConnectionManager::new_with_config(client.clone(), config)).await?;
         let token = format!("{name}#{:08x}", rand::random::<u32>());
-        let cluster = Cluster {
+        let cluster = RedisBus {
             token,
             prefix: prefix.to_owned(),
             lease,
@@ -199,29 +186,29 @@ impl Cluster {
         format!("{}user:{user}", self.prefix)
     }
 
-    fn alive_key(&self) -> String {
+    pub(crate) fn alive_key(&self) -> String {
         format!("{}alive:{}", self.prefix, self.token)
     }
 
-    fn own_channel(&self) -> String {
+    pub(crate) fn own_channel(&self) -> String {
         format!("{}server:{}", self.prefix, self.token)
     }
 
-    fn cluster_channel(&self) -> String {
+    pub(crate) fn cluster_channel(&self) -> String {
         format!("{}cluster", self.prefix)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> ConnectionManager {
         self.connection.clone()
     }
 
     /// Runs a request-path call, failing fast while Redis is known to be away.
     async fn guarded<T>(
         &self,
-        call: impl std::future::Future<Output = Result<T, ClusterError>>,
-    ) -> Result<T, ClusterError> {
+        call: impl std::future::Future<Output = Result<T, BusError>>,
+    ) -> Result<T, BusError> {
         if !self.reachable.load(Ordering::Relaxed) {
-            return Err(ClusterError::NotConnected);
+            return Err(BusError::NotConnected);
         }
         let result = call.await;
         if result.is_err() {
@@ -231,14 +218,14 @@ impl Cluster {
     }
 
     /// Marks this server alive for one more lease.
-    async fn beat(&self) -> Result<(), ClusterError> {
+    pub(crate) async fn beat(&self) -> Result<(), BusError> {
         let mut conn = self.conn();
         let key = self.alive_key();
         let lease = self.lease.as_millis() as u64;
         bounded(async move { conn.pset_ex::<_, _, ()>(key, 1, lease).await }).await
     }
 
-    async fn lease_node(&self) -> Result<(), ClusterError> {
+    pub(crate) async fn lease_node(&self) -> Result<(), BusError> {
         let current = self.node();
         if self.keep_node_number(current).await? {
             return Ok(());
@@ -250,10 +237,10 @@ impl Cluster {
                 return Ok(());
             }
         }
-        Err(ClusterError::NoFreeNode(MAX_NODE + 1))
+        Err(BusError::NoFreeNode(MAX_NODE + 1))
     }
 
-    async fn keep_node_number(&self, node: u64) -> Result<bool, ClusterError> {
+    async fn keep_node_number(&self, node: u64) -> Result<bool, BusError> {
         let mut invocation = self.keep_node.prepare_invoke();
         invocation
             .key(format!("{}node:{node}", self.prefix))
@@ -265,11 +252,11 @@ impl Cluster {
     }
 
     /// Takes the user for this server; `false` when another live server has it.
-    pub async fn claim(&self, user: i64) -> Result<bool, ClusterError> {
+    pub async fn claim(&self, user: i64) -> Result<bool, BusError> {
         self.guarded(self.claim_now(user)).await
     }
 
-    async fn claim_now(&self, user: i64) -> Result<bool, ClusterError> {
+    pub(crate) async fn claim_now(&self, user: i64) -> Result<bool, BusError> {
         let mut invocation = self.claim.prepare_invoke();
         invocation
             .key(self.user_key(user))
@@ -296,7 +283,7 @@ impl Cluster {
         }
     }
 
-    async fn try_release(&self, user: i64) -> Result<(), ClusterError> {
+    async fn try_release(&self, user: i64) -> Result<(), BusError> {
         let mut invocation = self.release.prepare_invoke();
         invocation.key(self.user_key(user)).arg(&self.token);
         let mut conn = self.conn();
@@ -305,14 +292,14 @@ impl Cluster {
     }
 
     /// Which of `users` are logged in on a live server.
-    pub async fn online(&self, users: &[i64]) -> Result<HashSet<i64>, ClusterError> {
+    pub async fn online(&self, users: &[i64]) -> Result<HashSet<i64>, BusError> {
         if users.is_empty() {
             return Ok(HashSet::new());
         }
         self.guarded(self.online_now(users)).await
     }
 
-    async fn online_now(&self, users: &[i64]) -> Result<HashSet<i64>, ClusterError> {
+    async fn online_now(&self, users: &[i64]) -> Result<HashSet<i64>, BusError> {
         let mut invocation = self.online.prepare_invoke();
         for user in users {
             invocation.key(self.user_key(*user));
@@ -333,11 +320,11 @@ impl Cluster {
     /// server took (logged in nowhere, their server unreachable, or Redis
     /// away). Users whose server is known from a recent hand-off get a plain
     /// PUBLISH to it; the others go through the lookup script.
-    pub async fn hand_off(&self, users: &[i64], pushed: &Pushed) -> Vec<i64> {
-        let head = format!("P {}", pushed.mid());
+    pub async fn hand_off(&self, users: &[i64], mid: i64, payload: &str) -> Vec<i64> {
+        let head = format!("P {mid}");
         let (known, mut unknown) = self.recent_locations(users);
         for (server, ids) in known {
-            let frame = format!("{head} {}\n{}", join_ids(&ids), pushed.payload());
+            let frame = format!("{head} {}\n{}", join_ids(&ids), payload);
             let mut conn = self.conn();
             let channel = format!("{}server:{server}", self.prefix);
             let published = self
@@ -354,7 +341,7 @@ impl Cluster {
         if unknown.is_empty() {
             return Vec::new();
         }
-        match self.fan_out_frame(&unknown, &head, pushed.payload()).await {
+        match self.fan_out_frame(&unknown, &head, payload).await {
             Ok(servers) => {
                 let mut not_taken = Vec::new();
                 let mut locations = self.locations.lock().expect("locations lock");
@@ -405,7 +392,7 @@ impl Cluster {
     }
 
     /// Asks the servers holding `users` to read their offline messages again.
-    pub async fn request_sweep(&self, users: &[i64]) -> Result<(), ClusterError> {
+    pub async fn request_sweep(&self, users: &[i64]) -> Result<(), BusError> {
         self.fan_out_frame(users, "S", "").await.map(drop)
     }
 
@@ -415,7 +402,7 @@ impl Cluster {
         users: &[i64],
         head: &str,
         body: &str,
-    ) -> Result<Vec<String>, ClusterError> {
+    ) -> Result<Vec<String>, BusError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -427,7 +414,7 @@ impl Cluster {
         users: &[i64],
         head: &str,
         body: &str,
-    ) -> Result<Vec<String>, ClusterError> {
+    ) -> Result<Vec<String>, BusError> {
         let mut invocation = self.fan_out.prepare_invoke();
         for user in users {
             invocation.key(self.user_key(*user));
@@ -469,153 +456,18 @@ impl Cluster {
     }
 }
 
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     call: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, ClusterError> {
+) -> Result<T, BusError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(result) => Ok(result?),
-        Err(_) => Err(ClusterError::Timeout(CALL_TIMEOUT)),
-    }
-}
-
-/// Runs the heartbeat and the subscriber until `stop` is cancelled.
-pub fn spawn_tasks(
-    ctx: Arc<Context>,
-    cluster: Arc<Cluster>,
-    stop: CancellationToken,
-) -> tokio_util::task::TaskTracker {
-    let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(heartbeat(ctx.clone(), cluster.clone(), stop.clone()));
-    tasks.spawn(subscriber(ctx, cluster, stop));
-    tasks.close();
-    tasks
-}
-
-/// Renews this server's lease every third of it. After an outage longer
-/// than the lease (or a Redis restart, which forgets every key) it claims
-/// its users again and evicts those another server took meanwhile.
-async fn heartbeat(ctx: Arc<Context>, cluster: Arc<Cluster>, stop: CancellationToken) {
-    let period = cluster.lease / 3;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
-        }
-        let was_reachable = cluster.reachable.load(Ordering::Relaxed);
-        let result = async {
-            let mut conn = cluster.conn();
-            let key = cluster.alive_key();
-            let still_alive: bool = bounded(async move { conn.exists(key).await }).await?;
-            cluster.beat().await?;
-            cluster.lease_node().await?;
-            if !still_alive || !was_reachable {
-                reclaim(&ctx, &cluster).await?;
-            }
-            Ok::<_, ClusterError>(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                if !was_reachable {
-                    tracing::info!("redis is back; presence renewed");
-                }
-                cluster.reachable.store(true, Ordering::Relaxed);
-                retry_releases(&ctx, &cluster).await;
-                ctx.mids.set_node(cluster.node());
-            }
-            Err(error) => {
-                if was_reachable {
-                    tracing::error!(%error, "redis unavailable: serving local users, storing the rest offline");
-                }
-                cluster.reachable.store(false, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// Claims every local user again and evicts the sessions of users now held
-/// elsewhere. The others read their offline messages again: messages for
-/// them were stored while no server could hand them over.
-async fn reclaim(ctx: &Context, cluster: &Cluster) -> Result<(), ClusterError> {
-    for user in ctx.registry.users() {
-        let claimed = cluster.claim_now(user).await?;
-        let Some(handle) = ctx.registry.get(user) else {
-            continue;
-        };
-        if claimed {
-            handle.offer(Outbound::SweepOffline);
-        } else {
-            tracing::warn!(
-                user,
-                "login taken by another server during a redis outage; closing this session"
-            );
-            handle.evict();
-        }
-    }
-    ctx.directory.clear_groups();
-    Ok(())
-}
-
-async fn retry_releases(ctx: &Context, cluster: &Cluster) {
-    let pending: Vec<i64> = cluster
-        .pending_releases
-        .lock()
-        .expect("pending lock")
-        .drain()
-        .collect();
-    for user in pending {
-        if ctx.registry.is_online(user) {
-            continue;
-        }
-        cluster.release(user).await;
-    }
-}
-
-/// Receives frames for this server, reconnecting with backoff.
-async fn subscriber(ctx: Arc<Context>, cluster: Arc<Cluster>, stop: CancellationToken) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let session = async {
-            let mut pubsub = bounded(cluster.client.get_async_pubsub()).await?;
-            bounded(pubsub.subscribe(&[cluster.own_channel(), cluster.cluster_channel()])).await?;
-            Ok::<_, ClusterError>(pubsub)
-        };
-        let pubsub = tokio::select! {
-            _ = stop.cancelled() => return,
-            session = session => session,
-        };
-        match pubsub {
-            Ok(pubsub) => {
-                tracing::info!("subscribed to cluster channels");
-                delay = Duration::from_millis(100);
-                // Membership may have changed while we were not listening.
-                ctx.directory.clear_groups();
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    let message = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        message = messages.next() => message,
-                    };
-                    let Some(message) = message else { break };
-                    handle_frame(&ctx, message.get_payload_bytes()).await;
-                }
-                tracing::error!("lost the cluster subscription; reconnecting");
-            }
-            Err(error) => {
-                tracing::warn!(%error, ?delay, "cannot subscribe to cluster channels; retrying")
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+        Err(_) => Err(BusError::Timeout(CALL_TIMEOUT)),
     }
 }
 
 /// One frame of the cluster protocol described in the module docs.
 #[derive(Debug, PartialEq)]
-enum ClusterFrame<'a> {
+pub(crate) enum BusFrame<'a> {
     Push {
         mid: i64,
         users: Vec<i64>,
@@ -637,66 +489,23 @@ fn parse_ids(text: &str) -> Option<Vec<i64>> {
     text.split(',').map(|id| id.parse().ok()).collect()
 }
 
-fn parse_cluster_frame(bytes: &[u8]) -> Option<ClusterFrame<'_>> {
+pub(crate) fn parse_bus_frame(bytes: &[u8]) -> Option<BusFrame<'_>> {
     let text = std::str::from_utf8(bytes).ok()?;
     let (head, body) = text.split_once('\n').unwrap_or((text, ""));
     let mut words = head.split(' ');
     match words.next()? {
-        "P" => Some(ClusterFrame::Push {
+        "P" => Some(BusFrame::Push {
             mid: words.next()?.parse().ok()?,
             users: parse_ids(words.next()?)?,
             payload: body,
         }),
-        "S" => Some(ClusterFrame::Sweep {
+        "S" => Some(BusFrame::Sweep {
             users: parse_ids(words.next()?)?,
         }),
-        "G" => Some(ClusterFrame::GroupChanged {
+        "G" => Some(BusFrame::GroupChanged {
             group: words.next()?.parse().ok()?,
         }),
         _ => None,
-    }
-}
-
-async fn handle_frame(ctx: &Arc<Context>, bytes: &[u8]) {
-    match parse_cluster_frame(bytes) {
-        Some(ClusterFrame::Push {
-            mid,
-            users,
-            payload,
-        }) => {
-            let pushed = Pushed::from_json(mid, payload.to_owned());
-            let mut left = Vec::new();
-            for user in users {
-                let offer = match ctx.registry.get(user) {
-                    Some(handle) => handle.offer(Outbound::Push(pushed.clone())),
-                    None => Offer::Gone,
-                };
-                if offer != Offer::Queued {
-                    left.push(user);
-                }
-            }
-            // The receiver left after the sender looked: keep it for their
-            // next login, without holding up the frames behind this one.
-            if !left.is_empty() {
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = store_for_later(&ctx, &left, &[pushed]).await {
-                        tracing::error!(%error, users = ?left, "could not store a message for users who left");
-                    }
-                });
-            }
-        }
-        Some(ClusterFrame::Sweep { users }) => {
-            for user in users {
-                if let Some(handle) = ctx.registry.get(user) {
-                    handle.offer(Outbound::SweepOffline);
-                }
-            }
-        }
-        Some(ClusterFrame::GroupChanged { group }) => ctx.directory.invalidate_group(group),
-        None => {
-            tracing::warn!(frame = %String::from_utf8_lossy(bytes), "unreadable cluster frame ignored")
-        }
     }
 }
 
@@ -707,23 +516,23 @@ mod tests {
     #[test]
     fn cluster_frames_parse() {
         assert_eq!(
-            parse_cluster_frame(b"P 42 1,2,3\n{\"msg\":\"a\nb\"}"),
-            Some(ClusterFrame::Push {
+            parse_bus_frame(b"P 42 1,2,3\n{\"msg\":\"a\nb\"}"),
+            Some(BusFrame::Push {
                 mid: 42,
                 users: vec![1, 2, 3],
                 payload: "{\"msg\":\"a\nb\"}"
             })
         );
         assert_eq!(
-            parse_cluster_frame(b"S 7"),
-            Some(ClusterFrame::Sweep { users: vec![7] })
+            parse_bus_frame(b"S 7"),
+            Some(BusFrame::Sweep { users: vec![7] })
         );
         assert_eq!(
-            parse_cluster_frame(b"G 9"),
-            Some(ClusterFrame::GroupChanged { group: 9 })
+            parse_bus_frame(b"G 9"),
+            Some(BusFrame::GroupChanged { group: 9 })
         );
-        assert_eq!(parse_cluster_frame(b"P x 1\n{}"), None);
-        assert_eq!(parse_cluster_frame(b"S 1,a"), None);
-        assert_eq!(parse_cluster_frame(b"Z"), None);
+        assert_eq!(parse_bus_frame(b"P x 1\n{}"), None);
+        assert_eq!(parse_bus_frame(b"S 1,a"), None);
+        assert_eq!(parse_bus_frame(b"Z"), None);
     }
 }

@@ -1,0 +1,85 @@
+//! The bus: how this server reaches users on other servers. Chosen once at
+//! start-up: `Local` for a single server (nobody is elsewhere), `Redis` for a
+//! cluster. Commands and delivery call it without asking which it is.
+
+pub mod redis;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::error::BusError;
+use crate::mailbox::Pushed;
+
+pub use self::redis::RedisBus;
+
+#[derive(Clone)]
+pub enum Bus {
+    /// A single server: every session is here.
+    Local,
+    Redis(Arc<RedisBus>),
+}
+
+impl Bus {
+    /// Takes the user for this server; `false` when another live server has it.
+    pub async fn claim(&self, user: i64) -> Result<bool, BusError> {
+        match self {
+            Bus::Local => Ok(true),
+            Bus::Redis(redis) => redis.claim(user).await,
+        }
+    }
+
+    /// Frees the user (retried later if Redis is away).
+    pub async fn release(&self, user: i64) {
+        if let Bus::Redis(redis) = self {
+            redis.release(user).await;
+        }
+    }
+
+    /// Which of `users` are logged in on another server.
+    pub async fn online_elsewhere(&self, users: &[i64]) -> Result<HashSet<i64>, BusError> {
+        match self {
+            Bus::Local => Ok(HashSet::new()),
+            Bus::Redis(redis) => redis.online(users).await,
+        }
+    }
+
+    /// Hands a push to the servers holding `users`; returns those nobody took.
+    pub async fn hand_off(&self, users: &[i64], pushed: &Pushed) -> Vec<i64> {
+        match self {
+            Bus::Redis(redis) if !users.is_empty() => {
+                redis.hand_off(users, pushed.mid(), pushed.payload()).await
+            }
+            _ => users.to_vec(),
+        }
+    }
+
+    /// Asks the servers holding `users` to read their offline messages again.
+    pub async fn request_sweep(&self, users: &[i64]) -> Result<(), BusError> {
+        match self {
+            Bus::Redis(redis) if !users.is_empty() => redis.request_sweep(users).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Tells the other servers that a group's members changed.
+    pub async fn group_changed(&self, group: i64) {
+        if let Bus::Redis(redis) = self {
+            redis.group_changed(group).await;
+        }
+    }
+
+    /// The server number for message ids.
+    pub fn node(&self) -> u64 {
+        match self {
+            Bus::Local => 0,
+            Bus::Redis(redis) => redis.node(),
+        }
+    }
+
+    /// At a clean shutdown: frees this server's users at once.
+    pub async fn leave(&self, users: &[i64]) {
+        if let Bus::Redis(redis) = self {
+            redis.leave(users).await;
+        }
+    }
+}

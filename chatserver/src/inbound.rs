@@ -1,0 +1,218 @@
+//! Cluster mode's background work, above the Redis client: the heartbeat
+//! that keeps this server's presence (and re-claims its users after an
+//! outage), and the subscriber that takes other servers' frames: pushes for
+//! users here, sweep requests and group changes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::redis::{bounded, parse_bus_frame, BusFrame, RedisBus, RECONNECT_MAX_DELAY};
+use crate::context::Context;
+use crate::delivery::store_for_later;
+use crate::error::BusError;
+use crate::mailbox::{Offer, Outbound, Pushed};
+
+/// Pushes for users who left, being stored at once. When all are busy the
+/// subscriber waits for one to finish (Redis buffers what arrives
+/// meanwhile): memory stays bounded and every store is waited for at
+/// shutdown.
+const MAX_PENDING_STORES: usize = 64;
+
+/// Runs the heartbeat and the subscriber on `tasks` until `stop` is
+/// cancelled; stores they start are tracked there too.
+pub fn spawn(
+    ctx: Arc<Context>,
+    cluster: Arc<RedisBus>,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    tasks.spawn(heartbeat(ctx.clone(), cluster.clone(), stop.clone()));
+    tasks.spawn(subscriber(ctx, cluster, stop, tasks.clone()));
+}
+
+/// Renews this server's lease every third of it. After an outage longer
+/// than the lease (or a Redis restart, which forgets every key) it claims
+/// its users again and evicts those another server took meanwhile.
+async fn heartbeat(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: CancellationToken) {
+    let period = cluster.lease / 3;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let was_reachable = cluster.reachable.load(Ordering::Relaxed);
+        let result = async {
+            let mut conn = cluster.conn();
+            let key = cluster.alive_key();
+            let still_alive: bool = bounded(async move { conn.exists(key).await }).await?;
+            cluster.beat().await?;
+            cluster.lease_node().await?;
+            if !still_alive || !was_reachable {
+                reclaim(&ctx, &cluster).await?;
+            }
+            Ok::<_, BusError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                if !was_reachable {
+                    tracing::info!("redis is back; presence renewed");
+                }
+                cluster.reachable.store(true, Ordering::Relaxed);
+                retry_releases(&ctx, &cluster).await;
+                ctx.mids.set_node(cluster.node());
+            }
+            Err(error) => {
+                if was_reachable {
+                    tracing::error!(%error, "redis unavailable: serving local users, storing the rest offline");
+                }
+                cluster.reachable.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Claims every local user again and evicts the sessions of users now held
+/// elsewhere. The others read their offline messages again: messages for
+/// them were stored while no server could hand them over.
+async fn reclaim(ctx: &Context, cluster: &RedisBus) -> Result<(), BusError> {
+    for user in ctx.registry.users() {
+        let claimed = cluster.claim_now(user).await?;
+        let Some(handle) = ctx.registry.get(user) else {
+            continue;
+        };
+        if claimed {
+            handle.offer(Outbound::SweepOffline);
+        } else {
+            tracing::warn!(
+                user,
+                "login taken by another server during a redis outage; closing this session"
+            );
+            handle.evict();
+        }
+    }
+    ctx.directory.clear_groups();
+    Ok(())
+}
+
+async fn retry_releases(ctx: &Context, cluster: &RedisBus) {
+    let pending: Vec<i64> = cluster
+        .pending_releases
+        .lock()
+        .expect("pending lock")
+        .drain()
+        .collect();
+    for user in pending {
+        if ctx.registry.is_online(user) {
+            continue;
+        }
+        cluster.release(user).await;
+    }
+}
+
+/// Receives frames for this server, reconnecting with backoff.
+async fn subscriber(
+    ctx: Arc<Context>,
+    cluster: Arc<RedisBus>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let stores = Arc::new(Semaphore::new(MAX_PENDING_STORES));
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let mut pubsub = bounded(cluster.client.get_async_pubsub()).await?;
+            bounded(pubsub.subscribe(&[cluster.own_channel(), cluster.cluster_channel()])).await?;
+            Ok::<_, BusError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = stop.cancelled() => return,
+            session = session => session,
+        };
+        match pubsub {
+            Ok(pubsub) => {
+                tracing::info!("subscribed to cluster channels");
+                delay = Duration::from_millis(100);
+                // Membership may have changed while we were not listening.
+                ctx.directory.clear_groups();
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let message = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        message = messages.next() => message,
+                    };
+                    let Some(message) = message else { break };
+                    handle_frame(&ctx, message.get_payload_bytes(), &tasks, &stores).await;
+                }
+                tracing::error!("lost the cluster subscription; reconnecting");
+            }
+            Err(error) => {
+                tracing::warn!(%error, ?delay, "cannot subscribe to cluster channels; retrying")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+    }
+}
+
+async fn handle_frame(
+    ctx: &Arc<Context>,
+    bytes: &[u8],
+    tasks: &TaskTracker,
+    stores: &Arc<Semaphore>,
+) {
+    match parse_bus_frame(bytes) {
+        Some(BusFrame::Push {
+            mid,
+            users,
+            payload,
+        }) => {
+            let pushed = Pushed::from_json(mid, payload.to_owned());
+            let mut left = Vec::new();
+            for user in users {
+                let offer = match ctx.registry.get(user) {
+                    Some(handle) => handle.offer(Outbound::Push(pushed.clone())),
+                    None => Offer::Gone,
+                };
+                if offer != Offer::Queued {
+                    left.push(user);
+                }
+            }
+            // The receiver left after the sender looked: keep it for their
+            // next login, without holding up the frames behind this one.
+            if !left.is_empty() {
+                let Ok(permit) = stores.clone().acquire_owned().await else {
+                    return;
+                };
+                let ctx = ctx.clone();
+                tasks.spawn(async move {
+                    if let Err(error) = store_for_later(&ctx, &left, &[pushed]).await {
+                        tracing::error!(%error, users = ?left, "could not store a message for users who left");
+                    }
+                    drop(permit);
+                });
+            }
+        }
+        Some(BusFrame::Sweep { users }) => {
+            for user in users {
+                if let Some(handle) = ctx.registry.get(user) {
+                    handle.offer(Outbound::SweepOffline);
+                }
+            }
+        }
+        Some(BusFrame::GroupChanged { group }) => ctx.directory.invalidate_group(group),
+        None => {
+            tracing::warn!(frame = %String::from_utf8_lossy(bytes), "unreadable cluster frame ignored")
+        }
+    }
+}
