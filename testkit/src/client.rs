@@ -59,10 +59,6 @@ pub mod req {
         send(ChatTarget::Group(group), msg, None)
     }
 
-    pub fn group_chat_at(group: i64, msg: &str, time: &str) -> Request {
-        send(ChatTarget::Group(group), msg, Some(time))
-    }
-
     fn send(target: ChatTarget, msg: &str, time: Option<&str>) -> Request {
         Request::Chat(SendChat {
             id: None,
@@ -223,10 +219,6 @@ impl Client {
             pending: VecDeque::new(),
             next_rid: 0,
         }
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.stream.local_addr().expect("local address")
     }
 
     // ------------------------------------------------------------ sending

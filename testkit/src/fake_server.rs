@@ -166,10 +166,6 @@ impl FakeServer {
         self.state.lock().unwrap().busy_logins = n;
     }
 
-    pub fn is_online(&self, id: i64) -> bool {
-        self.state.lock().unwrap().online.contains_key(&id)
-    }
-
     pub fn accepted(&self) -> usize {
         self.state.lock().unwrap().accepted
     }
@@ -198,10 +194,6 @@ impl FakeServer {
     /// Stops accepting: new connections are refused.
     pub fn stop_accepting(&self) {
         self.accept.abort();
-    }
-
-    pub async fn wait_online(&self, id: i64, online: bool) {
-        eventually("user online state", || self.is_online(id) == online).await;
     }
 
     pub async fn wait_requests(&self, pred: impl Fn(&[Parsed]) -> bool, what: &str) {

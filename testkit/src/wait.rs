@@ -53,10 +53,6 @@ impl Deadline {
         Instant::now() >= self.at
     }
 
-    pub fn instant(&self) -> Instant {
-        self.at
-    }
-
     /// Panics naming `what` if the deadline has passed.
     #[track_caller]
     pub fn check(&self, what: &str) {
