@@ -567,8 +567,6 @@ pub fn spawn_interactive_input(
 mod tests {
     use super::*;
 
-    use protocol::{Member, Role};
-
     fn chat(target: ChatTarget, msg: &str) -> Chat {
         Chat {
             target,
@@ -630,25 +628,22 @@ mod tests {
 
     #[test]
     fn scripted_login_summary_and_results() {
+        // The LOGIN_ACK of the protocol's example, as an original server sends it.
+        let frame = br#"{"msgid":2,"errno":0,"id":13,"name":"zhang san",
+            "friends":["{\"id\":15,\"name\":\"li si\",\"state\":\"offline\"}"],
+            "groups":["{\"id\":1,\"groupname\":\"g\",\"groupdesc\":\"d\",\"users\":[\"{\\\"id\\\":13,\\\"name\\\":\\\"zhang san\\\",\\\"state\\\":\\\"online\\\",\\\"role\\\":\\\"creator\\\"}\"]}"]}"#;
+        let Ok(protocol::Incoming {
+            frame: protocol::ServerFrame::Reply(protocol::Reply::LoginOk(ack)),
+            ..
+        }) = protocol::parse_server_frame(frame)
+        else {
+            panic!("not a LOGIN_ACK")
+        };
         let profile = Profile {
-            id: 13,
-            name: "zhang san".into(),
-            friends: vec![Friend {
-                id: 15,
-                name: "li si".into(),
-                state: Presence::Offline,
-            }],
-            groups: vec![Group {
-                id: 1,
-                name: "g".into(),
-                desc: "d".into(),
-                users: vec![Member {
-                    id: 13,
-                    name: "zhang san".into(),
-                    state: Presence::Online,
-                    role: Role::Creator,
-                }],
-            }],
+            id: ack.id,
+            name: ack.name,
+            friends: ack.friends,
+            groups: ack.groups,
         };
         let (_, text) = render(&Output::Welcome(profile), false, Palette::PLAIN).unwrap();
         assert_eq!(
