@@ -55,13 +55,6 @@ impl Presence {
             _ => Presence::Offline,
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Presence::Online => "online",
-            Presence::Offline => "offline",
-        }
-    }
 }
 
 /// Role of a member in a group.
@@ -265,15 +258,9 @@ impl LoginAck {
     /// friends and groups alone pass the limit every message moves out and
     /// the ACK is sent as it is (the original server did no better).
     pub fn fit_v1(&mut self, limit: usize) -> Vec<Chat> {
-        let size = |ack: &LoginAck| {
-            crate::Reply::LoginOk(Box::new(ack.clone()))
-                .render(Version::V1, None)
-                .map_or(0, |bytes| bytes.len())
-        };
-        let offline = std::mem::take(&mut self.offline);
-        let base = size(self);
+        let mut offline = std::mem::take(&mut self.offline);
         // `,"offlinemsg":[` + `]`, then each message as a JSON string plus a comma.
-        let mut used = base + 16;
+        let mut used = self.v1_len() + 16;
         let mut fits = 0;
         for chat in &offline {
             let entry = crate::json::to_text(&chat.to_json(Version::V1)).len() + 1;
@@ -283,16 +270,26 @@ impl LoginAck {
             used += entry;
             fits += 1;
         }
-        let mut offline = offline;
-        let rest = offline.split_off(fits);
+        let mut rest = offline.split_off(fits);
         self.offline = offline;
         // The estimate is exact for serde's output; this guards it anyway.
-        let mut rest = rest;
-        while !self.offline.is_empty() && size(self) >= limit {
-            let last = self.offline.pop().expect("not empty");
+        while self.v1_len() >= limit {
+            let Some(last) = self.offline.pop() else {
+                break;
+            };
             rest.insert(0, last);
         }
         rest
+    }
+
+    /// The length of the v1 frame, terminator included, as the server
+    /// renders it (without a rid: v1 requests carry none).
+    fn v1_len(&self) -> usize {
+        let mut out = Vec::new();
+        let mut object = ObjectWriter::new(&mut out);
+        self.write(&mut object, Version::V1);
+        object.finish();
+        out.len() + 1
     }
 }
 
