@@ -20,25 +20,25 @@ pub enum MsgId {
 }
 
 impl MsgId {
+    const ALL: [MsgId; 13] = [
+        MsgId::Login,
+        MsgId::LoginAck,
+        MsgId::Logout,
+        MsgId::Register,
+        MsgId::RegisterAck,
+        MsgId::OneChat,
+        MsgId::AddFriend,
+        MsgId::CreateGroup,
+        MsgId::AddGroup,
+        MsgId::GroupChat,
+        MsgId::Ack,
+        MsgId::Ping,
+        MsgId::Pong,
+    ];
+
     /// The message id for a number, if the protocol defines one.
     pub fn from_number(n: i64) -> Option<Self> {
-        use MsgId::*;
-        Some(match n {
-            1 => Login,
-            2 => LoginAck,
-            3 => Logout,
-            4 => Register,
-            5 => RegisterAck,
-            6 => OneChat,
-            7 => AddFriend,
-            8 => CreateGroup,
-            9 => AddGroup,
-            10 => GroupChat,
-            11 => Ack,
-            12 => Ping,
-            13 => Pong,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|id| i64::from(id.number()) == n)
     }
 
     pub fn number(self) -> u8 {
@@ -69,23 +69,25 @@ impl Errno {
         self as u8
     }
 
+    const ALL: [Errno; 11] = [
+        Errno::Ok,
+        Errno::BadCredentials,
+        Errno::AlreadyLoggedIn,
+        Errno::GroupNameTaken,
+        Errno::NotFound,
+        Errno::NotMember,
+        Errno::BadRequest,
+        Errno::NotAuthorized,
+        Errno::FrameTooLarge,
+        Errno::RateLimited,
+        Errno::ServerError,
+    ];
+
     /// The errno for a number, if the protocol defines one.
     pub fn from_number(n: i64) -> Option<Self> {
-        use Errno::*;
-        Some(match n {
-            0 => Ok,
-            1 => BadCredentials,
-            2 => AlreadyLoggedIn,
-            3 => GroupNameTaken,
-            4 => NotFound,
-            5 => NotMember,
-            6 => BadRequest,
-            7 => NotAuthorized,
-            8 => FrameTooLarge,
-            9 => RateLimited,
-            10 => ServerError,
-            _ => return None,
-        })
+        Self::ALL
+            .into_iter()
+            .find(|errno| i64::from(errno.number()) == n)
     }
 
     /// The message sent with this errno when the handler has nothing more
@@ -115,4 +117,29 @@ pub enum Version {
     #[default]
     V1,
     V2,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_convert_both_ways_and_unknown_ones_are_none() {
+        for n in 1..=13 {
+            assert_eq!(
+                MsgId::from_number(n).map(|id| i64::from(id.number())),
+                Some(n)
+            );
+        }
+        for n in 0..=10 {
+            assert_eq!(
+                Errno::from_number(n).map(|e| i64::from(e.number())),
+                Some(n)
+            );
+        }
+        for n in [-1, 0, 14, 99, i64::MAX] {
+            assert_eq!(MsgId::from_number(n), None);
+        }
+        assert_eq!(Errno::from_number(11), None);
+    }
 }

@@ -68,39 +68,37 @@ pub(crate) fn to_text<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data always serializes")
 }
 
-/// Every field any request may carry, borrowed from the frame undecoded:
-/// a request is decoded without building a map of the whole object, and a
-/// field is only decoded (and type-checked) when the request needs it.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct RawFields<'a> {
-    #[serde(borrow, deserialize_with = "present")]
-    pub(crate) msgid: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    pub(crate) v: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    pub(crate) rid: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    password: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    name: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    toid: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    msg: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    time: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    friendid: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    groupname: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    groupdesc: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
-    groupid: Option<&'a RawValue>,
+/// Declares the fields a request may carry once: the struct that borrows
+/// them from the frame and the lookup by name both come from this list.
+macro_rules! raw_fields {
+    ($($field:ident),* $(,)?) => {
+        /// Every field any request may carry, borrowed from the frame
+        /// undecoded: a request is decoded without building a map of the
+        /// whole object, and a field is only decoded (and type-checked) when
+        /// the request needs it.
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        pub(crate) struct RawFields<'a> {
+            $(
+                #[serde(borrow, deserialize_with = "present")]
+                pub(crate) $field: Option<&'a RawValue>,
+            )*
+        }
+
+        impl<'a> RawFields<'a> {
+            fn get(&self, key: &str) -> Option<&'a RawValue> {
+                match key {
+                    $(stringify!($field) => self.$field,)*
+                    _ => None,
+                }
+            }
+        }
+    };
 }
+
+raw_fields!(
+    msgid, v, rid, id, password, name, toid, msg, time, friendid, groupname, groupdesc, groupid,
+);
 
 /// A field that is present is `Some`, even when it is `null` (which is
 /// then refused as mistyped rather than taken for a missing field).
@@ -114,20 +112,7 @@ pub(crate) struct Fields<'a>(pub(crate) RawFields<'a>);
 
 impl Fields<'_> {
     fn raw(&self, key: &str) -> Option<&RawValue> {
-        let fields = &self.0;
-        match key {
-            "id" => fields.id,
-            "password" => fields.password,
-            "name" => fields.name,
-            "toid" => fields.toid,
-            "msg" => fields.msg,
-            "time" => fields.time,
-            "friendid" => fields.friendid,
-            "groupname" => fields.groupname,
-            "groupdesc" => fields.groupdesc,
-            "groupid" => fields.groupid,
-            _ => None,
-        }
+        self.0.get(key)
     }
 
     pub(crate) fn version(&self) -> Result<Option<Version>, String> {
