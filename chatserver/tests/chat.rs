@@ -227,8 +227,11 @@ async fn login_errors_and_double_login(storage: Storage) {
         json!({"msgid": 2, "errno": 2, "errmsg": "this account is using, input another!"})
     );
 
-    // After LOGOUT the account is free again, on either connection.
-    first.send_v1(&req::claim(req::logout(), id)).await;
+    // After LOGOUT the account is free again, on either connection. The
+    // first connection speaks v2 by now: wait for the ACK of its LOGOUT
+    // rather than race the second connection's LOGIN against it.
+    let logout = first.call(&req::claim(req::logout(), id)).await;
+    assert_eq!(logout.errno(), Errno::Ok);
     second.login(id, "right").await;
     server.stop().await;
 }
