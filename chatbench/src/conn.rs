@@ -99,6 +99,8 @@ pub fn msgid_of(frame: &ServerFrame) -> i64 {
         ServerFrame::Reply(Reply::RegisterOk { .. }) => MsgId::RegisterAck,
         ServerFrame::Reply(Reply::Done(_)) => MsgId::Ack,
         ServerFrame::Reply(Reply::Pong(_)) => MsgId::Pong,
+        ServerFrame::Reply(Reply::History(_) | Reply::Silent) => MsgId::History,
+        ServerFrame::GoAway(_) => MsgId::GoAway,
         ServerFrame::Reply(Reply::Error(failure)) => Failure::reply_type(failure.request),
         ServerFrame::Chat(chat) => chat.target.msgid(),
         ServerFrame::Other { msgid } => return *msgid,
@@ -138,6 +140,7 @@ impl BenchChat {
             target,
             msg: String::with_capacity(24),
             time: v1.then(|| V1_TIME.to_owned()),
+            cid: None,
         }))
     }
 
@@ -261,6 +264,7 @@ impl Conn {
                     }
                 },
                 ServerFrame::Chat(_) => {}
+                ServerFrame::GoAway(_) => return Err(BenchError::Unexpected(MsgId::GoAway as i64)),
                 ServerFrame::Other { msgid } => return Err(BenchError::Unexpected(msgid)),
             }
         }
@@ -300,10 +304,7 @@ impl Conn {
         password: &str,
         limit: Duration,
     ) -> Result<Box<LoginAck>, BenchError> {
-        let login = Login {
-            id,
-            password: password.to_owned(),
-        };
+        let login = Login::with_password(id, password);
         self.send(&Request::Login(login)).await?;
         self.expect(limit, |reply| match reply {
             Reply::LoginOk(ack) => Ok(ack),

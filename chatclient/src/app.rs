@@ -659,6 +659,7 @@ impl App {
                         self.show(Output::Chat(chat), &mut fx);
                     }
                     ServerFrame::Reply(reply) => self.on_reply(rid, reply, now, &mut fx),
+                    ServerFrame::GoAway(_) => {}
                     ServerFrame::Other { msgid } => fx.push(Effect::Show(Output::Warn(format!(
                         "ignored a frame with unexpected msgid {msgid}"
                     )))),
@@ -675,7 +676,7 @@ impl App {
             Reply::LoginOk(ack) => self.on_login_ack(rid, Ok(*ack), now, fx),
             Reply::RegisterOk { id } => self.on_register_ack(rid, Ok(id), fx),
             Reply::Done(ack) => self.on_ack(rid, Ok(ack), fx),
-            Reply::Pong(_) => {}
+            Reply::Pong(_) | Reply::History(_) | Reply::Silent => {}
             Reply::Error(refused) => match refused.request {
                 Some(MsgId::Login) => self.on_login_ack(rid, Err(refused), now, fx),
                 Some(MsgId::Register) => self.on_register_ack(rid, Err(refused), fx),
@@ -964,10 +965,7 @@ impl App {
             return;
         }
         let line = format!("login {}", creds.id);
-        let request = Request::Login(Login {
-            id: creds.id,
-            password: creds.password,
-        });
+        let request = Request::Login(Login::with_password(creds.id, creds.password));
         self.send(request, Pending::Login, &line, now, fx);
     }
 
@@ -1029,6 +1027,7 @@ fn chat(me: Option<i64>, target: ChatTarget, msg: String) -> Request {
         target,
         msg,
         time: None,
+        cid: None,
     })
 }
 

@@ -240,10 +240,7 @@ mod tests {
     fn debug_logs_mask_passwords() {
         let send = Effect::Send {
             rid: 1,
-            request: Request::Login(Login {
-                id: 1,
-                password: "hunter2".into(),
-            }),
+            request: Request::Login(Login::with_password(1, "hunter2")),
         };
         let logged = format!("{send:?}");
         assert!(!logged.contains("hunter2"), "{logged}");

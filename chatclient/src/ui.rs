@@ -576,6 +576,7 @@ mod tests {
             time: "2024-05-01 10:00:00".into(),
             mid: Some(1),
             ts: Some(1),
+            seq: None,
         }
     }
 

@@ -52,6 +52,7 @@ async fn menu_login_shows_profile_and_offline_messages() {
         time: time.into(),
         mid: Some(mid),
         ts: Some(mid),
+        seq: None,
     };
     server.store_offline(
         13,

@@ -184,6 +184,7 @@ mod tests {
             time: "t".into(),
             mid: Some(7),
             ts: Some(8),
+            seq: None,
         };
         let push = Pushed::new(&chat);
         assert_eq!(push.mid(), 7);

@@ -91,6 +91,7 @@ fn v1_push(from: i64, name: &str, to: i64, msg: &str, time: &str) -> Vec<u8> {
         time: time.into(),
         mid: None,
         ts: None,
+        seq: None,
     };
     let mut frame = chat.to_json(Version::V1).into_bytes();
     frame.push(b'\n');

@@ -17,10 +17,14 @@ pub enum MsgId {
     Ack = 11,
     Ping = 12,
     Pong = 13,
+    Delivered = 14,
+    History = 15,
+    GoAway = 16,
+    Notice = 17,
 }
 
 impl MsgId {
-    const ALL: [MsgId; 13] = [
+    const ALL: [MsgId; 17] = [
         MsgId::Login,
         MsgId::LoginAck,
         MsgId::Logout,
@@ -34,6 +38,10 @@ impl MsgId {
         MsgId::Ack,
         MsgId::Ping,
         MsgId::Pong,
+        MsgId::Delivered,
+        MsgId::History,
+        MsgId::GoAway,
+        MsgId::Notice,
     ];
 
     /// The message id for a number, if the protocol defines one.
@@ -125,7 +133,7 @@ mod tests {
 
     #[test]
     fn numbers_convert_both_ways_and_unknown_ones_are_none() {
-        for n in 1..=13 {
+        for n in 1..=17 {
             assert_eq!(
                 MsgId::from_number(n).map(|id| i64::from(id.number())),
                 Some(n)
@@ -137,7 +145,7 @@ mod tests {
                 Some(n)
             );
         }
-        for n in [-1, 0, 14, 99, i64::MAX] {
+        for n in [-1, 0, 18, 99, i64::MAX] {
             assert_eq!(MsgId::from_number(n), None);
         }
         assert_eq!(Errno::from_number(11), None);

@@ -98,6 +98,7 @@ macro_rules! raw_fields {
 
 raw_fields!(
     msgid, v, rid, id, password, name, toid, msg, time, friendid, groupname, groupdesc, groupid,
+    cid, since, token, seq, with, before, limit,
 );
 
 /// A field that is present is `Some`, even when it is `null` (which is

@@ -18,9 +18,14 @@ pub use ids::{Errno, MsgId, Version};
 pub use message::ack::{Ack, Failure};
 pub use message::add_friend::AddFriend;
 pub use message::add_group::AddGroup;
-pub use message::chat::{Chat, ChatTarget, SendChat};
+pub use message::chat::{Chat, ChatTarget, SendChat, MAX_CID_BYTES};
 pub use message::create_group::CreateGroup;
-pub use message::login::{Friend, Group, Login, LoginAck, Member, Presence, Role};
+pub use message::delivered::Delivered;
+pub use message::goaway::GoAway;
+pub use message::history::{History, HistoryPage, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT};
+pub use message::login::{
+    Credential, Friend, Group, Login, LoginAck, Member, Presence, Role, MAX_TOKEN_BYTES,
+};
 pub use message::logout::Logout;
 pub use message::ping::Pong;
 pub use message::register::Register;

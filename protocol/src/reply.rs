@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::json::{Obj, ObjectWriter};
 use crate::message::{
-    ack::Ack, ack::Failure, chat::Chat, chat::ChatTarget, login::LoginAck, ping::Pong,
+    ack::Ack, ack::Failure, chat::Chat, chat::ChatTarget, goaway::GoAway, history::HistoryPage,
+    login::LoginAck, ping::Pong,
 };
 use crate::{Errno, MsgId, Version};
 
@@ -24,15 +25,20 @@ pub enum Reply {
     /// Success of any other request. v1 has no reply for these; v2 gets an
     /// ACK with the fields that apply.
     Done(Ack),
+    /// A page of HISTORY, an ACK with `messages` and `more`.
+    History(HistoryPage),
     Pong(Pong),
     /// A refused request. Rendered as LOGIN_ACK for LOGIN, REGISTER_ACK for
     /// REGISTER and ACK for everything else (including unreadable frames).
     Error(Failure),
+    /// Success that is answered by nothing at all (DELIVERED).
+    Silent,
 }
 
 impl Reply {
     pub const DONE: Reply = Reply::Done(Ack {
         mid: None,
+        ts: None,
         groupid: None,
     });
 
@@ -57,8 +63,9 @@ impl Reply {
     /// The frame to write, with its `\n` terminator, or `None` when the
     /// connection's version sends nothing for this reply.
     pub fn render(&self, version: Version, rid: Option<&Value>) -> Option<Vec<u8>> {
-        if version == Version::V1 && matches!(self, Reply::Done(_)) {
-            return None;
+        match (self, version) {
+            (Reply::Silent, _) | (Reply::Done(_), Version::V1) => return None,
+            _ => {}
         }
         let mut out = Vec::with_capacity(128);
         let mut object = ObjectWriter::new(&mut out);
@@ -71,8 +78,10 @@ impl Reply {
                     .field("id", id);
             }
             Reply::Done(ack) => ack.write(&mut object),
+            Reply::History(page) => page.write(&mut object),
             Reply::Pong(pong) => pong.write(&mut object),
             Reply::Error(failure) => failure.write(&mut object),
+            Reply::Silent => unreachable!("returned above"),
         }
         object.optional("rid", rid).finish();
         out.push(b'\n');
@@ -100,6 +109,8 @@ pub enum WireError {
 pub enum ServerFrame {
     Reply(Reply),
     Chat(Chat),
+    /// The server is closing the session; reconnect and resume.
+    GoAway(GoAway),
     /// A msgid a client does not expect from a server (a newer server).
     Other {
         msgid: i64,
@@ -153,11 +164,13 @@ pub fn parse_server_frame(frame: &[u8]) -> Result<Incoming, WireError> {
                 (MsgId::RegisterAck, _) => Reply::RegisterOk {
                     id: object.int("id").ok_or(WireError::BadField("id"))?,
                 },
+                _ if map.contains_key("messages") => Reply::History(HistoryPage::read(&object)),
                 _ => Reply::Done(Ack::read(&object)),
             })
         }
         Some(MsgId::Pong) => ServerFrame::Reply(Reply::Pong(Pong::read(&object))),
         Some(MsgId::OneChat | MsgId::GroupChat) => ServerFrame::Chat(Chat::read(&map)?),
+        Some(MsgId::GoAway) => ServerFrame::GoAway(GoAway::read(&object)),
         _ => ServerFrame::Other { msgid },
     };
     Ok(Incoming { rid, frame })
@@ -182,6 +195,10 @@ struct CommonFields<'a> {
     time: Option<Cow<'a, str>>,
     mid: Option<i64>,
     ts: Option<i64>,
+    seq: Option<i64>,
+    /// Present in a HISTORY page, which the general reader handles.
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
 }
 
 /// Reads a common frame in one pass, without building a map of it (a load
@@ -202,11 +219,15 @@ fn read_common(text: &str) -> Option<Incoming> {
             time: fields.time.map(Cow::into_owned).unwrap_or_default(),
             mid: fields.mid,
             ts: fields.ts,
+            seq: fields.seq,
         }),
-        (MsgId::Ack, Some(0)) => ServerFrame::Reply(Reply::Done(Ack {
-            mid: fields.mid,
-            groupid: fields.groupid,
-        })),
+        (MsgId::Ack, Some(0)) if fields.messages.is_none() => {
+            ServerFrame::Reply(Reply::Done(Ack {
+                mid: fields.mid,
+                ts: fields.ts,
+                groupid: fields.groupid,
+            }))
+        }
         (MsgId::RegisterAck, Some(0)) => ServerFrame::Reply(Reply::RegisterOk { id: fields.id? }),
         _ => return None,
     };
@@ -260,6 +281,7 @@ mod tests {
                 time: String::new(),
                 mid: None,
                 ts: None,
+                seq: None,
             })
         );
     }
@@ -296,8 +318,8 @@ mod tests {
         assert_eq!(
             incoming.frame,
             ServerFrame::Reply(Reply::Done(Ack {
-                mid: None,
-                groupid: Some(9)
+                groupid: Some(9),
+                ..Ack::default()
             }))
         );
     }

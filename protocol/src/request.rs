@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::json::{Fields, ObjectWriter, RawFields};
 use crate::message::{
     add_friend::AddFriend, add_group::AddGroup, chat::SendChat, create_group::CreateGroup,
-    login::Login, logout::Logout, register::Register,
+    delivered::Delivered, history::History, login::Login, logout::Logout, register::Register,
 };
 use crate::{Errno, MsgId, Version};
 
@@ -24,6 +24,8 @@ pub enum Request {
     CreateGroup(CreateGroup),
     AddGroup(AddGroup),
     Ping,
+    Delivered(Delivered),
+    History(History),
 }
 
 impl Request {
@@ -37,6 +39,8 @@ impl Request {
             Request::CreateGroup(_) => MsgId::CreateGroup,
             Request::AddGroup(_) => MsgId::AddGroup,
             Request::Ping => MsgId::Ping,
+            Request::Delivered(_) => MsgId::Delivered,
+            Request::History(_) => MsgId::History,
         }
     }
 
@@ -48,7 +52,11 @@ impl Request {
             | Request::AddFriend(AddFriend { id, .. })
             | Request::CreateGroup(CreateGroup { id, .. })
             | Request::AddGroup(AddGroup { id, .. }) => *id,
-            Request::Login(_) | Request::Register(_) | Request::Ping => None,
+            Request::Login(_)
+            | Request::Register(_)
+            | Request::Ping
+            | Request::Delivered(_)
+            | Request::History(_) => None,
         }
     }
 
@@ -78,6 +86,8 @@ impl Request {
             Request::CreateGroup(create) => create.write(&mut object),
             Request::AddGroup(add) => add.write(&mut object),
             Request::Ping => {}
+            Request::Delivered(delivered) => delivered.write(&mut object),
+            Request::History(history) => history.write(&mut object),
         }
         object.finish();
         out.push(match version {
@@ -201,7 +211,14 @@ fn request(msgid: MsgId, fields: &Fields) -> Result<Request, String> {
         MsgId::CreateGroup => Request::CreateGroup(CreateGroup::parse(fields)?),
         MsgId::AddGroup => Request::AddGroup(AddGroup::parse(fields)?),
         MsgId::Ping => Request::Ping,
-        MsgId::LoginAck | MsgId::RegisterAck | MsgId::Ack | MsgId::Pong => {
+        MsgId::Delivered => Request::Delivered(Delivered::parse(fields)?),
+        MsgId::History => Request::History(History::parse(fields)?),
+        MsgId::LoginAck
+        | MsgId::RegisterAck
+        | MsgId::Ack
+        | MsgId::Pong
+        | MsgId::GoAway
+        | MsgId::Notice => {
             return Err(format!(
                 "msgid {} is sent by servers, not clients",
                 msgid.number()
@@ -224,10 +241,7 @@ mod tests {
         assert_eq!(parsed.version, None);
         assert_eq!(
             parsed.request.unwrap(),
-            Request::Login(Login {
-                id: 13,
-                password: "123456".into()
-            })
+            Request::Login(Login::with_password(13, "123456"))
         );
     }
 
@@ -327,10 +341,7 @@ mod tests {
     #[test]
     fn every_request_round_trips() {
         let requests = [
-            Request::Login(Login {
-                id: 1,
-                password: "p".into(),
-            }),
+            Request::Login(Login::with_password(1, "p")),
             Request::Logout(Logout { id: Some(1) }),
             Request::Register(Register {
                 name: "n".into(),

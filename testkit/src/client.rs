@@ -28,10 +28,7 @@ pub mod req {
     use protocol::ChatTarget;
 
     pub fn login(id: i64, password: &str) -> Request {
-        Request::Login(Login {
-            id,
-            password: password.into(),
-        })
+        Request::Login(Login::with_password(id, password))
     }
 
     pub fn register(name: &str, password: &str) -> Request {
@@ -65,6 +62,7 @@ pub mod req {
             target,
             msg: msg.into(),
             time: time.map(Into::into),
+            cid: None,
         })
     }
 
@@ -97,7 +95,11 @@ pub mod req {
             | Request::AddFriend(AddFriend { id: claim, .. })
             | Request::CreateGroup(CreateGroup { id: claim, .. })
             | Request::AddGroup(AddGroup { id: claim, .. }) => *claim = Some(id),
-            Request::Login(_) | Request::Register(_) | Request::Ping => {}
+            Request::Login(_)
+            | Request::Register(_)
+            | Request::Ping
+            | Request::Delivered(_)
+            | Request::History(_) => {}
         }
         request
     }

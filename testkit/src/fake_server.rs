@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use protocol::{
-    parse_frame, Ack, AddFriend, AddGroup, Chat, ChatTarget, CreateGroup, Errno, FrameCodec,
-    Friend, Group, Login, LoginAck, Member, MsgId, Parsed, Pong, Presence, Register, Reply,
-    Request, Role, SendChat, Version,
+    parse_frame, Ack, AddFriend, AddGroup, Chat, ChatTarget, CreateGroup, Credential, Errno,
+    FrameCodec, Friend, Group, Login, LoginAck, Member, MsgId, Parsed, Pong, Presence, Register,
+    Reply, Request, Role, SendChat, Version,
 };
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -330,6 +330,7 @@ fn handle(conn: u64, parsed: Parsed, state: &Mutex<State>) {
                 Reply::Done(Ack {
                     mid: None,
                     groupid: Some(groupid),
+                    ..Ack::default()
                 })
             }
         }
@@ -346,13 +347,19 @@ fn handle(conn: u64, parsed: Parsed, state: &Mutex<State>) {
             server: "fake".into(),
             load: s.online.len() as u64,
         }),
+        Request::Delivered(_) => Reply::Silent,
+        Request::History(_) => Reply::error(Some(msgid), Errno::BadRequest),
     };
     reply(&s, outcome);
 }
 
-fn log_in(s: &mut State, conn: u64, Login { id, password }: Login) -> Reply {
+fn log_in(s: &mut State, conn: u64, login: Login) -> Reply {
     let request = Some(MsgId::Login);
-    let known = s.users.get(&id).is_some_and(|u| u.password == password);
+    let id = login.id;
+    let known = match login.credential {
+        Credential::Password(password) => s.users.get(&id).is_some_and(|u| u.password == password),
+        Credential::Token(_) => false,
+    };
     if !known {
         return Reply::error(request, Errno::BadCredentials);
     }
@@ -399,6 +406,8 @@ fn log_in(s: &mut State, conn: u64, Login { id, password }: Login) -> Reply {
         groups,
         offline,
         skipped: 0,
+        seq: None,
+        token: None,
     }))
 }
 
@@ -438,6 +447,7 @@ fn relay(s: &mut State, me: i64, send: SendChat) -> Reply {
         time: CHAT_TIME.into(),
         mid: Some(mid),
         ts: Some(CHAT_TS),
+        seq: None,
     };
     for to in receivers {
         match s.online.get(&to) {
@@ -456,6 +466,6 @@ fn relay(s: &mut State, me: i64, send: SendChat) -> Reply {
     }
     Reply::Done(Ack {
         mid: Some(mid),
-        groupid: None,
+        ..Ack::default()
     })
 }

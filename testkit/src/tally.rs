@@ -91,6 +91,7 @@ mod tests {
             time: String::new(),
             mid: None,
             ts: None,
+            seq: None,
         }
     }
 

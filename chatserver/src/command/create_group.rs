@@ -26,6 +26,7 @@ pub async fn apply(ctx: &Context, user: &User, name: &str, desc: &str) -> Reply 
             Reply::Done(Ack {
                 mid: None,
                 groupid: Some(group_id),
+                ..Ack::default()
             })
         }
         Ok(None) => refuse(

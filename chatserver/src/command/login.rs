@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::{
-    Chat, Errno, Friend, Group, LoginAck, Member, MsgId, Presence, Reply, Role, Version,
-    MAX_PASSWORD_BYTES, V1_READ_SIZE,
+    Chat, Credential, Errno, Friend, Group, Login, LoginAck, Member, MsgId, Presence, Reply, Role,
+    Version, MAX_PASSWORD_BYTES, V1_READ_SIZE,
 };
 
 use super::{refuse, server_error, AfterWrite, Outcome, SessionState, User};
@@ -28,12 +28,8 @@ use crate::rate_limit::PER_CONNECTION;
 use crate::refusals::Refusal;
 use crate::store::GroupMemberRow;
 
-pub async fn apply(
-    ctx: &Context,
-    session: &mut SessionState,
-    id: i64,
-    password: String,
-) -> Outcome {
+pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> Outcome {
+    let id = login.id;
     if session.user.is_some() {
         return refuse(
             MsgId::Login,
@@ -49,7 +45,7 @@ pub async fn apply(
         ctx.refusals.note(Refusal::LoginRate, session.peer_ip);
         return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
     }
-    let name = match check_password(ctx, id, password).await {
+    let name = match check_password(ctx, id, login.credential).await {
         Ok(Some(name)) => name,
         Ok(None) => {
             session.login_failures.record(now);
@@ -163,6 +159,8 @@ async fn load_login(
         groups,
         offline,
         skipped: 0,
+        seq: None,
+        token: None,
     };
     Ok((login, row_ids))
 }
@@ -191,8 +189,11 @@ fn group_entries(rows: Vec<GroupMemberRow>, presence: impl Fn(i64) -> Presence) 
 async fn check_password(
     ctx: &Context,
     id: i64,
-    password: String,
+    credential: Credential,
 ) -> Result<Option<Arc<str>>, Unavailable> {
+    let Credential::Password(password) = credential else {
+        return Ok(None);
+    };
     if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
         return Ok(None);
     }

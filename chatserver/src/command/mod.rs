@@ -111,7 +111,7 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) 
         }
     }
     match request {
-        Request::Login(login) => login::apply(ctx, session, login.id, login.password).await,
+        Request::Login(login) => login::apply(ctx, session, login).await,
         Request::Register(register) => register::apply(ctx, register.name, register.password)
             .await
             .into(),
@@ -139,6 +139,9 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) 
         Request::AddGroup(add) => add_group::apply(ctx, logged_in(session), add.group)
             .await
             .into(),
+        Request::Delivered(_) | Request::History(_) => {
+            refuse(msgid, Errno::BadRequest, "not supported yet").into()
+        }
     }
 }
 
@@ -170,12 +173,13 @@ pub(crate) async fn send_chat(
         time,
         mid: Some(mid),
         ts: Some(chrono::Utc::now().timestamp_millis()),
+        seq: None,
     };
     let pushed = Pushed::new(&push);
     match deliver(ctx, receivers, &pushed).await {
         Ok(()) => Reply::Done(Ack {
             mid: Some(mid),
-            groupid: None,
+            ..Ack::default()
         }),
         Err(error) => server_error(chat.target.msgid(), error),
     }

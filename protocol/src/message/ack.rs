@@ -12,6 +12,8 @@ use crate::{Errno, MsgId};
 pub struct Ack {
     /// The message id of an accepted ONE_CHAT or GROUP_CHAT.
     pub mid: Option<i64>,
+    /// When the server stored that message (ms since the Unix epoch).
+    pub ts: Option<i64>,
     /// The id of a group just created.
     pub groupid: Option<i64>,
 }
@@ -22,12 +24,14 @@ impl Ack {
             .field("msgid", &MsgId::Ack.number())
             .field("errno", &0)
             .optional("mid", self.mid)
+            .optional("ts", self.ts)
             .optional("groupid", self.groupid);
     }
 
     pub(crate) fn read(object: &Obj) -> Self {
         Ack {
             mid: object.int("mid"),
+            ts: object.int("ts"),
             groupid: object.int("groupid"),
         }
     }
@@ -99,7 +103,7 @@ mod tests {
         assert_eq!(Reply::DONE.render(Version::V1, None), None);
         let done = Reply::Done(Ack {
             mid: Some(5),
-            groupid: None,
+            ..Ack::default()
         });
         let bytes = done.render(Version::V2, Some(&json!(3))).unwrap();
         assert_eq!(

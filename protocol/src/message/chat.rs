@@ -1,7 +1,7 @@
 //! ONE_CHAT (6) and GROUP_CHAT (10): the same message to a user or to a
 //! group. A client sends a [`SendChat`]; receivers get it pushed as a
-//! [`Chat`] (v1: exactly the original fields; v2: plus `mid` and `ts`);
-//! v2 senders get an ACK with the `mid`.
+//! [`Chat`] (v1: exactly the original fields; v2: plus `mid`, `ts` and the
+//! receiver's inbox `seq`); v2 senders get an ACK with the `mid` and `ts`.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -40,7 +40,12 @@ pub struct SendChat {
     pub msg: String,
     /// The sender's local time as text; the server fills in its own when absent.
     pub time: Option<String>,
+    /// Client message id: a re-sent `cid` is not stored twice.
+    pub cid: Option<String>,
 }
+
+/// Longest client message id, in bytes.
+pub const MAX_CID_BYTES: usize = 64;
 
 impl SendChat {
     pub(crate) fn parse(msgid: MsgId, fields: &Fields) -> Result<Self, String> {
@@ -53,6 +58,12 @@ impl SendChat {
             target,
             msg: fields.string("msg")?,
             time: fields.opt_string("time")?,
+            cid: match fields.opt_string("cid")? {
+                Some(cid) if cid.is_empty() || cid.len() > MAX_CID_BYTES => {
+                    return Err(format!("cid must be 1 to {MAX_CID_BYTES} bytes"))
+                }
+                cid => cid,
+            },
         })
     }
 
@@ -61,7 +72,8 @@ impl SendChat {
         self.target.write(object);
         object
             .field("msg", &self.msg)
-            .optional("time", self.time.as_deref());
+            .optional("time", self.time.as_deref())
+            .optional("cid", self.cid.as_deref());
     }
 }
 
@@ -81,6 +93,9 @@ pub struct Chat {
     pub mid: Option<i64>,
     /// Server receive time in ms since the Unix epoch; v2 only.
     pub ts: Option<i64>,
+    /// The receiver's inbox sequence number; v2 pushes only (history
+    /// entries and stored bodies have none).
+    pub seq: Option<i64>,
 }
 
 impl Chat {
@@ -107,6 +122,7 @@ impl Chat {
             time: &self.time,
             mid: self.mid.filter(|_| v2),
             ts: self.ts.filter(|_| v2),
+            seq: self.seq.filter(|_| v2),
         }
     }
 
@@ -138,6 +154,7 @@ impl Chat {
             time: object.string("time").unwrap_or_default(),
             mid: object.int("mid"),
             ts: object.int("ts"),
+            seq: object.int("seq"),
         })
     }
 }
@@ -164,6 +181,8 @@ struct ChatWire<'a> {
     mid: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ts: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<i64>,
 }
 
 #[cfg(test)]
@@ -182,6 +201,7 @@ mod tests {
             time: "t".into(),
             mid: Some(9),
             ts: Some(10),
+            seq: Some(11),
         }
     }
 
@@ -218,6 +238,7 @@ mod tests {
             target: ChatTarget::User(9),
             msg: "a:b 你好 😀 \"q\"".into(),
             time: Some("2024-01-01 00:00:00".into()),
+            cid: Some("c-1".into()),
         };
         let v1 = Request::Chat(send.clone()).encode(Version::V1, None);
         assert_eq!(v1.last(), Some(&0));
@@ -235,6 +256,19 @@ mod tests {
         assert_eq!(parsed.version, Some(Version::V2));
         assert_eq!(parsed.rid, Some(json!(8)));
         assert_eq!(parsed.request, Ok(Request::Chat(group)));
+    }
+
+    #[test]
+    fn cid_must_be_1_to_64_bytes() {
+        let frame = |cid: &str| {
+            format!(r#"{{"msgid":6,"v":2,"toid":2,"msg":"m","cid":"{cid}"}}"#).into_bytes()
+        };
+        assert!(parse_frame(&frame("")).request.is_err());
+        assert!(parse_frame(&frame(&"c".repeat(65))).request.is_err());
+        let Ok(Request::Chat(chat)) = parse_frame(&frame(&"c".repeat(64))).request else {
+            panic!("a 64-byte cid is valid")
+        };
+        assert_eq!(chat.cid.as_deref(), Some("c".repeat(64).as_str()));
     }
 
     #[test]

@@ -9,33 +9,78 @@ use crate::json::{as_object, Fields, Obj, ObjectWriter};
 use crate::message::chat::Chat;
 use crate::{MsgId, Version};
 
+/// Longest session token, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 128;
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct Login {
     pub id: i64,
-    pub password: String,
+    pub credential: Credential,
+    /// v2 resume: the client holds every inbox message up to this `seq`.
+    pub since: Option<i64>,
 }
 
-/// Never prints the password.
+/// What proves the user is who they claim.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    Password(String),
+    /// A token from an earlier v2 LOGIN_ACK: no password hashing.
+    Token(String),
+}
+
+/// Never prints the password or the token.
 impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let credential = match self.credential {
+            Credential::Password(_) => "password",
+            Credential::Token(_) => "token",
+        };
         f.debug_struct("Login")
             .field("id", &self.id)
-            .finish_non_exhaustive()
+            .field("credential", &credential)
+            .field("since", &self.since)
+            .finish()
     }
 }
 
 impl Login {
+    /// A v1-shaped login with a password (what the original client sends).
+    pub fn with_password(id: i64, password: impl Into<String>) -> Self {
+        Login {
+            id,
+            credential: Credential::Password(password.into()),
+            since: None,
+        }
+    }
+
     pub(crate) fn parse(fields: &Fields) -> Result<Self, String> {
+        // A token, when present, is the credential; a password sent with
+        // it is ignored.
+        let credential = match fields.opt_string("token")? {
+            Some(token) if token.is_empty() || token.len() > MAX_TOKEN_BYTES => {
+                return Err(format!("token must be 1 to {MAX_TOKEN_BYTES} bytes"))
+            }
+            Some(token) => Credential::Token(token),
+            None => Credential::Password(fields.string("password")?),
+        };
+        let since = match fields.opt_int("since")? {
+            Some(since) if since < 0 => return Err("since must be 0 or more".to_owned()),
+            since => since,
+        };
         Ok(Login {
             id: fields.int("id")?,
-            password: fields.string("password")?,
+            credential,
+            since,
         })
     }
 
     pub(crate) fn write(&self, object: &mut ObjectWriter) {
-        object
-            .field("id", &self.id)
-            .field("password", &self.password);
+        object.field("id", &self.id);
+        match &self.credential {
+            Credential::Password(password) => object.field("password", password),
+            Credential::Token(token) => object.field("token", token),
+        };
+        object.optional("since", self.since);
     }
 }
 
@@ -181,8 +226,13 @@ pub struct LoginAck {
     pub name: String,
     pub friends: Vec<Friend>,
     pub groups: Vec<Group>,
-    /// Offline messages, oldest first.
+    /// Offline messages, oldest first (v1 only: v2 gets its inbox as pushes
+    /// after the ACK, and an empty list here).
     pub offline: Vec<Chat>,
+    /// v2: the highest inbox `seq` at login.
+    pub seq: Option<i64>,
+    /// v2: the token for logging in again without the password.
+    pub token: Option<String>,
     /// List entries a reader could not make sense of (reading only).
     pub skipped: usize,
 }
@@ -215,7 +265,10 @@ impl LoginAck {
             }
             Version::V1 => {}
             Version::V2 => {
-                object.field("offlinemsg", &self.offline);
+                object
+                    .field("offlinemsg", &self.offline)
+                    .optional("seq", self.seq)
+                    .optional("token", self.token.as_deref());
             }
         }
     }
@@ -248,6 +301,8 @@ impl LoginAck {
             friends,
             groups,
             offline,
+            seq: object.int("seq"),
+            token: object.string("token"),
             skipped,
         }
     }
@@ -322,6 +377,8 @@ mod tests {
                 }],
             }],
             offline: vec![],
+            seq: None,
+            token: None,
             skipped: 0,
         }
     }
@@ -335,6 +392,7 @@ mod tests {
             time: "2024-01-01 10:00:00".into(),
             mid: Some(n as i64),
             ts: Some(1),
+            seq: None,
         }
     }
 
@@ -435,15 +493,56 @@ mod tests {
 
     #[test]
     fn login_requests_round_trip_and_hide_the_password() {
-        let login = Login {
-            id: 13,
-            password: "p\"w".into(),
-        };
+        let login = Login::with_password(13, "p\"w");
         let bytes = Request::Login(login.clone()).encode(Version::V1, None);
         assert_eq!(bytes, b"{\"msgid\":1,\"id\":13,\"password\":\"p\\\"w\"}\0");
         let parsed = parse_frame(&bytes[..bytes.len() - 1]);
         assert_eq!(parsed.request, Ok(Request::Login(login.clone())));
         assert!(!format!("{login:?}").contains("p\\\"w"));
+    }
+
+    #[test]
+    fn token_logins_resume_and_keep_the_token_secret() {
+        let login = Login {
+            id: 13,
+            credential: Credential::Token("t0k".into()),
+            since: Some(42),
+        };
+        let bytes = Request::Login(login.clone()).encode(Version::V2, None);
+        let parsed = parse_frame(&bytes[..bytes.len() - 1]);
+        assert_eq!(parsed.request, Ok(Request::Login(login.clone())));
+        assert!(!format!("{login:?}").contains("t0k"));
+        for bad in [
+            r#"{"msgid":1,"v":2,"id":1,"token":""}"#,
+            r#"{"msgid":1,"v":2,"id":1,"password":"p","since":-1}"#,
+            r#"{"msgid":1,"v":2,"id":1}"#,
+        ] {
+            assert!(parse_frame(bad.as_bytes()).request.is_err(), "{bad}");
+        }
+        let long = format!(
+            r#"{{"msgid":1,"v":2,"id":1,"token":"{}"}}"#,
+            "x".repeat(129)
+        );
+        assert!(parse_frame(long.as_bytes()).request.is_err());
+    }
+
+    #[test]
+    fn v2_login_ack_carries_seq_and_token_and_v1_never_does() {
+        let mut ack = sample();
+        ack.seq = Some(7);
+        ack.token = Some("tok".into());
+        let v2 = render(&ack, Version::V2);
+        let value: Value = serde_json::from_slice(&v2).unwrap();
+        assert_eq!(value["seq"], 7);
+        assert_eq!(value["token"], "tok");
+        assert_eq!(value["offlinemsg"], json!([]));
+        let ServerFrame::Reply(Reply::LoginOk(back)) = parse_server_frame(&v2).unwrap().frame
+        else {
+            panic!("not a login ack")
+        };
+        assert_eq!(*back, ack);
+        let v1: Value = serde_json::from_slice(&render(&ack, Version::V1)).unwrap();
+        assert!(v1.get("seq").is_none() && v1.get("token").is_none());
     }
 
     #[test]
