@@ -17,9 +17,12 @@ pub mod mid;
 pub mod rate_limit;
 pub mod refusals;
 pub mod registry;
+mod retention;
 mod server;
 mod session;
 pub mod store;
+pub mod tokens;
+pub mod writer;
 
 pub use config::{Args, Config};
 pub use error::{BusError, ConfigError, HashError, StartError, StoreError, Unavailable};
