@@ -68,7 +68,7 @@ async fn heartbeat(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: Cancellation
             }
             Err(error) => {
                 if was_reachable {
-                    tracing::error!(%error, "redis unavailable: serving local users, storing the rest offline");
+                    tracing::error!(%error, "redis unavailable: serving local users; other servers' users get their messages from their inboxes once it is back");
                 }
                 cluster.reachable.store(false, Ordering::Relaxed);
             }

@@ -402,22 +402,40 @@ impl Client {
     /// that arrive first are kept for the next receive. Panics after
     /// [`WAIT`], on close, or on a reply carrying another `rid`.
     pub async fn call(&mut self, request: &Request) -> Reply {
+        self.try_call(request)
+            .await
+            .unwrap_or_else(|e| panic!("{e} while waiting for the reply to {request:?}"))
+    }
+
+    /// [`call`](Client::call) for callers that expect the connection to
+    /// fail (a server killed under them): close and timeout are errors.
+    pub async fn try_call(&mut self, request: &Request) -> io::Result<Reply> {
         self.next_rid += 1;
         let rid = Value::from(format!("tk-{}", self.next_rid));
-        self.send_raw(&request.encode(Version::V2, Some(&rid)))
-            .await;
+        self.try_send_raw(&request.encode(Version::V2, Some(&rid)))
+            .await?;
         let mut early = VecDeque::new();
         loop {
             let frame = match tokio::time::timeout(WAIT, self.next_frame()).await {
                 Ok(Some(frame)) => frame,
-                Ok(None) => panic!("connection closed while waiting for the reply to {request:?}"),
-                Err(_) => panic!("no reply within {WAIT:?} to {request:?}"),
+                Ok(None) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "connection closed",
+                    ))
+                }
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no reply within {WAIT:?}"),
+                    ))
+                }
             };
             let incoming = typed(&frame);
             if incoming.rid.as_ref() == Some(&rid) {
                 self.pending.extend(early);
                 return match incoming.frame {
-                    ServerFrame::Reply(reply) => reply,
+                    ServerFrame::Reply(reply) => Ok(reply),
                     other => panic!("reply to {request:?} is not a reply: {other:?}"),
                 };
             }

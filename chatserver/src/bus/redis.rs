@@ -34,9 +34,9 @@ use crate::mid::MAX_NODE;
 /// Every Redis call is bounded: a hung Redis must not hang a request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a user's server, learned from a hand-off, is trusted without a
-/// new lookup. A stale entry costs only time: the server that gets a push
-/// for a user it no longer holds stores it and asks for a sweep, so the
-/// message still arrives once.
+/// new lookup. A stale entry costs nothing: the message is in the user's
+/// inbox, and a server that no longer holds the user ignores the
+/// notification.
 const LOCATION_TTL: Duration = Duration::from_secs(5);
 /// Known locations kept before the cache is emptied and refilled.
 const LOCATION_CACHE_MAX: usize = 200_000;
