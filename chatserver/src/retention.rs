@@ -22,7 +22,7 @@ const PERIOD: Duration = Duration::from_secs(600);
 
 /// Runs until `stop`: once soon after start, then every `PERIOD`.
 pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {
-    let mut wait = Duration::from_secs(5);
+    let mut wait = Duration::from_secs(2);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
