@@ -47,6 +47,16 @@ pub enum Scenario {
         #[arg(long)]
         hash_threads: Option<usize>,
     },
+    /// Token logins: users get a token with one password login, then
+    /// workers log in with the tokens, a new connection each time (no
+    /// password hashing).
+    Tokens {
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+        /// Connections logging in at once.
+        #[arg(long, default_value_t = 32)]
+        workers: usize,
+    },
     /// 1:1 ping-pong between K pairs, one message in flight per pair.
     Pingpong {
         #[arg(long, default_value_t = 100)]

@@ -22,7 +22,7 @@ use crate::rate_limit::AddressLimiter;
 use crate::registry::Registry;
 use crate::retention;
 use crate::session;
-use crate::store::Store;
+use crate::store::{Durability, Store};
 use crate::writer::{InboxLimits, Writer};
 
 /// Time sessions get to flush and log out at shutdown; with the final
@@ -68,6 +68,18 @@ impl Server {
         let store = Store::connect(&config.database_url, config.db_connect_timeout)
             .await
             .map_err(StartError::Database)?;
+        match store.durability().await {
+            Ok(Durability::PowerLoss) => {
+                tracing::info!("acknowledged messages are flushed to disk at commit")
+            }
+            Ok(durability) => tracing::warn!(
+                ?durability,
+                "the database does not flush each commit to disk \
+                 (innodb_flush_log_at_trx_commit is not 1): a crash of the \
+                 database host may lose acknowledged messages"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot read the database's durability setting"),
+        }
         let server_name = config
             .name
             .clone()

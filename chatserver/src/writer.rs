@@ -59,6 +59,12 @@ enum Job {
         user: i64,
         upto: i64,
     },
+    /// The `users.state` column (kept for operators; presence itself lives
+    /// in memory and Redis).
+    Presence {
+        user: i64,
+        online: bool,
+    },
     /// Answered once every job queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -94,6 +100,11 @@ impl Writer {
         let _ = self.jobs.send(Job::Confirm { user, upto }).await;
     }
 
+    /// Records a user online or offline, in the next batch.
+    pub async fn presence(&self, user: i64, online: bool) {
+        let _ = self.jobs.send(Job::Presence { user, online }).await;
+    }
+
     /// Waits until everything queued so far is written.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
@@ -109,6 +120,7 @@ async fn run(store: Store, limits: InboxLimits, mut rx: mpsc::Receiver<Job>) {
         let mut sends = Vec::new();
         let mut replies = Vec::new();
         let mut confirms: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut presence: BTreeMap<i64, bool> = BTreeMap::new();
         let mut flushes = Vec::new();
         for job in batch.drain(..) {
             match job {
@@ -120,7 +132,20 @@ async fn run(store: Store, limits: InboxLimits, mut rx: mpsc::Receiver<Job>) {
                     let entry = confirms.entry(user).or_default();
                     *entry = (*entry).max(upto);
                 }
+                Job::Presence { user, online } => {
+                    presence.insert(user, online);
+                }
                 Job::Flush(done) => flushes.push(done),
+            }
+        }
+        if !presence.is_empty() {
+            // Best effort: the column is informational.
+            let (online, offline): (Vec<i64>, Vec<i64>) =
+                presence.keys().partition(|user| presence[user]);
+            for (users, state) in [(online, true), (offline, false)] {
+                if let Err(error) = store.set_online(&users, state).await {
+                    tracing::warn!(%error, "could not record users' online state");
+                }
             }
         }
         let mut result = Err(StoreError::WriterStopped);

@@ -7,3 +7,4 @@ pub mod offline;
 pub mod pingpong;
 pub mod proxy;
 pub mod register;
+pub mod tokens;

@@ -185,7 +185,7 @@ async fn issue_token(ctx: &Context, id: i64) -> Result<String, Unavailable> {
 
 /// Friends and groups with presence; the inbox is read separately.
 async fn load_login(ctx: &Context, id: i64, name: Arc<str>) -> Result<LoginAck, Unavailable> {
-    ctx.store.set_online(&[id], true).await?;
+    ctx.writer.presence(id, true).await;
     let friends = ctx.store.friends(id).await?;
     let members = ctx.store.groups_of(id).await?;
     let mut ids: Vec<i64> = friends.iter().map(|(id, _)| *id).collect();

@@ -28,12 +28,11 @@ pub async fn end_login(ctx: &Context, session: &mut SessionState) {
     if let Some(mut mailbox) = session.mailbox.take() {
         mailbox.close();
     }
-    // The session's DELIVERED confirmations are committed before the login
-    // is free again, so the user's next login starts after them.
+    // The session's DELIVERED confirmations (and its presence) are
+    // committed before the login is free again, so the user's next login
+    // starts after them.
+    ctx.writer.presence(user.id, false).await;
     ctx.writer.flush().await;
     ctx.registry.release(user.id, session.conn_id);
     ctx.bus.release(user.id).await;
-    if let Err(error) = ctx.store.set_online(&[user.id], false).await {
-        tracing::warn!(%error, "could not record the user offline");
-    }
 }
