@@ -1,6 +1,7 @@
 //! The scenarios, one file each.
 
 pub mod fanout;
+pub mod groupstore;
 pub mod idle;
 pub mod login;
 pub mod offline;
