@@ -80,7 +80,6 @@ mod tests {
     use crate::hasher::PasswordHasher;
     use crate::mailbox::mailbox;
     use crate::mid::MidGenerator;
-    use crate::rate_limit::AddressLimiter;
     use crate::registry::Registry;
     use crate::store::Store;
 
@@ -108,7 +107,7 @@ mod tests {
                 },
                 1,
             ),
-            address_limiter: AddressLimiter::default(),
+            guard: Default::default(),
             refusals: Default::default(),
             mids: MidGenerator::new(0),
             bus: Bus::Local,

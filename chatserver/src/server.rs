@@ -15,13 +15,13 @@ use crate::config::Config;
 use crate::context::{Context, Limits};
 use crate::directory::Directory;
 use crate::error::StartError;
+use crate::guard::Guard;
 use crate::hasher::PasswordHasher;
 use crate::inbound;
 use crate::mid::MidGenerator;
-use crate::rate_limit::AddressLimiter;
 use crate::registry::Registry;
-use crate::session;
 use crate::store::Store;
+use crate::{admission, connection_limits::AcceptBackoff};
 
 /// Time sessions get to flush and log out at shutdown; with the final
 /// storage updates this keeps a clean exit under 5 s.
@@ -97,7 +97,13 @@ impl Server {
             store,
             registry: Registry::default(),
             hasher: PasswordHasher::new(config.hash_cost, config.hash_threads),
-            address_limiter: AddressLimiter::default(),
+            guard: Guard::new(
+                config,
+                match &bus {
+                    Bus::Redis(redis) => Some(redis.clone()),
+                    Bus::Local => None,
+                },
+            ),
             refusals: Default::default(),
             mids: MidGenerator::new(bus.node()),
             bus,
@@ -116,15 +122,17 @@ impl Server {
             inbound::spawn(self.ctx.clone(), redis.clone(), stop.clone(), &background);
         }
         let mut next_conn_id: u64 = 0;
+        let mut backoff = AcceptBackoff::default();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        backoff.succeeded();
                         next_conn_id += 1;
                         configure(&stream);
-                        sessions.spawn(session::serve(
+                        sessions.spawn(admission::serve(
                             self.ctx.clone(),
                             stream,
                             peer,
@@ -134,8 +142,9 @@ impl Server {
                     }
                     Err(error) => {
                         // Out of file descriptors, usually: back off, keep serving.
-                        tracing::error!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let pause = backoff.failed();
+                        tracing::error!(%error, ?pause, "accept failed");
+                        tokio::time::sleep(pause).await;
                     }
                 }
             }

@@ -30,6 +30,9 @@ const COALESCE_BYTES: usize = 64 * 1024;
 /// Bytes read per system call at most.
 const READ_CHUNK: usize = 4096;
 
+/// The timeout that closes a connection not logged in.
+const LOGIN_IDLE: &str = "not logged in within the login idle timeout";
+
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
 enum Closing {
@@ -60,6 +63,7 @@ pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
+    connected: Instant,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> {
     let span =
@@ -72,6 +76,7 @@ pub fn serve(
         stream,
         buf: BytesMut::new(),
         last_frame: Instant::now(),
+        anonymous_since: connected,
         last_write: None,
         partial_since: None,
     };
@@ -88,6 +93,9 @@ struct Connection {
     codec: FrameCodec,
     state: SessionState,
     last_frame: Instant,
+    /// Since when the connection is not logged in (connect, or logout):
+    /// the login idle timeout counts from here, whatever the client sends.
+    anonymous_since: Instant,
     /// When the last frame went out, for spacing frames to v1 clients.
     last_write: Option<Instant>,
     /// When the bytes of the current unfinished frame started arriving.
@@ -107,6 +115,12 @@ impl Connection {
             let _ = tokio::time::timeout(Duration::from_millis(200), self.stream.shutdown()).await;
             match reason {
                 Closing::PeerClosed | Closing::Shutdown => {
+                    tracing::info!(%reason, "connection closed")
+                }
+                Closing::Idle(LOGIN_IDLE) => {
+                    self.ctx
+                        .refusals
+                        .note(Refusal::LoginIdle, self.state.peer_ip);
                     tracing::info!(%reason, "connection closed")
                 }
                 _ => tracing::warn!(%reason, "connection closed"),
@@ -149,6 +163,16 @@ impl Connection {
                         }
                     }
                 }
+                // Before reading: a peer that keeps the socket readable
+                // must not keep its timeouts from firing.
+                _ = &mut timer, if armed_for.is_some() => {
+                    armed_for = None;
+                    if let Some((at, why)) = self.deadline() {
+                        if Instant::now() >= at {
+                            return Closing::Idle(why);
+                        }
+                    }
+                }
                 ready = self.stream.readable() => {
                     if let Err(error) = ready {
                         return Closing::ReadFailed(error);
@@ -165,14 +189,6 @@ impl Connection {
                         Err(error) => return Closing::ReadFailed(error),
                     }
                 }
-                _ = &mut timer, if armed_for.is_some() => {
-                    armed_for = None;
-                    if let Some((at, why)) = self.deadline() {
-                        if Instant::now() >= at {
-                            return Closing::Idle(why);
-                        }
-                    }
-                }
             }
         }
     }
@@ -180,12 +196,11 @@ impl Connection {
     /// The earliest timeout that applies now, with its name.
     fn deadline(&self) -> Option<(Instant, &'static str)> {
         let limits = &self.ctx.limits;
-        let login = self.state.user.is_none().then(|| {
-            (
-                self.last_frame + limits.login_idle_timeout,
-                "no request before login",
-            )
-        });
+        let login = self
+            .state
+            .user
+            .is_none()
+            .then(|| (self.anonymous_since + limits.login_idle_timeout, LOGIN_IDLE));
         let v2 = (self.state.version == Version::V2).then(|| {
             (
                 self.last_frame + limits.v2_idle_timeout,
@@ -249,6 +264,7 @@ impl Connection {
         if parsed.version == Some(Version::V2) {
             self.state.version = Version::V2;
         }
+        let was_logged_in = self.state.user.is_some();
         let outcome = match parsed.request {
             Ok(request) => command::apply(&self.ctx, &mut self.state, request).await,
             Err(bad) => {
@@ -256,6 +272,9 @@ impl Connection {
                 Reply::refuse(bad.msgid, bad.errno(), bad.reason).into()
             }
         };
+        if was_logged_in && self.state.user.is_none() {
+            self.anonymous_since = Instant::now();
+        }
         self.reply(outcome.reply, parsed.rid.as_ref()).await?;
         self.after_write(outcome.after_write).await
     }

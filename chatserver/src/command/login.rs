@@ -39,17 +39,21 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
         .into();
     }
     let now = Instant::now();
-    if session.login_failures.exceeded(PER_CONNECTION, now)
-        || ctx.address_limiter.blocked(session.peer_ip, now)
-    {
+    if session.login_failures.exceeded(PER_CONNECTION, now) {
         ctx.refusals.note(Refusal::LoginRate, session.peer_ip);
         return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
     }
+    let Some(attempt) = ctx.guard.logins.admit(id, session.peer_ip).await else {
+        ctx.refusals.note(Refusal::LoginRate, session.peer_ip);
+        return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
+    };
     let name = match check_password(ctx, id, login.credential).await {
-        Ok(Some(name)) => name,
+        Ok(Some(name)) => {
+            ctx.guard.logins.succeeded(attempt).await;
+            name
+        }
         Ok(None) => {
             session.login_failures.record(now);
-            ctx.address_limiter.record_failure(session.peer_ip, now);
             tracing::info!(user = id, "login refused: bad credentials");
             return Reply::error(Some(MsgId::Login), Errno::BadCredentials).into();
         }
@@ -198,6 +202,8 @@ async fn check_password(
         return Ok(None);
     }
     let Some(credentials) = ctx.store.credentials(id).await? else {
+        // As much work as for an account that exists: timing tells nothing.
+        ctx.hasher.verify_decoy(password).await?;
         return Ok(None);
     };
     if !ctx

@@ -110,6 +110,9 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) 
             }
         }
     }
+    if let Some(refused) = ctx.guard.signups.refuse(ctx, session, &request).await {
+        return refused.into();
+    }
     match request {
         Request::Login(login) => login::apply(ctx, session, login).await,
         Request::Register(register) => register::apply(ctx, register.name, register.password)
