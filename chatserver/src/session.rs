@@ -117,12 +117,15 @@ impl Connection {
                 Closing::PeerClosed | Closing::Shutdown => {
                     tracing::info!(%reason, "connection closed")
                 }
+                // Limits: counted, and logged once a minute per address by
+                // `refusals`, so a flood of them cannot flood the log.
                 Closing::Idle(LOGIN_IDLE) => {
                     self.ctx
                         .refusals
                         .note(Refusal::LoginIdle, self.state.peer_ip);
-                    tracing::info!(%reason, "connection closed")
+                    tracing::debug!(%reason, "connection closed")
                 }
+                Closing::FrameTooLarge => tracing::debug!(%reason, "connection closed"),
                 _ => tracing::warn!(%reason, "connection closed"),
             }
         })
