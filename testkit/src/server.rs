@@ -220,6 +220,17 @@ impl Cluster {
         ChatServer::start_with(self.config()).await
     }
 
+    /// One more server that takes PROXY protocol headers from 127.0.0.1
+    /// (a proxy in front, such as Nginx with `proxy_protocol on`), with
+    /// `max_connections_per_ip` for the clients the headers name.
+    pub async fn start_node_behind_proxy(&self, max_connections_per_ip: usize) -> ChatServer {
+        let mut config = self.config();
+        config.proxy_protocol_from =
+            chatserver::config::parse_cidrs("127.0.0.1").expect("a valid address");
+        config.abuse.max_connections_per_ip = max_connections_per_ip;
+        ChatServer::start_with(config).await
+    }
+
     /// `count` servers.
     pub async fn start(&self, count: usize) -> Vec<ChatServer> {
         let mut servers = Vec::with_capacity(count);
