@@ -64,9 +64,13 @@ start_server() {
     mkdir -p "$dir"
     local db=()
     [[ -n "${DATABASE_URL:-}" ]] && db=(--database-url "$DATABASE_URL")
+    # chatbench registers and connects everyone from 127.0.0.1: lift the
+    # limits that would otherwise refuse it as one abusive client.
+    local limits=(--register-per-address 1000000 --create-group-per-user 1000000
+                  --max-connections 1000000 --max-connections-per-ip 1000000)
     # The fd limit is raised here, for the server process only: to 250,000
     # when allowed (CAP_SYS_RESOURCE), else to the hard limit.
-    (cd "$dir" && { ulimit -n 250000 2>/dev/null || ulimit -n "$(ulimit -Hn)"; } && exec env RUST_LOG=warn "$CHATSERVER_BIN" 127.0.0.1 0 "${db[@]}" "$@" \
+    (cd "$dir" && { ulimit -n 250000 2>/dev/null || ulimit -n "$(ulimit -Hn)"; } && exec env RUST_LOG=warn "$CHATSERVER_BIN" 127.0.0.1 0 "${db[@]}" "${limits[@]}" "$@" \
         >"$dir/stdout" 2>"$dir/stderr") &
     SERVER_PID=$!
     for _ in $(seq 300); do

@@ -25,6 +25,7 @@ impl Server {
             Command::new(bin::path("chatserver"))
                 .args(["127.0.0.1", "0"])
                 .args(bin::CHEAP_HASHING)
+                .args(bin::GENEROUS_LIMITS)
                 .current_dir(testkit::run::temp_dir("chatbench"))
                 .env("RUST_LOG", "warn")
                 .stderr(Stdio::null()),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -32,6 +33,26 @@ pub const DEFAULT_INBOX_LIMIT: u64 = 10_000;
 pub const DEFAULT_INBOX_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Connections served at once; beyond it new ones are refused (errno 9,
+/// closed). With the frame limit it bounds memory: about max_connections ×
+/// (max_frame + 16 KiB).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Connections one client address may hold at once; a NAT shares one.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Failed logins per minute at one account from one address.
+pub const DEFAULT_LOGIN_FAILURES_PER_ACCOUNT_ADDRESS: usize = 5;
+/// Failed logins per minute from one address, whatever the accounts.
+pub const DEFAULT_LOGIN_FAILURES_PER_ADDRESS: usize = 30;
+/// Login attempts per minute at one account from all addresses together
+/// (cluster-wide with Redis), except from addresses that logged into it
+/// before.
+pub const DEFAULT_LOGIN_FAILURES_PER_ACCOUNT: usize = 20;
+/// REGISTERs per minute from one address.
+pub const DEFAULT_REGISTER_PER_ADDRESS: usize = 5;
+/// CREATE_GROUPs per minute by one user.
+pub const DEFAULT_CREATE_GROUP_PER_USER: usize = 10;
+/// Groups one user may have created, in all.
+pub const DEFAULT_MAX_GROUPS_PER_USER: usize = 100;
 
 /// The ChatChat chat server.
 ///
@@ -77,7 +98,8 @@ pub struct Args {
     /// Threads that may hash passwords at once [default: number of CPUs]
     #[arg(long, env = "CHAT_HASH_THREADS", value_name = "N")]
     pub hash_threads: Option<usize>,
-    /// Close a connection that is not logged in and sends nothing this long [default 10m]
+    /// Close a connection not logged in this long after it connected (or
+    /// logged out), whatever it sends [default 10m]
     #[arg(long, env = "CHAT_LOGIN_IDLE_TIMEOUT", value_name = "DURATION")]
     pub login_idle_timeout: Option<String>,
     /// Close a v2 connection that sends no frame this long [default 90s]
@@ -134,6 +156,42 @@ pub struct Args {
     /// each other less often.
     #[arg(long, env = "CHAT_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
+    /// Connections served at once; more are refused with errno 9 and closed [default 10000]
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections one client address may hold at once [default 256]
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Proxies (our balancer, Nginx) whose connections start with a PROXY
+    /// protocol header (v1 or v2) naming the client: CIDR[,CIDR...]. Their
+    /// connections without one are closed; a header from any other address is
+    /// refused [default: none, no PROXY headers accepted]
+    #[arg(long, env = "CHAT_PROXY_PROTOCOL_FROM", value_name = "CIDRS")]
+    pub proxy_protocol_from: Option<String>,
+    /// Failed logins per minute at one account from one address, then errno 9 [default 5]
+    #[arg(
+        long,
+        env = "CHAT_LOGIN_FAILURES_PER_ACCOUNT_ADDRESS",
+        value_name = "N"
+    )]
+    pub login_failures_per_account_address: Option<usize>,
+    /// Failed logins per minute from one address, then errno 9 [default 30]
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ADDRESS", value_name = "N")]
+    pub login_failures_per_address: Option<usize>,
+    /// Login attempts per minute at one account from all addresses together
+    /// (cluster-wide in cluster mode), then errno 9 except from addresses that
+    /// logged into that account before [default 20]
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ACCOUNT", value_name = "N")]
+    pub login_failures_per_account: Option<usize>,
+    /// REGISTERs per minute from one address, then errno 9 [default 5]
+    #[arg(long, env = "CHAT_REGISTER_PER_ADDRESS", value_name = "N")]
+    pub register_per_address: Option<usize>,
+    /// CREATE_GROUPs per minute by one user, then errno 9 [default 10]
+    #[arg(long, env = "CHAT_CREATE_GROUP_PER_USER", value_name = "N")]
+    pub create_group_per_user: Option<usize>,
+    /// Groups one user may create in all, then errno 9 [default 100]
+    #[arg(long, env = "CHAT_MAX_GROUPS_PER_USER", value_name = "N")]
+    pub max_groups_per_user: Option<usize>,
     /// Log format: text or json (level from RUST_LOG, default info) [default text]
     #[arg(long, env = "CHAT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -186,6 +244,34 @@ impl Default for HashCost {
     }
 }
 
+/// Limits against abusive clients; see the options of the same names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbuseLimits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub login_failures_per_account_address: usize,
+    pub login_failures_per_address: usize,
+    pub login_failures_per_account: usize,
+    pub register_per_address: usize,
+    pub create_group_per_user: usize,
+    pub max_groups_per_user: usize,
+}
+
+impl Default for AbuseLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            login_failures_per_account_address: DEFAULT_LOGIN_FAILURES_PER_ACCOUNT_ADDRESS,
+            login_failures_per_address: DEFAULT_LOGIN_FAILURES_PER_ADDRESS,
+            login_failures_per_account: DEFAULT_LOGIN_FAILURES_PER_ACCOUNT,
+            register_per_address: DEFAULT_REGISTER_PER_ADDRESS,
+            create_group_per_user: DEFAULT_CREATE_GROUP_PER_USER,
+            max_groups_per_user: DEFAULT_MAX_GROUPS_PER_USER,
+        }
+    }
+}
+
 /// Validated settings.
 #[derive(Clone)]
 pub struct Config {
@@ -213,6 +299,9 @@ pub struct Config {
     /// `None` means "the bound address", known only after binding.
     pub name: Option<String>,
     pub log_format: LogFormat,
+    pub abuse: AbuseLimits,
+    /// Proxies trusted to send a PROXY header; empty: none.
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 /// The database URL without its password, for logs and `Debug`.
@@ -257,6 +346,8 @@ impl std::fmt::Debug for Config {
             .field("presence_lease", &self.presence_lease)
             .field("worker_threads", &self.worker_threads)
             .field("name", &self.name)
+            .field("abuse", &self.abuse)
+            .field("proxy_protocol_from", &self.proxy_protocol_from)
             .finish()
     }
 }
@@ -286,6 +377,8 @@ impl Default for Config {
             worker_threads: default_threads(),
             name: None,
             log_format: LogFormat::Text,
+            abuse: AbuseLimits::default(),
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -356,6 +449,34 @@ impl Config {
             )?,
             worker_threads: args.worker_threads.unwrap_or(defaults.worker_threads),
             name: args.name,
+            abuse: AbuseLimits {
+                max_connections: args.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+                max_connections_per_ip: args
+                    .max_connections_per_ip
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
+                login_failures_per_account_address: args
+                    .login_failures_per_account_address
+                    .unwrap_or(DEFAULT_LOGIN_FAILURES_PER_ACCOUNT_ADDRESS),
+                login_failures_per_address: args
+                    .login_failures_per_address
+                    .unwrap_or(DEFAULT_LOGIN_FAILURES_PER_ADDRESS),
+                login_failures_per_account: args
+                    .login_failures_per_account
+                    .unwrap_or(DEFAULT_LOGIN_FAILURES_PER_ACCOUNT),
+                register_per_address: args
+                    .register_per_address
+                    .unwrap_or(DEFAULT_REGISTER_PER_ADDRESS),
+                create_group_per_user: args
+                    .create_group_per_user
+                    .unwrap_or(DEFAULT_CREATE_GROUP_PER_USER),
+                max_groups_per_user: args
+                    .max_groups_per_user
+                    .unwrap_or(DEFAULT_MAX_GROUPS_PER_USER),
+            },
+            proxy_protocol_from: match args.proxy_protocol_from.as_deref() {
+                None => Vec::new(),
+                Some(list) => parse_cidrs(list)?,
+            },
             log_format: match args.log_format.as_deref() {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,
@@ -393,6 +514,12 @@ impl Config {
         if self.worker_threads == 0 {
             return invalid("worker-threads", "must be at least 1");
         }
+        if self.abuse.max_connections == 0 || self.abuse.max_connections_per_ip == 0 {
+            return invalid(
+                "max-connections/max-connections-per-ip",
+                "must be at least 1",
+            );
+        }
         if self.outbound_queue == 0 {
             return invalid("outbound-queue", "must be at least 1");
         }
@@ -429,6 +556,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `10.0.0.0/8,127.0.0.1`: networks, a bare address meaning just itself.
+pub fn parse_cidrs(list: &str) -> Result<Vec<IpNet>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| ConfigError::Invalid {
+                    option: "proxy-protocol-from",
+                    message: format!("{item:?} is not an address or CIDR network"),
+                })
+        })
+        .collect()
 }
 
 fn join_host_port(ip: &str, port: u16) -> String {
@@ -520,6 +663,23 @@ mod tests {
         assert_eq!(config.redis_url, None);
         assert_eq!(config.redis_prefix, defaults.redis_prefix);
         assert_eq!(config.presence_lease, defaults.presence_lease);
+        assert_eq!(config.abuse, defaults.abuse);
+        assert_eq!(config.proxy_protocol_from, defaults.proxy_protocol_from);
+    }
+
+    #[test]
+    fn proxy_networks_are_cidrs_or_addresses() {
+        let config = parse(&["--proxy-protocol-from", "10.0.0.0/8, 127.0.0.1,::1"]).unwrap();
+        let nets: Vec<String> = config
+            .proxy_protocol_from
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+        let message = parse(&["--proxy-protocol-from", "10.0.0.0/33"])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("proxy-protocol-from"), "{message}");
     }
 
     #[test]

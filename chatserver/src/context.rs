@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use crate::bus::Bus;
 use crate::directory::Directory;
+use crate::guard::Guard;
 use crate::hasher::PasswordHasher;
 use crate::mid::MidGenerator;
-use crate::rate_limit::AddressLimiter;
 use crate::refusals::Refusals;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -37,7 +37,8 @@ pub struct Context {
     pub registry: Registry,
     pub directory: Directory,
     pub hasher: PasswordHasher,
-    pub address_limiter: AddressLimiter,
+    /// Connection, login and signup limits, and the PROXY policy.
+    pub guard: Guard,
     /// Every limit's refusals, counted and log-throttled.
     pub refusals: Refusals,
     pub mids: MidGenerator,

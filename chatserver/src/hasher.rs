@@ -18,6 +18,9 @@ type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 #[derive(Clone)]
 pub struct PasswordHasher {
     cost: HashCost,
+    /// A hash of nothing anybody knows, at the configured cost, made at the
+    /// first use: what a LOGIN for a missing id is checked against.
+    decoy: Arc<tokio::sync::OnceCell<String>>,
     /// One permit per pool thread: waiters queue here, on the async side,
     /// so the job queue never holds more than the threads can take.
     permits: Arc<Semaphore>,
@@ -49,6 +52,7 @@ impl PasswordHasher {
         }
         Self {
             cost,
+            decoy: Arc::default(),
             permits: Arc::new(Semaphore::new(threads)),
             jobs,
         }
@@ -74,6 +78,20 @@ impl PasswordHasher {
     pub async fn verify(&self, password: String, stored: String) -> Result<bool, HashError> {
         self.on_pool(move |memory| verify_with(memory, password.as_bytes(), &stored))
             .await
+    }
+
+    /// The work of [`verify`](Self::verify) against no account, so that a
+    /// LOGIN for an id that does not exist takes as long as a wrong password.
+    pub async fn verify_decoy(&self, password: String) -> Result<(), HashError> {
+        let decoy = self
+            .decoy
+            .get_or_try_init(|| {
+                let random: [u8; 16] = rand::random();
+                self.hash(format!("{random:x?}"))
+            })
+            .await?
+            .clone();
+        self.verify(password, decoy).await.map(|_| ())
     }
 
     async fn on_pool<T: Send + 'static>(

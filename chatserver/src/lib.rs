@@ -3,23 +3,29 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 pub mod bus;
 pub mod command;
 pub mod config;
+pub mod connection_limits;
 pub mod context;
 pub mod delivery;
 pub mod directory;
 pub mod error;
+pub mod guard;
 pub mod hasher;
 mod inbound;
+pub mod login_limit;
 pub mod mailbox;
 pub mod mid;
+pub mod proxy_header;
 pub mod rate_limit;
 pub mod refusals;
 pub mod registry;
 mod retention;
 mod server;
 mod session;
+pub mod signup_limit;
 pub mod store;
 pub mod tokens;
 pub mod writer;

@@ -1,16 +1,15 @@
-//! Brute-force protection for LOGIN: failures per connection and per source
-//! address within a sliding minute.
+//! Sliding-minute counters: failures of one connection ([`Failures`]) and
+//! events per key shared by all connections ([`Table`]), the building block
+//! of the login, signup and connection limits.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::hash::Hash;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Failures one connection may make per window; the next attempt is refused.
 pub const PER_CONNECTION: usize = 5;
-/// Failures one source address may make per window; the next attempt is refused.
-pub const PER_ADDRESS: usize = 30;
 /// Addresses tracked before stale ones are swept, so a scan of many
 /// addresses cannot grow the table without bound.
 const SWEEP_ABOVE: usize = 10_000;
@@ -42,26 +41,59 @@ impl Failures {
     }
 }
 
-/// Per-address failures shared by every connection.
-#[derive(Clone, Default)]
-pub struct AddressLimiter {
-    failures: Arc<Mutex<HashMap<IpAddr, Failures>>>,
+/// Events per key (an address, an account...) within the window, shared
+/// by every connection. Checks and records happen under one short lock, so
+/// concurrent attempts cannot all slip under a limit.
+pub struct Table<K> {
+    entries: Mutex<HashMap<K, Failures>>,
 }
 
-impl AddressLimiter {
-    pub fn blocked(&self, address: IpAddr, now: Instant) -> bool {
-        let mut table = self.failures.lock().expect("limiter lock poisoned");
+impl<K> Default for Table<K> {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Copy> Table<K> {
+    /// True when `limit` events of `key` happened within the window.
+    pub fn exceeded(&self, key: K, limit: usize, now: Instant) -> bool {
+        let mut table = self.entries.lock().expect("limiter lock poisoned");
         table
-            .get_mut(&address)
-            .is_some_and(|failures| failures.exceeded(PER_ADDRESS, now))
+            .get_mut(&key)
+            .is_some_and(|events| events.exceeded(limit, now))
     }
 
-    pub fn record_failure(&self, address: IpAddr, now: Instant) {
-        let mut table = self.failures.lock().expect("limiter lock poisoned");
+    pub fn record(&self, key: K, now: Instant) {
+        let mut table = self.entries.lock().expect("limiter lock poisoned");
         if table.len() >= SWEEP_ABOVE {
-            table.retain(|_, failures| failures.exceeded(1, now));
+            table.retain(|_, events| events.exceeded(1, now));
         }
-        table.entry(address).or_default().record(now);
+        table.entry(key).or_default().record(now);
+    }
+
+    /// Records an event unless `limit` are already within the window;
+    /// `false` (nothing recorded) when the limit is reached.
+    pub fn try_record(&self, key: K, limit: usize, now: Instant) -> bool {
+        let mut table = self.entries.lock().expect("limiter lock poisoned");
+        if table.len() >= SWEEP_ABOVE {
+            table.retain(|_, events| events.exceeded(1, now));
+        }
+        let events = table.entry(key).or_default();
+        if events.exceeded(limit, now) {
+            return false;
+        }
+        events.record(now);
+        true
+    }
+
+    /// Takes back the latest event of `key`: an attempt that went well.
+    pub fn forget_one(&self, key: K) {
+        let mut table = self.entries.lock().expect("limiter lock poisoned");
+        if let Some(events) = table.get_mut(&key) {
+            events.0.pop_back();
+        }
     }
 }
 
@@ -83,17 +115,20 @@ mod tests {
     }
 
     #[test]
-    fn address_is_blocked_after_thirty_failures() {
-        let limiter = AddressLimiter::default();
-        let address: IpAddr = "10.0.0.1".parse().unwrap();
-        let other: IpAddr = "10.0.0.2".parse().unwrap();
+    fn a_key_is_blocked_at_its_limit_and_a_success_is_taken_back() {
+        let table: Table<std::net::IpAddr> = Table::default();
+        let address = "10.0.0.1".parse().unwrap();
+        let other = "10.0.0.2".parse().unwrap();
         let now = Instant::now();
-        for _ in 0..PER_ADDRESS {
-            assert!(!limiter.blocked(address, now));
-            limiter.record_failure(address, now);
+        for _ in 0..30 {
+            assert!(!table.exceeded(address, 30, now));
+            assert!(table.try_record(address, 30, now));
         }
-        assert!(limiter.blocked(address, now));
-        assert!(!limiter.blocked(other, now));
-        assert!(!limiter.blocked(address, now + WINDOW));
+        assert!(table.exceeded(address, 30, now));
+        assert!(!table.try_record(address, 30, now));
+        assert!(!table.exceeded(other, 30, now));
+        assert!(!table.exceeded(address, 30, now + WINDOW));
+        table.forget_one(address);
+        assert!(table.try_record(address, 30, now));
     }
 }

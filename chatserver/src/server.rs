@@ -15,15 +15,15 @@ use crate::config::Config;
 use crate::context::{Context, Limits};
 use crate::directory::Directory;
 use crate::error::StartError;
+use crate::guard::Guard;
 use crate::hasher::PasswordHasher;
 use crate::inbound;
 use crate::mid::MidGenerator;
-use crate::rate_limit::AddressLimiter;
 use crate::registry::Registry;
 use crate::retention;
-use crate::session;
 use crate::store::{Durability, Store};
 use crate::writer::{InboxLimits, Writer};
+use crate::{admission, connection_limits::AcceptBackoff};
 
 /// Time sessions get to flush and log out at shutdown; with the final
 /// storage updates this keeps a clean exit under 5 s.
@@ -121,7 +121,13 @@ impl Server {
             store,
             registry: Registry::default(),
             hasher: PasswordHasher::new(config.hash_cost, config.hash_threads),
-            address_limiter: AddressLimiter::default(),
+            guard: Guard::new(
+                config,
+                match &bus {
+                    Bus::Redis(redis) => Some(redis.clone()),
+                    Bus::Local => None,
+                },
+            ),
             refusals: Default::default(),
             mids: MidGenerator::new(bus.node()),
             bus,
@@ -148,15 +154,17 @@ impl Server {
             stop.clone(),
         ));
         let mut next_conn_id: u64 = 0;
+        let mut backoff = AcceptBackoff::default();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        backoff.succeeded();
                         next_conn_id += 1;
                         configure(&stream);
-                        sessions.spawn(session::serve(
+                        sessions.spawn(admission::serve(
                             self.ctx.clone(),
                             stream,
                             peer,
@@ -166,8 +174,9 @@ impl Server {
                     }
                     Err(error) => {
                         // Out of file descriptors, usually: back off, keep serving.
-                        tracing::error!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let pause = backoff.failed();
+                        tracing::error!(%error, ?pause, "accept failed");
+                        tokio::time::sleep(pause).await;
                     }
                 }
             }

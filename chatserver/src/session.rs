@@ -34,6 +34,9 @@ const INBOX_PAGE: u32 = 32;
 /// Bytes read per system call at most.
 const READ_CHUNK: usize = 4096;
 
+/// The timeout that closes a connection not logged in.
+const LOGIN_IDLE: &str = "not logged in within the login idle timeout";
+
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
 enum Closing {
@@ -64,6 +67,7 @@ pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
+    connected: Instant,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> {
     let span =
@@ -76,6 +80,7 @@ pub fn serve(
         stream,
         buf: BytesMut::new(),
         last_frame: Instant::now(),
+        anonymous_since: connected,
         last_write: None,
         partial_since: None,
     };
@@ -92,6 +97,9 @@ struct Connection {
     codec: FrameCodec,
     state: SessionState,
     last_frame: Instant,
+    /// Since when the connection is not logged in (connect, or logout):
+    /// the login idle timeout counts from here, whatever the client sends.
+    anonymous_since: Instant,
     /// When the last frame went out, for spacing frames to v1 clients.
     last_write: Option<Instant>,
     /// When the bytes of the current unfinished frame started arriving.
@@ -113,6 +121,15 @@ impl Connection {
                 Closing::PeerClosed | Closing::Shutdown => {
                     tracing::info!(%reason, "connection closed")
                 }
+                // Limits: counted, and logged once a minute per address by
+                // `refusals`, so a flood of them cannot flood the log.
+                Closing::Idle(LOGIN_IDLE) => {
+                    self.ctx
+                        .refusals
+                        .note(Refusal::LoginIdle, self.state.peer_ip);
+                    tracing::debug!(%reason, "connection closed")
+                }
+                Closing::FrameTooLarge => tracing::debug!(%reason, "connection closed"),
                 _ => tracing::warn!(%reason, "connection closed"),
             }
         })
@@ -162,6 +179,16 @@ impl Connection {
                         }
                     }
                 }
+                // Before reading: a peer that keeps the socket readable
+                // must not keep its timeouts from firing.
+                _ = &mut timer, if armed_for.is_some() => {
+                    armed_for = None;
+                    if let Some((at, why)) = self.deadline() {
+                        if Instant::now() >= at {
+                            return Closing::Idle(why);
+                        }
+                    }
+                }
                 ready = self.stream.readable() => {
                     if let Err(error) = ready {
                         return Closing::ReadFailed(error);
@@ -178,14 +205,6 @@ impl Connection {
                         Err(error) => return Closing::ReadFailed(error),
                     }
                 }
-                _ = &mut timer, if armed_for.is_some() => {
-                    armed_for = None;
-                    if let Some((at, why)) = self.deadline() {
-                        if Instant::now() >= at {
-                            return Closing::Idle(why);
-                        }
-                    }
-                }
             }
         }
     }
@@ -193,12 +212,11 @@ impl Connection {
     /// The earliest timeout that applies now, with its name.
     fn deadline(&self) -> Option<(Instant, &'static str)> {
         let limits = &self.ctx.limits;
-        let login = self.state.user.is_none().then(|| {
-            (
-                self.last_frame + limits.login_idle_timeout,
-                "no request before login",
-            )
-        });
+        let login = self
+            .state
+            .user
+            .is_none()
+            .then(|| (self.anonymous_since + limits.login_idle_timeout, LOGIN_IDLE));
         let v2 = (self.state.version == Version::V2).then(|| {
             (
                 self.last_frame + limits.v2_idle_timeout,
@@ -262,6 +280,7 @@ impl Connection {
         if parsed.version == Some(Version::V2) {
             self.state.version = Version::V2;
         }
+        let was_logged_in = self.state.user.is_some();
         let outcome = match parsed.request {
             Ok(request) => command::apply(&self.ctx, &mut self.state, request).await,
             Err(bad) => {
@@ -269,6 +288,9 @@ impl Connection {
                 Reply::refuse(bad.msgid, bad.errno(), bad.reason).into()
             }
         };
+        if was_logged_in && self.state.user.is_none() {
+            self.anonymous_since = Instant::now();
+        }
         self.reply(outcome.reply, parsed.rid.as_ref()).await?;
         self.after_write(outcome.after_write).await
     }

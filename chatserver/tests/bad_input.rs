@@ -348,6 +348,10 @@ async fn repeated_wrong_passwords_are_rate_limited(storage: Storage) {
     let server = ChatServer::start(storage).await;
     let mut setup = server.client().await;
     let id = setup.register("target", "right").await;
+    let mut others = Vec::new();
+    for i in 0..6 {
+        others.push(setup.register(&format!("other{i}"), "pw").await);
+    }
     let mut guesser = server.client().await;
     for _ in 0..5 {
         let reply = guesser.call(&req::login(id, "guess")).await;
@@ -363,22 +367,28 @@ async fn repeated_wrong_passwords_are_rate_limited(storage: Storage) {
         other => panic!("{other:?}"),
     }
     still_usable(&mut guesser).await;
-    // Another connection from the same address is not blocked yet...
+    // Another connection from the same address, at the same account, too...
+    let mut again = server.client().await;
+    assert_eq!(
+        again.call(&req::login(id, "right")).await.errno(),
+        Errno::RateLimited
+    );
+    // ...but the address may still log into other accounts...
     let mut other = server.client().await;
-    other.login(id, "right").await;
+    other.login(others[0], "pw").await;
     other.logout().await;
-    // ...until the address has failed more than 30 times in the minute.
-    for _ in 0..5 {
+    // ...until it has failed 30 times in the minute, whatever the accounts.
+    for &account in &others[1..] {
         let mut conn = server.client().await;
         for _ in 0..5 {
-            let reply = conn.call(&req::login(id, "guess")).await;
+            let reply = conn.call(&req::login(account, "guess")).await;
             assert_eq!(reply.errno(), Errno::BadCredentials);
         }
     }
     let mut late = server.client().await;
-    let reply = late.call(&req::login(id, "right")).await;
+    let reply = late.call(&req::login(others[0], "pw")).await;
     assert_eq!(reply.errno(), Errno::RateLimited);
-    // Another address is not.
+    // Another address is not, at any account.
     let mut elsewhere = Client::connect_from(server.addr, [127, 0, 0, 2].into()).await;
     elsewhere.login(id, "right").await;
     server.stop().await;

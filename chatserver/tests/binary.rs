@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::bin::{run_to_exit, Process, CHEAP_HASHING};
+use testkit::bin::{run_to_exit, Process, CHEAP_HASHING, GENEROUS_LIMITS};
 use testkit::prelude::*;
 use testkit::run::{fresh_mariadb_url, temp_dir};
 
@@ -25,7 +25,7 @@ fn chatserver(dir: &Path, args: &[&str]) -> Command {
 /// [`chatserver`] with the cheapest password hashing.
 fn cheap_chatserver(dir: &Path, args: &[&str]) -> Command {
     let mut command = chatserver(dir, args);
-    command.args(CHEAP_HASHING);
+    command.args(CHEAP_HASHING).args(GENEROUS_LIMITS);
     command
 }
 
@@ -58,6 +58,15 @@ fn help_names_every_option() {
         "--v2-idle-timeout",
         "--frame-stall-timeout",
         "--outbound-queue",
+        "--max-connections",
+        "--max-connections-per-ip",
+        "--proxy-protocol-from",
+        "--login-failures-per-account-address",
+        "--login-failures-per-address",
+        "--login-failures-per-account",
+        "--register-per-address",
+        "--create-group-per-user",
+        "--max-groups-per-user",
         "--db-connect-timeout",
         "--name",
         "--worker-threads",

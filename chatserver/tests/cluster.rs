@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testkit::bin::{Process, CHEAP_HASHING};
+use testkit::bin::{Process, CHEAP_HASHING, GENEROUS_LIMITS};
 use testkit::prelude::*;
 use testkit::redis::RedisServer;
 use testkit::server::{stop_all, ChatServer, Cluster};
@@ -283,6 +283,7 @@ fn start_binary(cluster: &Cluster) -> (Process, std::net::SocketAddr) {
             .args(["--redis-prefix", &cluster.prefix])
             .args(["--presence-lease", "2s"])
             .args(CHEAP_HASHING)
+            .args(GENEROUS_LIMITS)
             .env("RUST_LOG", "warn"),
     )
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use common::{chat_scenario, stop_alices_server_and_carry_on};
 use testkit::nginx::{render_conf, Nginx};
+use testkit::prelude::*;
 use testkit::server::Cluster;
 
 #[test]
@@ -38,6 +39,7 @@ fn nginx_conf_renders_with_our_ports_only() {
         "proxy_next_upstream on;",
         "proxy_timeout 24h;",
         "pid nginx.pid;",
+        "proxy_protocol on;",
     ] {
         assert!(conf.contains(kept), "{kept} lost: {conf}");
     }
@@ -46,8 +48,8 @@ fn nginx_conf_renders_with_our_ports_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_two_servers_chat_then_one_dies() {
     let cluster = Cluster::new();
-    let a = cluster.start_node().await;
-    let b = cluster.start_node().await;
+    let a = cluster.start_node_behind_proxy(100_000).await;
+    let b = cluster.start_node_behind_proxy(100_000).await;
     let nginx = Nginx::start(&[a.addr, b.addr]).await;
 
     let users = chat_scenario(nginx.addr, "nginx").await;
@@ -64,4 +66,62 @@ async fn nginx_two_servers_chat_then_one_dies() {
     );
     drop(nginx);
     survivor.stop().await;
+}
+
+/// Through Nginx with `proxy_protocol on`, the chat servers see each
+/// client's own address (127.0.0.2, 127.0.0.3): a guesser at one address is
+/// refused while a user at another logs in, and the per-address connection
+/// limit counts clients, not Nginx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_passes_client_addresses_to_the_limits() {
+    let cluster = Cluster::new();
+    let a = cluster.start_node_behind_proxy(3).await;
+    let nginx = Nginx::start(&[a.addr]).await;
+    let guesser_ip = [127, 0, 0, 2].into();
+    let user_ip = [127, 0, 0, 3].into();
+
+    let mut setup = Client::connect_from(nginx.addr, user_ip).await;
+    let mut accounts = Vec::new();
+    for i in 0..8 {
+        accounts.push(setup.register(&format!("nginx-user{i}"), "pw").await);
+    }
+    drop(setup);
+    // 40 wrong guesses from 127.0.0.2, over 8 accounts, on fresh connections.
+    let mut refused = 0;
+    for round in 0..40 {
+        let mut guesser = Client::connect_from(nginx.addr, guesser_ip).await;
+        match guesser
+            .call(&req::login(accounts[round % accounts.len()], "guess"))
+            .await
+            .errno()
+        {
+            Errno::BadCredentials => {}
+            Errno::RateLimited => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 40 guesses refused");
+    // 127.0.0.3 is another client: its users log in.
+    for &account in &accounts[..3] {
+        let mut user = Client::connect_from(nginx.addr, user_ip).await;
+        user.login(account, "pw").await;
+        user.logout().await;
+    }
+    // Three connections per client address, however many Nginx carries.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect_from(nginx.addr, user_ip).await;
+        c.ping().await;
+        held.push(c);
+    }
+    let mut fourth = Client::connect_from(nginx.addr, user_ip).await;
+    let frames = fourth.expect_closed(WAIT).await;
+    assert!(
+        matches!(frames.first().map(|f| &f.frame), Some(ServerFrame::Reply(reply)) if reply.errno() == Errno::RateLimited),
+        "{frames:?}"
+    );
+    let mut other = Client::connect_from(nginx.addr, guesser_ip).await;
+    other.ping().await;
+    drop(nginx);
+    a.stop().await;
 }

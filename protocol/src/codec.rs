@@ -57,7 +57,9 @@ impl Decoder for FrameCodec {
         loop {
             let Some(offset) = memchr::memchr2(b'\n', 0, &buf[self.scanned..]) else {
                 self.scanned = buf.len();
-                if buf.len() > self.max_frame && !is_blank(buf) {
+                // Every byte counts, blanks included: a peer that sends only
+                // spaces must not grow the buffer (or be rescanned) forever.
+                if buf.len() > self.max_frame {
                     return Err(FrameError::TooLarge {
                         limit: self.max_frame,
                     });
@@ -66,15 +68,15 @@ impl Decoder for FrameCodec {
             };
             let end = self.scanned + offset;
             self.scanned = 0;
+            if end > self.max_frame {
+                return Err(FrameError::TooLarge {
+                    limit: self.max_frame,
+                });
+            }
             let mut frame = buf.split_to(end + 1);
             frame.truncate(end);
             if is_blank(&frame) {
                 continue;
-            }
-            if frame.len() > self.max_frame {
-                return Err(FrameError::TooLarge {
-                    limit: self.max_frame,
-                });
             }
             return Ok(Some(frame.freeze()));
         }
@@ -156,6 +158,26 @@ mod tests {
         let mut codec = FrameCodec::new(8);
         let mut buf = BytesMut::from(&b"12345678\n"[..]);
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), &b"12345678"[..]);
+    }
+
+    #[test]
+    fn blanks_count_towards_the_limit() {
+        let mut codec = FrameCodec::new(8);
+        let mut buf = BytesMut::from(&b"         "[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { limit: 8 })
+        ));
+        let mut codec = FrameCodec::new(8);
+        let mut buf = BytesMut::from(&b"         \n{}\n"[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { limit: 8 })
+        ));
+        // Short blank frames are still skipped.
+        let mut codec = FrameCodec::new(8);
+        let mut buf = BytesMut::from(&b"  \n\0\r\n{}\n"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), &b"{}"[..]);
     }
 
     #[test]

@@ -23,6 +23,20 @@ pub const START_WAIT: Duration = Duration::from_secs(30);
 /// often and prove nothing about hashing cost.
 pub const CHEAP_HASHING: [&str; 4] = ["--hash-memory-kib", "64", "--hash-iterations", "1"];
 
+/// `chatserver` options that lift the signup and connection limits: tests
+/// and benchmarks register many users and open many connections from
+/// 127.0.0.1. Tests of those limits set their own.
+pub const GENEROUS_LIMITS: [&str; 8] = [
+    "--register-per-address",
+    "1000000",
+    "--create-group-per-user",
+    "1000000",
+    "--max-connections",
+    "100000",
+    "--max-connections-per-ip",
+    "100000",
+];
+
 /// The path of workspace binary `name`: `$<NAME>_BIN` if set (say
 /// `CHATSERVER_BIN`), else beside the running test's own directory
 /// (`target/<profile>/<name>`, built by `cargo test --workspace` or

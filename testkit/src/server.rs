@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chatserver::config::HashCost;
+use chatserver::config::{AbuseLimits, HashCost};
 use chatserver::{Config, Server};
 use sqlx::{AnyPool, Row};
 use tokio::net::TcpListener;
@@ -40,9 +40,18 @@ pub fn test_config(storage: Storage) -> Config {
     config_on(fresh_database_url(storage))
 }
 
-/// Settings for tests over the database at `database_url`.
+/// Settings for tests over the database at `database_url`. The signup and
+/// connection limits are lifted (tests register many users from
+/// 127.0.0.1, as [`crate::bin::GENEROUS_LIMITS`]); the login limits are not.
 pub fn config_on(database_url: String) -> Config {
     Config {
+        abuse: AbuseLimits {
+            register_per_address: 1_000_000,
+            create_group_per_user: 1_000_000,
+            max_connections: 100_000,
+            max_connections_per_ip: 100_000,
+            ..AbuseLimits::default()
+        },
         listen: "127.0.0.1:0".into(),
         database_url,
         hash_cost: HashCost {
@@ -227,6 +236,17 @@ impl Cluster {
     /// first creates the database and runs the migrations).
     pub async fn start_node(&self) -> ChatServer {
         ChatServer::start_with(self.config()).await
+    }
+
+    /// One more server that takes PROXY protocol headers from 127.0.0.1
+    /// (a proxy in front, such as Nginx with `proxy_protocol on`), with
+    /// `max_connections_per_ip` for the clients the headers name.
+    pub async fn start_node_behind_proxy(&self, max_connections_per_ip: usize) -> ChatServer {
+        let mut config = self.config();
+        config.proxy_protocol_from =
+            chatserver::config::parse_cidrs("127.0.0.1").expect("a valid address");
+        config.abuse.max_connections_per_ip = max_connections_per_ip;
+        ChatServer::start_with(config).await
     }
 
     /// `count` servers.

@@ -36,9 +36,7 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
         .into();
     }
     let now = Instant::now();
-    if session.login_failures.exceeded(PER_CONNECTION, now)
-        || ctx.address_limiter.blocked(session.peer_ip, now)
-    {
+    if session.login_failures.exceeded(PER_CONNECTION, now) {
         ctx.refusals.note(Refusal::LoginRate, session.peer_ip);
         return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
     }
@@ -46,11 +44,27 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
         Credential::Token(token) => Some(token.clone()),
         Credential::Password(_) => None,
     };
+    // Guessing limits apply to passwords: a token has 256 random bits, so a
+    // token login (even a wrong one) guesses nothing and is never hashed.
+    let attempt = match presented_token {
+        Some(_) => None,
+        None => match ctx.guard.logins.admit(id, session.peer_ip).await {
+            Some(attempt) => Some(attempt),
+            None => {
+                ctx.refusals.note(Refusal::LoginRate, session.peer_ip);
+                return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
+            }
+        },
+    };
     let name = match authenticate(ctx, id, login.credential).await {
-        Ok(Some(name)) => name,
+        Ok(Some(name)) => {
+            if let Some(attempt) = attempt {
+                ctx.guard.logins.succeeded(attempt).await;
+            }
+            name
+        }
         Ok(None) => {
             session.login_failures.record(now);
-            ctx.address_limiter.record_failure(session.peer_ip, now);
             tracing::info!(user = id, "login refused: bad credentials");
             return Reply::error(Some(MsgId::Login), Errno::BadCredentials).into();
         }
@@ -272,6 +286,8 @@ async fn check_password(
         return Ok(None);
     }
     let Some(credentials) = ctx.store.credentials(id).await? else {
+        // As much work as for an account that exists: timing tells nothing.
+        ctx.hasher.verify_decoy(password).await?;
         return Ok(None);
     };
     if !ctx

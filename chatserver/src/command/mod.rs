@@ -130,6 +130,9 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) 
             }
         }
     }
+    if let Some(refused) = ctx.guard.signups.refuse(ctx, session, &request).await {
+        return refused.into();
+    }
     match request {
         Request::Login(login) => login::apply(ctx, session, login).await,
         Request::Delivered(delivered) => delivered::apply(ctx, session, delivered.seq).await.into(),

@@ -404,3 +404,17 @@ fn group_member_row(row: &AnyRow) -> Result<GroupMemberRow, sqlx::Error> {
         role: row.try_get(5)?,
     })
 }
+
+/// What the abuse limits ask of storage.
+impl Store {
+    /// How many groups `user_id` created (and still holds as creator).
+    pub async fn groups_created_by(&self, user_id: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM group_members WHERE user_id = ? AND role = 'creator'",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+}

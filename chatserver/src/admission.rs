@@ -1,0 +1,120 @@
+//! What happens to an accepted connection before its session starts: a
+//! slot under `--max-connections`, the PROXY header from a trusted proxy
+//! (and the refusal of one from anybody else), and a slot under
+//! `--max-connections-per-ip` for the client's real address. A refused
+//! connection gets one error line (errno 9 for the limits, 6 for PROXY
+//! trouble) and is closed; each refusal is counted and log-throttled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::{Errno, Reply, Version};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+use crate::proxy_header::{read_header, starts_with_header, HEADER_TIMEOUT};
+use crate::refusals::Refusal;
+use crate::session;
+
+/// How long the error line of a refused connection may take to write.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// Admits the connection, then serves it as a session; the slots are held
+/// until the session ends.
+pub async fn serve(
+    ctx: Arc<Context>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    shutdown: CancellationToken,
+) {
+    let connected = Instant::now();
+    let guard = &ctx.guard;
+    let Some(_slot) = guard.connections.open() else {
+        ctx.refusals.note(Refusal::MaxConnections, peer.ip());
+        refuse(stream, Errno::RateLimited, "server full, try again later").await;
+        return;
+    };
+    let (client, _ip_slot) = if guard.proxy.trusts(peer.ip()) {
+        let header = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            header = tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut stream, peer)) => header,
+        };
+        let client = match header {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "connection from a trusted proxy refused");
+                ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
+                refuse(stream, Errno::BadRequest, "expected a PROXY header").await;
+                return;
+            }
+            Err(_) => {
+                ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
+                refuse(stream, Errno::BadRequest, "no PROXY header in time").await;
+                return;
+            }
+        };
+        let Some(ip_slot) = guard.connections.open_ip(client.ip()) else {
+            ctx.refusals.note(Refusal::MaxConnectionsPerIp, client.ip());
+            refuse(
+                stream,
+                Errno::RateLimited,
+                "too many connections from your address",
+            )
+            .await;
+            return;
+        };
+        (client, ip_slot)
+    } else {
+        let Some(ip_slot) = guard.connections.open_ip(peer.ip()) else {
+            ctx.refusals.note(Refusal::MaxConnectionsPerIp, peer.ip());
+            refuse(
+                stream,
+                Errno::RateLimited,
+                "too many connections from your address",
+            )
+            .await;
+            return;
+        };
+        // Clients speak first: wait for their first bytes, within the login
+        // idle timeout, to turn away a PROXY header nobody may send here.
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            first = tokio::time::timeout_at(connected + ctx.limits.login_idle_timeout, starts_with_header(&stream)) => first,
+        };
+        match first {
+            Ok(Ok(false)) | Ok(Err(_)) => {}
+            Ok(Ok(true)) => {
+                ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
+                refuse(
+                    stream,
+                    Errno::BadRequest,
+                    "PROXY header from an address that is not a trusted proxy",
+                )
+                .await;
+                return;
+            }
+            Err(_) => {
+                ctx.refusals.note(Refusal::LoginIdle, peer.ip());
+                return;
+            }
+        }
+        (peer, ip_slot)
+    };
+    session::serve(ctx.clone(), stream, client, conn_id, connected, shutdown).await;
+}
+
+/// Writes one error line and closes.
+async fn refuse(mut stream: TcpStream, errno: Errno, message: &'static str) {
+    if let Some(line) = Reply::refuse(None, errno, message).render(Version::V1, None) {
+        let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+            let _ = stream.write_all(&line).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    }
+}
