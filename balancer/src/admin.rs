@@ -188,6 +188,26 @@ impl Collector for BalancerCollector {
             b,
             |b| b.check_failures,
         )?;
+        backend_counter(
+            &mut e,
+            "balancer_backend_response_timeouts",
+            "Connections that sent bytes and got none back within response_timeout",
+            b,
+            |b| b.response_timeouts,
+        )?;
+        backend_counter(
+            &mut e,
+            "balancer_backend_local_errors",
+            "Connects and checks that failed on the balancer's side, not held against the backend",
+            b,
+            |b| b.local_errors,
+        )?;
+        plain_counter(
+            &mut e,
+            "balancer_accept_errors",
+            "Failed accepts (EMFILE and the like), each followed by a pause",
+            s.accept_errors,
+        )?;
         plain_counter(
             &mut e,
             "balancer_client_connections",

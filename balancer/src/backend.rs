@@ -22,10 +22,17 @@ pub struct Stats {
     pub total: AtomicU64,
     pub bytes_to_backend: AtomicU64,
     pub bytes_to_client: AtomicU64,
-    /// Client connections whose connect to this backend failed or timed out.
+    /// Client connections whose connect to this backend failed or timed out
+    /// for a reason that is the backend's (refused, reset, unreachable, timeout).
     pub connect_failures: AtomicU64,
+    /// Client connections to this backend that sent bytes and got none back
+    /// within `response_timeout`.
+    pub response_timeouts: AtomicU64,
     /// Failed health checks.
     pub check_failures: AtomicU64,
+    /// Connects and checks that failed for a reason of the balancer's own
+    /// (EMFILE, ENOMEM, a late runtime): not held against the backend.
+    pub local_errors: AtomicU64,
 }
 
 /// Consecutive results and the up/down verdict; changed under a short lock.
@@ -121,8 +128,10 @@ impl BackendState {
         Transition::None
     }
 
-    /// Records a failed check or a failed client connect; after `fall` in a
-    /// row an up backend goes down.
+    /// Records a failed check, a failed client connect or a response timeout;
+    /// after `fall` in a row an up backend goes down. Only a passing health
+    /// check breaks the streak: a client connect that completes proves
+    /// nothing (a wedged server accepts and never answers).
     pub fn record_failure(&self, fall: u32) -> Transition {
         let mut h = self.health.lock().unwrap();
         h.successes = 0;
@@ -137,12 +146,6 @@ impl BackendState {
             return Transition::WentDown;
         }
         Transition::None
-    }
-
-    /// A client connect succeeded: the failure streak is broken, but a down
-    /// backend stays down until its checks say otherwise.
-    pub fn record_connect_success(&self) {
-        self.health.lock().unwrap().failures = 0;
     }
 
     /// Takes a connection slot unless `limit` slots are in use.
@@ -209,6 +212,8 @@ pub struct Member {
     pub state: Arc<BackendState>,
     pub weight: u32,
     pub max_connections: Option<u32>,
+    /// Send a PROXY protocol v2 header first on every connection to it.
+    pub proxy_protocol: bool,
 }
 
 /// What new connections pick from: the config and its members, swapped whole
@@ -237,6 +242,7 @@ impl Snapshot {
                 state: state_for(b),
                 weight: b.weight,
                 max_connections: b.max_connections,
+                proxy_protocol: b.proxy_protocol,
             })
             .collect();
         let wrr = Mutex::new(SmoothWrr::new(members.len()));
@@ -310,7 +316,7 @@ mod tests {
         assert!(b.is_up(), "backends start up");
         assert_eq!(b.record_failure(3), Transition::None);
         assert_eq!(b.record_failure(3), Transition::None);
-        b.record_connect_success(); // streak broken
+        assert_eq!(b.record_success(2), Transition::None); // a passing check breaks the streak
         assert_eq!(b.record_failure(3), Transition::None);
         assert_eq!(b.record_failure(3), Transition::None);
         assert_eq!(b.record_failure(3), Transition::WentDown);

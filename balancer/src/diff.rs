@@ -12,14 +12,14 @@ pub struct Diff {
     pub removed: Vec<String>,
     /// `(address, old weight, new weight)`.
     pub reweighted: Vec<(String, u32, u32)>,
-    /// Backends whose connection limit changed.
+    /// Backends whose connection limit or PROXY protocol setting changed.
     pub relimited: Vec<String>,
     /// Needs a restart: a reload keeps the old address.
     pub listen_changed: bool,
     /// Needs a restart: a reload keeps the old address.
     pub admin_changed: bool,
     pub health_changed: bool,
-    /// Timeouts, retries, slow start, drain or grace period.
+    /// Timeouts, retries, slow start, drain, grace period or the admin token.
     pub settings_changed: bool,
     /// Backend order changed (it decides the order of the all-down fallback).
     pub reordered: bool,
@@ -91,7 +91,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
                 if o.weight != b.weight {
                     d.reweighted.push((b.address.clone(), o.weight, b.weight));
                 }
-                if o.max_connections != b.max_connections {
+                if o.max_connections != b.max_connections || o.proxy_protocol != b.proxy_protocol {
                     d.relimited.push(b.address.clone());
                 }
             }
@@ -121,7 +121,9 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         || old.slow_start != new.slow_start
         || old.drain_timeout != new.drain_timeout
         || old.shutdown_grace != new.shutdown_grace
-        || old.idle_timeout != new.idle_timeout;
+        || old.idle_timeout != new.idle_timeout
+        || old.response_timeout != new.response_timeout
+        || old.admin_token != new.admin_token;
     d
 }
 

@@ -11,8 +11,10 @@ mod apply;
 pub mod backend;
 pub mod config;
 pub mod diff;
+pub mod fault;
 pub mod health;
 pub mod proxy;
+pub mod proxy_header;
 pub mod reload;
 pub mod selection;
 mod shared;
@@ -138,6 +140,8 @@ impl Balancer {
         for (state, stop) in checkers {
             tokio::spawn(health::run_checker(shared.clone(), state, stop));
         }
+        let lag_shared = shared.clone();
+        tokio::spawn(async move { lag_shared.lag.probe(lag_shared.shutdown.clone()).await });
         let reloader = reloader.map(|r| tokio::spawn(r.run(shared.clone())));
         let admin_task = admin.map(|l| tokio::spawn(admin::serve(shared.clone(), l)));
 

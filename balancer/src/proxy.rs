@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::io::poll_read_buf;
 use tracing::{debug, info_span, warn, Instrument, Span};
 
 use crate::backend::{BackendState, Transition};
+use crate::fault::{self, Fault};
+use crate::proxy_header;
 use crate::shared::Shared;
 
 /// Size of each direction's copy buffer.
@@ -44,8 +46,16 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     .spawn(handle_client(task_shared, client, peer, span));
             }
             Err(e) => {
-                // Errors such as EMFILE would spin the loop; wait, growing the pause.
-                warn!(error = %e, "accept failed; pausing {backoff:?}");
+                // Errors such as EMFILE would spin the loop; wait, growing the
+                // pause. Established connections are untouched, and waiting
+                // clients stay in the backlog until descriptors free up.
+                // Logged at warn once per streak, not per attempt.
+                shared.clients.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if backoff == ACCEPT_BACKOFF_MIN {
+                    warn!(error = %e, "accept failed; backing off (counted in balancer_accept_errors_total)");
+                } else {
+                    debug!(error = %e, "accept failed; pausing {backoff:?}");
+                }
                 tokio::select! {
                     _ = shared.shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -66,8 +76,14 @@ impl Drop for Slot {
     }
 }
 
-/// Tries backends until one accepts; `None` when none did.
-async fn connect_backend(shared: &Shared) -> Option<(TcpStream, Slot)> {
+/// Tries backends until one accepts; `None` when none did. A backend that
+/// wants PROXY protocol gets its header before anything else, naming
+/// `client` and the balancer address `local` it connected to.
+async fn connect_backend(
+    shared: &Shared,
+    client: SocketAddr,
+    local: SocketAddr,
+) -> Option<(TcpStream, Slot, bool)> {
     // Hold this snapshot for the whole connect phase: a reload meanwhile
     // affects the next client, not the one half-way through picking.
     let snapshot = shared.snapshot();
@@ -87,17 +103,36 @@ async fn connect_backend(shared: &Shared) -> Option<(TcpStream, Slot)> {
         let member = &snapshot.members[i];
         let slot = Slot(member.state.clone());
         let address = &member.state.address;
-        let result =
-            tokio::time::timeout(config.connect_timeout, TcpStream::connect(address)).await;
-        let error = match result {
-            Ok(Ok(stream)) => {
-                member.state.record_connect_success();
-                return Some((stream, slot));
+        let connect = async {
+            let mut stream = TcpStream::connect(address).await?;
+            if member.proxy_protocol {
+                stream
+                    .write_all(&proxy_header::proxy(client, local))
+                    .await?;
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("timed out after {:?}", config.connect_timeout),
+            std::io::Result::Ok(stream)
+        };
+        let result = tokio::time::timeout(config.connect_timeout, connect).await;
+        let (error, fault) = match result {
+            Ok(Ok(stream)) => return Some((stream, slot, member.proxy_protocol)),
+            Ok(Err(e)) => (e.to_string(), fault::of_io(&e)),
+            Err(_) => (
+                format!("timed out after {:?}", config.connect_timeout),
+                shared.lag.timeout_fault(config.connect_timeout),
+            ),
         };
         drop(slot);
+        if fault == Fault::Local {
+            // Our own exhaustion: trying another backend would fail the
+            // same way, and no backend is to blame.
+            member
+                .state
+                .stats
+                .local_errors
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(backend = %address, %error, "connect failed on our side; closing the client");
+            return None;
+        }
         member
             .state
             .stats
@@ -115,7 +150,11 @@ async fn connect_backend(shared: &Shared) -> Option<(TcpStream, Slot)> {
 /// around the copy: entering it on every wake-up of a busy connection cost
 /// more than the copy itself.
 async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, span: Span) {
-    let Some((backend, slot)) = connect_backend(&shared).instrument(span.clone()).await else {
+    let local = client.local_addr().unwrap_or(peer);
+    let Some((backend, slot, _)) = connect_backend(&shared, peer, local)
+        .instrument(span.clone())
+        .await
+    else {
         shared.clients.rejected.fetch_add(1, Ordering::Relaxed);
         span.in_scope(|| warn!("no backend accepted the connection; closing the client"));
         return;
@@ -125,12 +164,18 @@ async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr,
     state.stats.total.fetch_add(1, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
-    let idle = shared.snapshot().config.idle_timeout;
+    let config = shared.snapshot().config.clone();
+    let idle = config.idle_timeout;
+    let response = config.response_timeout.map(|limit| ResponseWatch {
+        limit,
+        fall: config.health.fall,
+        shared: shared.clone(),
+    });
     let kill = state.kill_token();
     span.in_scope(|| debug!(%peer, "proxying"));
     let started = Instant::now();
     let reason = tokio::select! {
-        r = pump(client, backend, &state, idle) => r,
+        r = pump(client, backend, &state, idle, response.as_ref()) => r,
         _ = kill.cancelled() => "drain timeout",
         _ = shared.hard_stop.cancelled() => "shutdown grace period over",
     };
@@ -145,14 +190,22 @@ async fn pump(
     mut backend: TcpStream,
     state: &BackendState,
     idle: Option<Duration>,
+    response: Option<&ResponseWatch>,
 ) -> &'static str {
     let start = Instant::now();
     // Milliseconds since `start` of the last byte moved, shared by both
     // directions; only kept (a clock read per read) with an idle timeout.
     let last = AtomicU64::new(0);
     let activity = idle.map(|_| (&last, start));
+    // 1 + milliseconds since `start` of the oldest client byte the backend
+    // has not answered yet; 0 when nothing is awaited. Only kept with a
+    // response timeout.
+    let awaiting = AtomicU64::new(0);
+    let awaited = response.map(|_| (&awaiting, start));
     let mut up = Flow::new(&state.stats.bytes_to_backend, activity);
+    up.request = awaited;
     let mut down = Flow::new(&state.stats.bytes_to_client, activity);
+    down.answer = awaited.map(|(a, _)| a);
     let copy = async {
         let copied = std::future::poll_fn(|cx| {
             if !up.finished {
@@ -179,12 +232,70 @@ async fn pump(
             Err(_) => "error",
         }
     };
+    let silence = async {
+        match response {
+            Some(w) => w.watch(state, &awaiting, start).await,
+            None => std::future::pending().await,
+        }
+    };
     match idle {
-        None => copy.await,
+        None => tokio::select! {
+            r = copy => r,
+            never = silence => never,
+        },
         Some(idle) => tokio::select! {
             r = copy => r,
+            never = silence => never,
             _ = idle_watch(idle, &last, start) => "idle timeout",
         },
+    }
+}
+
+/// Passive detection of a wedged backend: a client sent bytes and the
+/// backend returned none within `limit`. It counts one failure toward
+/// `fall` per connection and leaves the connection open (the client
+/// decides whether to wait on).
+struct ResponseWatch {
+    limit: Duration,
+    fall: u32,
+    shared: Arc<Shared>,
+}
+
+impl ResponseWatch {
+    /// Never resolves: after recording the failure it waits forever, so the
+    /// copy decides when the connection ends.
+    async fn watch(
+        &self,
+        state: &BackendState,
+        awaiting: &AtomicU64,
+        start: Instant,
+    ) -> &'static str {
+        loop {
+            let since = awaiting.load(Ordering::Relaxed);
+            if since == 0 {
+                tokio::time::sleep(self.limit / 4).await;
+                continue;
+            }
+            let deadline = start + Duration::from_millis(since - 1) + self.limit;
+            if Instant::now() < deadline {
+                tokio::time::sleep_until(deadline.into()).await;
+                continue;
+            }
+            // The answer may have sat unread while the runtime stalled.
+            if self.shared.lag.timeout_fault(self.limit) == Fault::Local {
+                awaiting.store(0, Ordering::Relaxed);
+                continue;
+            }
+            state
+                .stats
+                .response_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(backend = %state.address, limit = ?self.limit, "backend sent nothing back in time");
+            if state.record_failure(self.fall) == Transition::WentDown {
+                warn!(backend = %state.address, "backend is down (responses timed out)");
+            }
+            return std::future::pending().await;
+        }
     }
 }
 
@@ -197,6 +308,10 @@ struct Flow<'a> {
     finished: bool,
     counter: &'a AtomicU64,
     activity: Option<(&'a AtomicU64, Instant)>,
+    /// Client to backend: marks when an answer became due.
+    request: Option<(&'a AtomicU64, Instant)>,
+    /// Backend to client: any byte is an answer.
+    answer: Option<&'a AtomicU64>,
 }
 
 impl<'a> Flow<'a> {
@@ -208,6 +323,8 @@ impl<'a> Flow<'a> {
             finished: false,
             counter,
             activity,
+            request: None,
+            answer: None,
         }
     }
 
@@ -251,6 +368,14 @@ impl<'a> Flow<'a> {
             self.counter.fetch_add(n as u64, Ordering::Relaxed);
             if let Some((last, start)) = self.activity {
                 last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            if let Some((awaiting, start)) = self.request {
+                if awaiting.load(Ordering::Relaxed) == 0 {
+                    awaiting.store(start.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+                }
+            }
+            if let Some(awaiting) = self.answer {
+                awaiting.store(0, Ordering::Relaxed);
             }
         }
     }

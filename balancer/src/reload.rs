@@ -92,7 +92,7 @@ impl Reloader {
                 _ = tokio::time::sleep(DEBOUNCE) => {}
             }
             while self.rx.try_recv().is_ok() {}
-            match Config::load(&self.path) {
+            match Config::load_async(&self.path).await {
                 Ok(config) => {
                     let d = apply(&shared, config);
                     if !d.is_empty() {

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::{BackendState, Snapshot};
 use crate::config::Config;
+use crate::fault::Lag;
 
 /// State shared by the accept loop, connections, health tasks, the reloader
 /// and the admin server.
@@ -34,6 +35,8 @@ pub struct Shared {
     /// Every client connection, so shutdown can wait for them.
     pub tracker: TaskTracker,
     pub clients: ClientCounters,
+    /// How late the runtime runs: a timeout during a stall is not the backend's fault.
+    pub lag: Lag,
     pub reloads: ReloadCounters,
     /// When the balancer was built; `/status` reports the uptime.
     pub started: Instant,
@@ -64,6 +67,7 @@ impl Shared {
             hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             clients: ClientCounters::default(),
+            lag: Lag::default(),
             reloads: ReloadCounters::default(),
             started: Instant::now(),
             listen_addr: OnceLock::new(),
@@ -96,6 +100,8 @@ pub struct ClientCounters {
     pub total: AtomicU64,
     /// Clients closed because no backend accepted them.
     pub rejected: AtomicU64,
+    /// Failed `accept` calls (EMFILE and the like), each followed by a pause.
+    pub accept_errors: AtomicU64,
 }
 
 /// Outcomes of config reloads, for `/status` and `/metrics`.

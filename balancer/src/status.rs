@@ -22,6 +22,8 @@ pub struct Status {
     pub clients_total: u64,
     /// Clients closed because no backend accepted them.
     pub clients_rejected: u64,
+    /// Failed `accept` calls (out of file descriptors, say).
+    pub accept_errors: u64,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -42,6 +44,10 @@ pub struct BackendStatus {
     pub bytes_to_client: u64,
     pub connect_failures: u64,
     pub check_failures: u64,
+    /// Connections that sent bytes and got nothing back within `response_timeout`.
+    pub response_timeouts: u64,
+    /// Connects and checks that failed on the balancer's side (not counted against it).
+    pub local_errors: u64,
 }
 
 impl Status {
@@ -87,6 +93,7 @@ impl Status {
             last_reload_error: shared.reloads.last_error.lock().unwrap().clone(),
             clients_total: get(&shared.clients.total),
             clients_rejected: get(&shared.clients.rejected),
+            accept_errors: get(&shared.clients.accept_errors),
             backends,
         }
     }
@@ -114,6 +121,8 @@ impl BackendStatus {
             bytes_to_client: get(&s.stats.bytes_to_client),
             connect_failures: get(&s.stats.connect_failures),
             check_failures: get(&s.stats.check_failures),
+            response_timeouts: get(&s.stats.response_timeouts),
+            local_errors: get(&s.stats.local_errors),
         }
     }
 }
