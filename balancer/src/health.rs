@@ -146,7 +146,9 @@ pub async fn run_checker(shared: Arc<Shared>, state: Arc<BackendState>, stop: Ca
         match result {
             Ok(()) => {
                 debug!(backend = %state.address, "health check ok");
-                if state.record_success(health.rise) == Transition::WentUp {
+                if state.record_success(health.rise, health.kind == HealthKind::Chat)
+                    == Transition::WentUp
+                {
                     info!(backend = %state.address, "backend is up");
                 }
             }

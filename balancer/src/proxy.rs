@@ -139,7 +139,7 @@ async fn connect_backend(
             .connect_failures
             .fetch_add(1, Ordering::Relaxed);
         warn!(backend = %address, %error, attempt = attempts, "backend connect failed; trying the next");
-        if member.state.record_failure(config.health.fall) == Transition::WentDown {
+        if member.state.record_passive_failure(config.health.fall) == Transition::WentDown {
             warn!(backend = %address, "backend is down (client connects failed)");
         }
     }
@@ -206,6 +206,7 @@ async fn pump(
     up.request = awaited;
     let mut down = Flow::new(&state.stats.bytes_to_client, activity);
     down.answer = awaited.map(|(a, _)| a);
+    down.answered_by = Some(state);
     let copy = async {
         let copied = std::future::poll_fn(|cx| {
             if !up.finished {
@@ -291,7 +292,7 @@ impl ResponseWatch {
                 .response_timeouts
                 .fetch_add(1, Ordering::Relaxed);
             warn!(backend = %state.address, limit = ?self.limit, "backend sent nothing back in time");
-            if state.record_failure(self.fall) == Transition::WentDown {
+            if state.record_passive_failure(self.fall) == Transition::WentDown {
                 warn!(backend = %state.address, "backend is down (responses timed out)");
             }
             return std::future::pending().await;
@@ -312,6 +313,8 @@ struct Flow<'a> {
     request: Option<(&'a AtomicU64, Instant)>,
     /// Backend to client: any byte is an answer.
     answer: Option<&'a AtomicU64>,
+    /// Backend to client: told of the first answer and of every awaited one.
+    answered_by: Option<&'a BackendState>,
 }
 
 impl<'a> Flow<'a> {
@@ -325,6 +328,7 @@ impl<'a> Flow<'a> {
             activity,
             request: None,
             answer: None,
+            answered_by: None,
         }
     }
 
@@ -375,7 +379,14 @@ impl<'a> Flow<'a> {
                 }
             }
             if let Some(awaiting) = self.answer {
-                awaiting.store(0, Ordering::Relaxed);
+                if awaiting.swap(0, Ordering::Relaxed) != 0 {
+                    if let Some(state) = self.answered_by {
+                        state.record_answer();
+                    }
+                }
+            } else if let Some(state) = self.answered_by.take() {
+                // Without response tracking, the first answer is enough.
+                state.record_answer();
             }
         }
     }
