@@ -38,6 +38,7 @@ pub struct Shared {
     /// How late the runtime runs: a timeout during a stall is not the backend's fault.
     pub lag: Lag,
     pub reloads: ReloadCounters,
+    pub admin: AdminCounters,
     /// When the balancer was built; `/status` reports the uptime.
     pub started: Instant,
     /// The bound listen address, set once when `run` starts. Until then
@@ -69,6 +70,7 @@ impl Shared {
             clients: ClientCounters::default(),
             lag: Lag::default(),
             reloads: ReloadCounters::default(),
+            admin: AdminCounters::default(),
             started: Instant::now(),
             listen_addr: OnceLock::new(),
         }
@@ -102,6 +104,15 @@ pub struct ClientCounters {
     pub rejected: AtomicU64,
     /// Failed `accept` calls (EMFILE and the like), each followed by a pause.
     pub accept_errors: AtomicU64,
+}
+
+/// What the admin server turned away.
+#[derive(Debug, Default)]
+pub struct AdminCounters {
+    /// Connections closed on accept because the cap was reached.
+    pub refused: AtomicU64,
+    /// Requests without the right bearer token.
+    pub unauthorized: AtomicU64,
 }
 
 /// Outcomes of config reloads, for `/status` and `/metrics`.

@@ -24,6 +24,10 @@ pub struct Status {
     pub clients_rejected: u64,
     /// Failed `accept` calls (out of file descriptors, say).
     pub accept_errors: u64,
+    /// Admin connections closed at once because the cap was reached.
+    pub admin_refused: u64,
+    /// Admin requests without the right bearer token.
+    pub admin_unauthorized: u64,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -94,6 +98,8 @@ impl Status {
             clients_total: get(&shared.clients.total),
             clients_rejected: get(&shared.clients.rejected),
             accept_errors: get(&shared.clients.accept_errors),
+            admin_refused: get(&shared.admin.refused),
+            admin_unauthorized: get(&shared.admin.unauthorized),
             backends,
         }
     }

@@ -63,7 +63,11 @@ async fn fifo_and_dev_zero_configs_leave_traffic_flowing_and_sigterm_works() {
 
     // 1. A FIFO nobody writes to: opening it for reading would block forever.
     let fifo = dir.join("config.fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     point_at(&path, &fifo);
     let v = rejected(admin, 1).await;
     let why = v["last_reload_error"].as_str().unwrap();
@@ -105,10 +109,20 @@ async fn a_bad_line_shows_line_and_key_never_the_secret() {
             .stderr(Stdio::piped()),
     );
     // The line, as line 2.
-    std::fs::write(&path, format!("listen = \"127.0.0.1:0\"\nsecret_token = \"hunter2\"\n{}", &good["listen = \"127.0.0.1:0\"\n".len()..])).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nsecret_token = \"hunter2\"\n{}",
+            &good["listen = \"127.0.0.1:0\"\n".len()..]
+        ),
+    )
+    .unwrap();
     let v = rejected(admin, 1).await;
     let why = v["last_reload_error"].as_str().unwrap();
-    assert!(why.contains("line 2") && why.contains("secret_token"), "{why}");
+    assert!(
+        why.contains("line 2") && why.contains("secret_token"),
+        "{why}"
+    );
     assert!(!v.to_string().contains("hunter2"), "{v}");
     assert_eq!(who_serves(addr).await.unwrap(), "a");
 
