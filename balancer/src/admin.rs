@@ -333,6 +333,32 @@ impl Collector for BalancerCollector {
             "Admin requests without the right bearer token",
             s.admin_unauthorized,
         )?;
+        if let Some(t) = &s.tls {
+            for (name, help, v) in [
+                (
+                    "balancer_tls_handshakes",
+                    "Completed TLS handshakes",
+                    t.handshakes,
+                ),
+                (
+                    "balancer_tls_handshake_failures",
+                    "Failed or timed-out TLS handshakes",
+                    t.handshake_failures,
+                ),
+                (
+                    "balancer_tls_reloads",
+                    "Certificate loads after start-up",
+                    t.reloads,
+                ),
+                (
+                    "balancer_tls_reload_failures",
+                    "Rejected certificate reloads (the previous pair stayed)",
+                    t.reload_failures,
+                ),
+            ] {
+                plain_counter(&mut e, name, help, v)?;
+            }
+        }
         plain_counter(
             &mut e,
             "balancer_client_connections",

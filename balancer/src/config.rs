@@ -123,6 +123,16 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `[tls]`: terminate TLS on `listen` with this certificate chain and key
+/// (PEM files, relative to the working directory). Both files are watched
+/// and reloaded on change; open connections keep the certificate they
+/// were set up with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -143,6 +153,8 @@ pub struct Config {
     /// backend failure. `None`: off.
     pub response_timeout: Option<Duration>,
     pub health: HealthConfig,
+    /// `None`: plain TCP on `listen`.
+    pub tls: Option<TlsConfig>,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -217,8 +229,16 @@ struct RawConfig {
     shutdown_grace: Option<Dur>,
     idle_timeout: Option<Dur>,
     health: Option<RawHealth>,
+    tls: Option<RawTls>,
     #[serde(default)]
     backend: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,7 +314,7 @@ fn is_loopback(address: &str) -> bool {
 
 /// Reads `path` under the rules above, on the calling thread; the callers
 /// put it on a thread of its own.
-fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ConfigError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let refused = |reason: String| ConfigError::Refused {
@@ -361,12 +381,40 @@ fn read_bounded(path: &Path) -> Result<String, ConfigError> {
             MAX_CONFIG_BYTES / 1024
         )));
     }
-    String::from_utf8(bytes).map_err(|e| {
-        refused(format!(
+    Ok(bytes)
+}
+
+fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| ConfigError::Refused {
+        path: path.to_path_buf(),
+        reason: format!(
             "it is not UTF-8 text (byte {})",
             e.utf8_error().valid_up_to()
-        ))
+        ),
     })
+}
+
+/// Reads a small file (config, certificate, key) under the same rules as
+/// the config: a regular file of at most [`MAX_CONFIG_BYTES`], on a thread
+/// of its own, within [`READ_TIMEOUT`]; the runtime only awaits.
+pub async fn read_file_async(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    read_on_thread(path, move |r| {
+        let _ = tx.send(r);
+    })?;
+    match tokio::time::timeout(READ_TIMEOUT, rx).await {
+        Ok(Ok(r)) => r,
+        _ => Err(timed_out(path)),
+    }
+}
+
+/// [`read_file_async`] for callers outside the runtime (start-up).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    read_on_thread(path, move |r| {
+        let _ = tx.send(r);
+    })?;
+    rx.recv_timeout(READ_TIMEOUT).map_err(|_| timed_out(path))?
 }
 
 /// Runs [`read_bounded`] on a detached thread that hands the result to
@@ -374,7 +422,7 @@ fn read_bounded(path: &Path) -> Result<String, ConfigError> {
 /// runtime thread or shutdown.
 fn read_on_thread(
     path: &Path,
-    send: impl FnOnce(Result<String, ConfigError>) + Send + 'static,
+    send: impl FnOnce(Result<Vec<u8>, ConfigError>) + Send + 'static,
 ) -> Result<(), ConfigError> {
     let owned = path.to_path_buf();
     std::thread::Builder::new()
@@ -399,26 +447,13 @@ impl Config {
     /// for at most [`READ_TIMEOUT`] (plus parsing). For start-up; a running
     /// balancer uses [`Config::load_async`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        read_on_thread(path, move |r| {
-            let _ = tx.send(r);
-        })?;
-        let text = rx
-            .recv_timeout(READ_TIMEOUT)
-            .map_err(|_| timed_out(path))??;
+        let text = utf8(path, read_file(path)?)?;
         Config::parse(&text, &path.display().to_string())
     }
 
     /// [`Config::load`] without blocking a runtime thread.
     pub async fn load_async(path: &Path) -> Result<Config, ConfigError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        read_on_thread(path, move |r| {
-            let _ = tx.send(r);
-        })?;
-        let text = match tokio::time::timeout(READ_TIMEOUT, rx).await {
-            Ok(Ok(r)) => r?,
-            _ => return Err(timed_out(path)),
-        };
+        let text = utf8(path, read_file_async(path).await?)?;
         let name = path.display().to_string();
         // Parsing 1 MiB of TOML takes milliseconds, but not on a runtime thread.
         tokio::task::spawn_blocking(move || Config::parse(&text, &name))
@@ -518,6 +553,21 @@ impl Config {
             }
         };
 
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => {
+                for (key, v) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+                    if v.get_ref().trim().is_empty() {
+                        return Err(src.invalid(Some(v.span()), key, "must name a file"));
+                    }
+                }
+                Some(TlsConfig {
+                    cert: PathBuf::from(t.cert.into_inner().trim()),
+                    key: PathBuf::from(t.key.into_inner().trim()),
+                })
+            }
+        };
+
         if raw.backend.is_empty() {
             return Err(src.invalid(None, "backend", "at least one [[backend]] is needed"));
         }
@@ -570,6 +620,7 @@ impl Config {
             idle_timeout: nonzero(raw.idle_timeout, DEFAULT_IDLE_TIMEOUT),
             response_timeout: nonzero(raw.response_timeout, DEFAULT_RESPONSE_TIMEOUT),
             health,
+            tls,
             backends,
         })
     }

@@ -18,6 +18,11 @@ pub struct Diff {
     pub listen_changed: bool,
     /// Needs a restart: a reload keeps the old address.
     pub admin_changed: bool,
+    /// `[tls]` switched on or off: needs a restart, a reload keeps the old
+    /// setting. (New file paths apply at once.)
+    pub tls_toggled: bool,
+    /// `[tls]` names other files.
+    pub tls_files_changed: bool,
     pub health_changed: bool,
     /// Timeouts, retries, slow start, drain, grace period or the admin token.
     pub settings_changed: bool,
@@ -58,6 +63,8 @@ impl std::fmt::Display for Diff {
             (self.settings_changed, "settings"),
             (self.listen_changed, "listen (ignored until restart)"),
             (self.admin_changed, "admin (ignored until restart)"),
+            (self.tls_toggled, "tls on/off (ignored until restart)"),
+            (self.tls_files_changed, "tls files"),
         ] {
             if changed {
                 parts.push(what.to_string());
@@ -115,6 +122,8 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     d.reordered = kept(old) != kept(new);
     d.listen_changed = old.listen != new.listen;
     d.admin_changed = old.admin != new.admin;
+    d.tls_toggled = old.tls.is_some() != new.tls.is_some();
+    d.tls_files_changed = old.tls.is_some() && new.tls.is_some() && old.tls != new.tls;
     d.health_changed = old.health != new.health;
     d.settings_changed = old.connect_timeout != new.connect_timeout
         || old.retries != new.retries

@@ -1,6 +1,7 @@
-//! The data path: accept a client, pick a backend (retrying the next one when
-//! a connect fails), then copy bytes both ways untouched until either side is
-//! done, the idle timeout fires, a drain times out or shutdown's grace ends.
+//! The data path: accept a client (and, with `[tls]`, finish its TLS
+//! handshake), pick a backend (retrying the next one when a connect fails),
+//! then copy bytes both ways untouched until either side is done, the idle
+//! timeout fires, a drain times out or shutdown's grace ends.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::io::poll_read_buf;
 use tracing::{debug, info_span, warn, Instrument, Span};
@@ -20,6 +21,8 @@ use crate::fault::{self, Fault};
 use crate::proxy_header;
 use crate::shared::Shared;
 
+/// Time a client gets to complete its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Size of each direction's copy buffer.
 const BUF_SIZE: usize = 16 * 1024;
 /// First and longest pause after a failing `accept` (out of file descriptors, say).
@@ -151,6 +154,61 @@ async fn connect_backend(
 /// more than the copy itself.
 async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, span: Span) {
     let local = client.local_addr().unwrap_or(peer);
+    let _ = client.set_nodelay(true);
+    let Some(tls) = &shared.tls else {
+        return serve(shared.clone(), client, peer, local, span).await;
+    };
+    let acceptor = tls.acceptor();
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)) => r,
+        _ = shared.hard_stop.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            tls.handshakes.fetch_add(1, Ordering::Relaxed);
+            serve(shared.clone(), stream, peer, local, span).await;
+        }
+        // Counted, and at debug only: scanners and port checks fail
+        // handshakes all day, and the log must stay readable.
+        Ok(Err(e)) => {
+            tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            span.in_scope(|| debug!(error = %e, "TLS handshake failed"));
+        }
+        Err(_) => {
+            tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            span.in_scope(|| debug!("TLS handshake timed out"));
+        }
+    }
+}
+
+/// One client stream, plain or TLS: what the copy needs of it.
+trait ClientSide: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Ready once reading may yield bytes, so that an idle connection holds
+    /// no copy buffer. TLS may hold decrypted bytes the socket no longer
+    /// signals, so it is always ready.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl ClientSide for TcpStream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl ClientSide for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_readable(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Connects a backend for the (handshaken) client and copies until done.
+async fn serve(
+    shared: Arc<Shared>,
+    client: impl ClientSide,
+    peer: SocketAddr,
+    local: SocketAddr,
+    span: Span,
+) {
     let Some((backend, slot, _)) = connect_backend(&shared, peer, local)
         .instrument(span.clone())
         .await
@@ -162,7 +220,6 @@ async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr,
     let state = slot.0.clone();
     span.record("backend", state.address.as_str());
     state.stats.total.fetch_add(1, Ordering::Relaxed);
-    let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     let config = shared.snapshot().config.clone();
     let idle = config.idle_timeout;
@@ -186,7 +243,7 @@ async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr,
 /// Copies both ways until both directions reached EOF (half-closes are
 /// passed on), one side fails, or nothing moved for `idle`.
 async fn pump(
-    mut client: TcpStream,
+    mut client: impl ClientSide,
     mut backend: TcpStream,
     state: &BackendState,
     idle: Option<Duration>,
@@ -305,6 +362,8 @@ impl ResponseWatch {
 struct Flow<'a> {
     buf: Vec<u8>,
     written: usize,
+    /// Bytes written since the last flush.
+    unflushed: bool,
     eof: bool,
     finished: bool,
     counter: &'a AtomicU64,
@@ -322,6 +381,7 @@ impl<'a> Flow<'a> {
         Self {
             buf: Vec::new(),
             written: 0,
+            unflushed: false,
             eof: false,
             finished: false,
             counter,
@@ -339,8 +399,8 @@ impl<'a> Flow<'a> {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut TcpStream,
-        to: &mut TcpStream,
+        from: &mut impl ClientSide,
+        to: &mut impl ClientSide,
         other_finished: bool,
     ) -> Poll<std::io::Result<()>> {
         loop {
@@ -350,6 +410,12 @@ impl<'a> Flow<'a> {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
                 }
                 self.written += n;
+                self.unflushed = true;
+            }
+            if self.unflushed {
+                // A no-op on TCP; TLS sends the records it has buffered.
+                ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                self.unflushed = false;
             }
             if self.eof {
                 if !other_finished {
@@ -361,7 +427,7 @@ impl<'a> Flow<'a> {
             self.buf.clear();
             self.written = 0;
             if self.buf.capacity() == 0 {
-                ready!(from.poll_read_ready(cx))?;
+                ready!(from.poll_readable(cx))?;
                 self.buf.reserve_exact(BUF_SIZE);
             }
             let n = ready!(poll_read_buf(Pin::new(&mut *from), cx, &mut self.buf))?;

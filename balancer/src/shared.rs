@@ -17,6 +17,8 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{BackendState, Snapshot};
 use crate::config::Config;
 use crate::fault::Lag;
+use crate::tls::TlsState;
+use tokio_rustls::TlsAcceptor;
 
 /// State shared by the accept loop, connections, health tasks, the reloader
 /// and the admin server.
@@ -39,6 +41,8 @@ pub struct Shared {
     pub lag: Lag,
     pub reloads: ReloadCounters,
     pub admin: AdminCounters,
+    /// With `[tls]`: the acceptor in use and the TLS counters.
+    pub tls: Option<TlsState>,
     /// When the balancer was built; `/status` reports the uptime.
     pub started: Instant,
     /// The bound listen address, set once when `run` starts. Until then
@@ -48,8 +52,9 @@ pub struct Shared {
 
 impl Shared {
     /// One state per configured backend, each with the token that will stop
-    /// its health task; no task runs yet.
-    pub fn new(config: Config) -> Self {
+    /// its health task; no task runs yet. `tls` is the acceptor loaded from
+    /// `config.tls`.
+    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> Self {
         let shutdown = CancellationToken::new();
         let mut registry = Registry::default();
         for b in &config.backends {
@@ -71,6 +76,7 @@ impl Shared {
             lag: Lag::default(),
             reloads: ReloadCounters::default(),
             admin: AdminCounters::default(),
+            tls: tls.map(TlsState::new),
             started: Instant::now(),
             listen_addr: OnceLock::new(),
         }

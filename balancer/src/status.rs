@@ -28,7 +28,21 @@ pub struct Status {
     pub admin_refused: u64,
     /// Admin requests without the right bearer token.
     pub admin_unauthorized: u64,
+    /// With `[tls]`: handshakes and certificate reloads.
+    pub tls: Option<TlsStatus>,
     pub backends: Vec<BackendStatus>,
+}
+
+/// TLS counters in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsStatus {
+    pub handshakes: u64,
+    /// Failed or timed-out handshakes (logged at debug only).
+    pub handshake_failures: u64,
+    /// Certificate loads after start-up.
+    pub reloads: u64,
+    /// Certificate reloads rejected (the previous pair stayed).
+    pub reload_failures: u64,
 }
 
 /// One backend in `/status`.
@@ -100,6 +114,12 @@ impl Status {
             accept_errors: get(&shared.clients.accept_errors),
             admin_refused: get(&shared.admin.refused),
             admin_unauthorized: get(&shared.admin.unauthorized),
+            tls: shared.tls.as_ref().map(|t| TlsStatus {
+                handshakes: get(&t.handshakes),
+                handshake_failures: get(&t.handshake_failures),
+                reloads: get(&t.reloads),
+                reload_failures: get(&t.reload_failures),
+            }),
             backends,
         }
     }
