@@ -982,4 +982,24 @@ max_connections = 5
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn tls_section() {
+        let c = Config::parse(
+            "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[[backend]]\naddress = \"a:1\"\n",
+            "t",
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(
+            (tls.cert, tls.key),
+            (PathBuf::from("c.pem"), PathBuf::from("k.pem"))
+        );
+        let e = err(
+            "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"c.pem\"\n[[backend]]\naddress = \"a:1\"\n",
+        );
+        assert!(e.contains("key"), "{e}");
+        let e = err("listen = \"127.0.0.1:0\"\n[tls]\ncert = \"\"\nkey = \"k\"\n[[backend]]\naddress = \"a:1\"\n");
+        assert!(e.contains("line 3") && e.contains("tls.cert"), "{e}");
+    }
 }
