@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -264,6 +265,9 @@ async fn pump(
     let mut down = Flow::new(&state.stats.bytes_to_client, activity);
     down.answer = awaited.map(|(a, _)| a);
     down.answered_by = Some(state);
+    // Armed only while an answer is due, so idle connections hold no timer.
+    let mut due = response.map(|_| Box::pin(tokio::time::sleep(Duration::ZERO)));
+    let mut fired = false;
     let copy = async {
         let copied = std::future::poll_fn(|cx| {
             if !up.finished {
@@ -278,6 +282,23 @@ async fn pump(
                     r?;
                 }
             }
+            // After the flows, which may just have made an answer due.
+            if let (Some(watch), Some(timer), false) = (response, due.as_mut(), fired) {
+                let since = awaiting.load(Ordering::Relaxed);
+                if since != 0 {
+                    let deadline = tokio::time::Instant::from_std(
+                        start + Duration::from_millis(since - 1) + watch.limit,
+                    );
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        // Re-armed by the next request if the runtime took the blame.
+                        fired = watch.expired(state);
+                        awaiting.store(0, Ordering::Relaxed);
+                    }
+                }
+            }
             if up.finished && down.finished {
                 Poll::Ready(Ok::<(), std::io::Error>(()))
             } else {
@@ -290,20 +311,10 @@ async fn pump(
             Err(_) => "error",
         }
     };
-    let silence = async {
-        match response {
-            Some(w) => w.watch(state, &awaiting, start).await,
-            None => std::future::pending().await,
-        }
-    };
     match idle {
-        None => tokio::select! {
-            r = copy => r,
-            never = silence => never,
-        },
+        None => copy.await,
         Some(idle) => tokio::select! {
             r = copy => r,
-            never = silence => never,
             _ = idle_watch(idle, &last, start) => "idle timeout",
         },
     }
@@ -320,40 +331,21 @@ struct ResponseWatch {
 }
 
 impl ResponseWatch {
-    /// Never resolves: after recording the failure it waits forever, so the
-    /// copy decides when the connection ends.
-    async fn watch(
-        &self,
-        state: &BackendState,
-        awaiting: &AtomicU64,
-        start: Instant,
-    ) -> &'static str {
-        loop {
-            let since = awaiting.load(Ordering::Relaxed);
-            if since == 0 {
-                tokio::time::sleep(self.limit / 4).await;
-                continue;
-            }
-            let deadline = start + Duration::from_millis(since - 1) + self.limit;
-            if Instant::now() < deadline {
-                tokio::time::sleep_until(deadline.into()).await;
-                continue;
-            }
-            // The answer may have sat unread while the runtime stalled.
-            if self.shared.lag.timeout_fault(self.limit) == Fault::Local {
-                awaiting.store(0, Ordering::Relaxed);
-                continue;
-            }
-            state
-                .stats
-                .response_timeouts
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(backend = %state.address, limit = ?self.limit, "backend sent nothing back in time");
-            if state.record_passive_failure(self.fall) == Transition::WentDown {
-                warn!(backend = %state.address, "backend is down (responses timed out)");
-            }
-            return std::future::pending().await;
+    /// An answer is overdue: records the failure unless the runtime itself
+    /// was too late to have seen the answer. True when it was recorded.
+    fn expired(&self, state: &BackendState) -> bool {
+        if self.shared.lag.timeout_fault(self.limit) == Fault::Local {
+            return false;
         }
+        state
+            .stats
+            .response_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(backend = %state.address, limit = ?self.limit, "backend sent nothing back in time");
+        if state.record_passive_failure(self.fall) == Transition::WentDown {
+            warn!(backend = %state.address, "backend is down (responses timed out)");
+        }
+        true
     }
 }
 
