@@ -633,9 +633,13 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
         .span()
         .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let line_text = line_no.and_then(|n| text.lines().nth(n - 1)).unwrap_or("");
-    let key = line_no.and_then(|n| key_at(text, n));
     let message = e.message();
     let first = message.lines().next().unwrap_or("").trim();
+    // A missing key's span is the table it is missing from, whose first
+    // line names another key.
+    let key = line_no
+        .filter(|_| !first.starts_with("missing field"))
+        .and_then(|n| key_at(text, n));
     let expected = || {
         first
             .rsplit_once(", expected ")

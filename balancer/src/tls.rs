@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::server::ServerSessionMemoryCache;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -20,6 +21,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{error, info};
 
 use crate::config::{self, TlsConfig};
+
+/// TLS sessions remembered for resumption (about 100 bytes each).
+const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
 
 /// Why a certificate/key pair could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +61,13 @@ pub fn acceptor_from_pem(
         what: e.to_string(),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
+    // Reconnecting clients resume instead of a full handshake (Nginx's
+    // `ssl_session_cache`); the cache goes with the pair on rotation.
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
