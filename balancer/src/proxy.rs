@@ -188,6 +188,10 @@ trait ClientSide: AsyncRead + AsyncWrite + Unpin + Send {
     /// no copy buffer. TLS may hold decrypted bytes the socket no longer
     /// signals, so it is always ready.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+
+    /// Whether closing needs a shutdown of its own: TLS ends with a
+    /// close_notify, which dropping the socket does not send.
+    const CLOSE_NEEDS_SHUTDOWN: bool = false;
 }
 
 impl ClientSide for TcpStream {
@@ -197,6 +201,8 @@ impl ClientSide for TcpStream {
 }
 
 impl ClientSide for tokio_rustls::server::TlsStream<TcpStream> {
+    const CLOSE_NEEDS_SHUTDOWN: bool = true;
+
     fn poll_readable(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
@@ -386,13 +392,13 @@ impl<'a> Flow<'a> {
 
     /// Moves bytes from `from` to `to` until either would block; ready once
     /// EOF was read and passed on. When the other direction has finished
-    /// already, the half-close is not sent: both sockets are closed right
-    /// after, and the close sends the FIN.
-    fn poll(
+    /// already, a TCP half-close is not sent: both sockets are closed right
+    /// after, and the close sends the FIN. TLS still sends its close_notify.
+    fn poll<W: ClientSide>(
         &mut self,
         cx: &mut Context<'_>,
         from: &mut impl ClientSide,
-        to: &mut impl ClientSide,
+        to: &mut W,
         other_finished: bool,
     ) -> Poll<std::io::Result<()>> {
         loop {
@@ -410,7 +416,7 @@ impl<'a> Flow<'a> {
                 self.unflushed = false;
             }
             if self.eof {
-                if !other_finished {
+                if !other_finished || W::CLOSE_NEEDS_SHUTDOWN {
                     ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
                 }
                 self.finished = true;

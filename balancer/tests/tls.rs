@@ -217,6 +217,56 @@ async fn certificate_rotation_under_100_open_connections_drops_none() {
     // Only the new certificate is trusted: new clients need it.
     let mut fresh = connect(lb.addr, &connector(&[&new], &[&rustls::version::TLS13])).await;
     assert_eq!(ping(&mut fresh).await, "a");
-    drop(open);
+    drop((open, fresh));
+    lb.shutdown().await;
+}
+
+/// Over TLS too, a client's half-close reaches the backend, which still
+/// answers, and large payloads arrive whole in both directions (the TLS
+/// side is flushed, not left in rustls's buffer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_half_close_and_large_payloads() {
+    use tokio::io::AsyncReadExt;
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = backend.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                let sum: u64 = got.iter().map(|&b| u64::from(b)).sum();
+                let reply = format!("got {} sum {sum};", got.len()).repeat(20_000);
+                s.write_all(reply.as_bytes()).await.unwrap();
+            });
+        }
+    });
+    let dir = run::temp_dir("lb-tls-half");
+    let pair = new_pair();
+    install(&dir, &pair);
+    let head = format!(
+        "[health]\nkind = \"tcp\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    );
+    let lb = Lb::start(&config_toml(&head, &[(&address, 1)]), false).await;
+    let tls = connector(&[&pair], &[&rustls::version::TLS13]);
+    let tcp = TcpStream::connect(lb.addr).await.unwrap();
+    let mut stream = tls
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = payload.iter().map(|&b| u64::from(b)).sum();
+    stream.write_all(&payload).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the answer and the close reach the TLS client")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(answer).unwrap(),
+        format!("got 300000 sum {sum};").repeat(20_000)
+    );
     lb.shutdown().await;
 }
