@@ -115,14 +115,17 @@ async fn nginx_ssl_stream_block_terminates_tls_for_a_two_server_cluster() {
     .with_no_client_auth();
     let tls = TlsConnector::from(Arc::new(config));
     let addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
-    let mut served = Vec::new();
-    for _ in 0..4 {
-        served.push(ping_over_tls(addr, &tls).await);
+    // Each Nginx worker (`worker_processes auto`: one per core) keeps its
+    // own round-robin, alternating between the two servers; with more
+    // connections than workers, some worker serves two in a row.
+    let workers = std::thread::available_parallelism().map_or(8, |n| n.get());
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..=workers * 2 {
+        served.insert(ping_over_tls(addr, &tls).await);
     }
-    served.sort();
     assert_eq!(
-        served,
-        ["a", "a", "b", "b"],
-        "round-robin over both servers"
+        served.into_iter().collect::<Vec<_>>(),
+        ["a", "b"],
+        "both servers of the cluster serve TLS clients"
     );
 }
