@@ -134,6 +134,8 @@ impl BackendState {
         if h.successes >= rise {
             h.up = true;
             h.successes = 0;
+            // Failures counted while it was down were about the old outage.
+            self.passive_failures.store(0, Ordering::Relaxed);
             h.up_since = Some(Instant::now());
             self.up.store(true, Ordering::Relaxed);
             return Transition::WentUp;
@@ -379,7 +381,12 @@ mod tests {
         assert_eq!(b.record_success(2, false), Transition::None);
         assert_eq!(b.record_passive_failure(3), Transition::WentDown);
         assert_eq!(b.record_success(2, false), Transition::None);
+        // Client connects keep failing while it is down...
+        for _ in 0..5 {
+            assert_eq!(b.record_passive_failure(3), Transition::None);
+        }
         assert_eq!(b.record_success(2, false), Transition::WentUp);
+        // ...and are forgotten when it comes back.
         assert_eq!(b.record_passive_failure(3), Transition::None);
         b.record_answer();
         assert_eq!(b.record_passive_failure(3), Transition::None);
