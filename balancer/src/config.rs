@@ -394,12 +394,33 @@ fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
     })
 }
 
+/// The reads one reader (the reloader, the TLS reloader) has running: a
+/// read stuck in the kernel keeps its thread, and while it does, that
+/// reader starts no other, so a hung mount costs one thread, not one per
+/// file change.
+#[derive(Debug, Clone, Default)]
+pub struct Reads(std::sync::Arc<()>);
+
+impl Reads {
+    fn busy(&self) -> bool {
+        std::sync::Arc::strong_count(&self.0) > 1
+    }
+}
+
 /// Reads a small file (config, certificate, key) under the same rules as
 /// the config: a regular file of at most [`MAX_CONFIG_BYTES`], on a thread
 /// of its own, within [`READ_TIMEOUT`]; the runtime only awaits.
-pub async fn read_file_async(path: &Path) -> Result<Vec<u8>, ConfigError> {
+pub async fn read_file_async(path: &Path, reads: &Reads) -> Result<Vec<u8>, ConfigError> {
+    if reads.busy() {
+        return Err(ConfigError::Refused {
+            path: path.to_path_buf(),
+            reason: "an earlier read is still hanging".to_string(),
+        });
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let running = reads.0.clone();
     read_on_thread(path, move |r| {
+        drop(running);
         let _ = tx.send(r);
     })?;
     match tokio::time::timeout(READ_TIMEOUT, rx).await {
@@ -452,8 +473,8 @@ impl Config {
     }
 
     /// [`Config::load`] without blocking a runtime thread.
-    pub async fn load_async(path: &Path) -> Result<Config, ConfigError> {
-        let text = utf8(path, read_file_async(path).await?)?;
+    pub async fn load_async(path: &Path, reads: &Reads) -> Result<Config, ConfigError> {
+        let text = utf8(path, read_file_async(path, reads).await?)?;
         let name = path.display().to_string();
         // Parsing 1 MiB of TOML takes milliseconds, but not on a runtime thread.
         tokio::task::spawn_blocking(move || Config::parse(&text, &name))
@@ -1005,5 +1026,23 @@ max_connections = 5
         assert!(e.contains("key"), "{e}");
         let e = err("listen = \"127.0.0.1:0\"\n[tls]\ncert = \"\"\nkey = \"k\"\n[[backend]]\naddress = \"a:1\"\n");
         assert!(e.contains("line 3") && e.contains("tls.cert"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_hanging_read_holds_off_further_reads() {
+        let dir = temp_dir("reads");
+        let file = dir.join("lb.toml");
+        std::fs::write(&file, "x = 1\n").unwrap();
+        let reads = Reads::default();
+        let stuck = reads.0.clone(); // as a thread stuck in read(2) would
+        let e = read_file_async(&file, &reads)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("still hanging"), "{e}");
+        drop(stuck);
+        assert_eq!(read_file_async(&file, &reads).await.unwrap(), b"x = 1\n");
+        assert!(!reads.busy(), "the finished thread let go");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

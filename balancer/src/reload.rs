@@ -90,6 +90,7 @@ pub struct Reloader {
     rx: mpsc::Receiver<()>,
     /// Only kept alive here: dropping it stops the watch.
     _watcher: Option<notify::RecommendedWatcher>,
+    reads: crate::config::Reads,
 }
 
 impl Reloader {
@@ -110,6 +111,7 @@ impl Reloader {
             path,
             rx,
             _watcher: watcher,
+            reads: Default::default(),
         }
     }
 
@@ -126,7 +128,7 @@ impl Reloader {
                 _ = tokio::time::sleep(DEBOUNCE) => {}
             }
             while self.rx.try_recv().is_ok() {}
-            match Config::load_async(&self.path).await {
+            match Config::load_async(&self.path, &self.reads).await {
                 Ok(config) => {
                     let d = apply(&shared, config);
                     if !d.is_empty() {

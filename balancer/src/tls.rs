@@ -80,9 +80,9 @@ pub fn load(tls: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
 }
 
 /// [`load`] from inside the runtime.
-pub async fn load_async(tls: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
-    let cert = config::read_file_async(&tls.cert).await?;
-    let key = config::read_file_async(&tls.key).await?;
+pub async fn load_async(tls: &TlsConfig, reads: &config::Reads) -> Result<TlsAcceptor, TlsError> {
+    let cert = config::read_file_async(&tls.cert, reads).await?;
+    let key = config::read_file_async(&tls.key, reads).await?;
     acceptor_from_pem(&cert, &key, (&tls.cert, &tls.key))
 }
 
@@ -94,6 +94,7 @@ pub struct TlsState {
     pub handshake_failures: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    reads: config::Reads,
 }
 
 impl std::fmt::Debug for TlsState {
@@ -113,6 +114,7 @@ impl TlsState {
             handshake_failures: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            reads: config::Reads::default(),
         }
     }
 
@@ -123,7 +125,7 @@ impl TlsState {
 
     /// Re-reads the pair; keeps the current one when the new one fails.
     pub async fn reload(&self, tls: &TlsConfig) {
-        match load_async(tls).await {
+        match load_async(tls, &self.reads).await {
             Ok(acceptor) => {
                 self.acceptor.store(Arc::new(acceptor));
                 self.reloads.fetch_add(1, Ordering::Relaxed);
