@@ -1,5 +1,13 @@
 //! The admin HTTP server: `/metrics` in Prometheus text and `/status` in JSON.
 //!
+//! It faces whoever can reach its port, so every peer is bounded: headers
+//! must arrive within [`HEADER_TIMEOUT`], a connection serves one request
+//! and lives at most [`CONNECTION_LIFETIME`], at most [`MAX_CONNECTIONS`]
+//! are open (more are closed at once, counted), and with `admin_token` set
+//! every request needs `Authorization: Bearer TOKEN`. A few descriptors are
+//! held in reserve so `/status` and `/metrics` still answer when the data
+//! path has run the process out of them.
+//!
 //! Metrics are read from the backends' own atomic counters at scrape time by
 //! a `prometheus-client` collector, so the data path never touches a metrics
 //! registry and removed backends simply disappear from the output once they
@@ -8,11 +16,17 @@
 use std::fmt;
 use std::sync::Arc;
 
-use axum::extract::State;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -20,7 +34,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tokio::sync::Semaphore;
+use tracing::{debug, info};
 
 use crate::shared::Shared;
 use crate::status::{BackendStatus, Status};
@@ -34,6 +49,36 @@ struct AdminState {
     registry: Arc<Registry>,
 }
 
+/// Time a client gets to send its request line and headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest life of one admin connection, request and response included.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(15);
+/// Admin connections open at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Descriptors held back for the admin server when the process runs out.
+const RESERVED_FDS: usize = 2;
+/// Pause after an accept error that the reserve could not help with.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Spare descriptors (`/dev/null` opened read-only): closing one makes room
+/// to accept an admin connection when the data path used up the rest.
+struct Reserve(Vec<std::fs::File>);
+
+impl Reserve {
+    fn fill(&mut self) {
+        while self.0.len() < RESERVED_FDS {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => self.0.push(f),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 /// Serves the admin endpoints on `listener` until the task is aborted.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let mut registry = Registry::default();
@@ -41,19 +86,87 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         shared: shared.clone(),
     }));
     let state = AdminState {
-        shared,
+        shared: shared.clone(),
         registry: Arc::new(registry),
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "admin server listening");
     }
-    if let Err(e) = axum::serve(listener, app).await {
-        warn!(error = %e, "admin server stopped");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut reserve = Reserve(Vec::new());
+    reserve.fill();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) if out_of_fds(&e) && !reserve.0.is_empty() => {
+                // Make room for this one; refilled once descriptors free up.
+                reserve.0.pop();
+                continue;
+            }
+            Err(e) => {
+                debug!(error = %e, "admin accept failed");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                reserve.fill();
+                continue;
+            }
+        };
+        reserve.fill();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.admin.refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            drop(slot);
+        });
     }
+}
+
+/// With `admin_token` configured, lets only requests bearing it through.
+/// The token is read from the running config, so a reload changes it.
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let config = state.shared.snapshot().config.clone();
+    if let Some(token) = &config.admin_token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), token.expose().as_bytes()) {
+            state
+                .shared
+                .admin
+                .unauthorized
+                .fetch_add(1, Ordering::Relaxed);
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a valid bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 async fn status(State(state): State<AdminState>) -> Json<Status> {
@@ -188,6 +301,64 @@ impl Collector for BalancerCollector {
             b,
             |b| b.check_failures,
         )?;
+        backend_counter(
+            &mut e,
+            "balancer_backend_response_timeouts",
+            "Connections that sent bytes and got none back within response_timeout",
+            b,
+            |b| b.response_timeouts,
+        )?;
+        backend_counter(
+            &mut e,
+            "balancer_backend_local_errors",
+            "Connects and checks that failed on the balancer's side, not held against the backend",
+            b,
+            |b| b.local_errors,
+        )?;
+        plain_counter(
+            &mut e,
+            "balancer_accept_errors",
+            "Failed accepts (EMFILE and the like), each followed by a pause",
+            s.accept_errors,
+        )?;
+        plain_counter(
+            &mut e,
+            "balancer_admin_refused",
+            "Admin connections closed at once because MAX_CONNECTIONS were open",
+            s.admin_refused,
+        )?;
+        plain_counter(
+            &mut e,
+            "balancer_admin_unauthorized",
+            "Admin requests without the right bearer token",
+            s.admin_unauthorized,
+        )?;
+        if let Some(t) = &s.tls {
+            for (name, help, v) in [
+                (
+                    "balancer_tls_handshakes",
+                    "Completed TLS handshakes",
+                    t.handshakes,
+                ),
+                (
+                    "balancer_tls_handshake_failures",
+                    "Failed or timed-out TLS handshakes",
+                    t.handshake_failures,
+                ),
+                (
+                    "balancer_tls_reloads",
+                    "Certificate loads after start-up",
+                    t.reloads,
+                ),
+                (
+                    "balancer_tls_reload_failures",
+                    "Rejected certificate reloads (the previous pair stayed)",
+                    t.reload_failures,
+                ),
+            ] {
+                plain_counter(&mut e, name, help, v)?;
+            }
+        }
         plain_counter(
             &mut e,
             "balancer_client_connections",

@@ -34,6 +34,10 @@ pub fn apply(shared: &Arc<Shared>, mut new: Config) -> Diff {
         warn!(old = ?old.config.admin, new = ?new.admin, "`admin` changed: restart to use it; keeping the old address");
         new.admin = old.config.admin.clone();
     }
+    if d.tls_toggled {
+        warn!("`[tls]` switched on or off: restart to use it; keeping the old setting");
+        new.tls = old.config.tls.clone();
+    }
     for (address, from, to) in &d.reweighted {
         info!(backend = %address, from, to, "weight changed");
     }

@@ -6,7 +6,7 @@
 //! counters carry on and established connections, which hold their state and
 //! not the snapshot, never notice the swap.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,10 +22,17 @@ pub struct Stats {
     pub total: AtomicU64,
     pub bytes_to_backend: AtomicU64,
     pub bytes_to_client: AtomicU64,
-    /// Client connections whose connect to this backend failed or timed out.
+    /// Client connections whose connect to this backend failed or timed out
+    /// for a reason that is the backend's (refused, reset, unreachable, timeout).
     pub connect_failures: AtomicU64,
+    /// Client connections to this backend that sent bytes and got none back
+    /// within `response_timeout`.
+    pub response_timeouts: AtomicU64,
     /// Failed health checks.
     pub check_failures: AtomicU64,
+    /// Connects and checks that failed for a reason of the balancer's own
+    /// (EMFILE, ENOMEM, a late runtime): not held against the backend.
+    pub local_errors: AtomicU64,
 }
 
 /// Consecutive results and the up/down verdict; changed under a short lock.
@@ -57,6 +64,13 @@ pub struct BackendState {
     /// Mirror of `health.up` so the pick path reads one atomic, not a lock.
     up: AtomicBool,
     health: Mutex<Health>,
+    /// Consecutive failures seen on client traffic (connects the backend
+    /// refused or left unanswered, requests it left unanswered). Kept apart
+    /// from the checks' streak and outside the lock, because only proof
+    /// that the backend answers breaks it: a byte back on a client
+    /// connection or a passing chat check; a TCP check or a completed
+    /// connect proves nothing about a wedged server.
+    passive_failures: AtomicU32,
     /// Set while the backend is absent from the config but still has connections.
     removed: AtomicBool,
     /// Bumped on every removal or re-addition, so a drain timer started for
@@ -78,6 +92,7 @@ impl BackendState {
                 failures: 0,
                 up_since: None,
             }),
+            passive_failures: AtomicU32::new(0),
             removed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             kill: Mutex::new(CancellationToken::new()),
@@ -103,8 +118,13 @@ impl BackendState {
     }
 
     /// Records a successful check. Only health checks count successes: a
-    /// down backend comes back after `rise` of them in a row.
-    pub fn record_success(&self, rise: u32) -> Transition {
+    /// down backend comes back after `rise` of them in a row. A check that
+    /// got an application answer (`answered`: PING → PONG) also breaks the
+    /// client-traffic streak.
+    pub fn record_success(&self, rise: u32, answered: bool) -> Transition {
+        if answered {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
         let mut h = self.health.lock().unwrap();
         h.failures = 0;
         if h.up {
@@ -114,6 +134,8 @@ impl BackendState {
         if h.successes >= rise {
             h.up = true;
             h.successes = 0;
+            // Failures counted while it was down were about the old outage.
+            self.passive_failures.store(0, Ordering::Relaxed);
             h.up_since = Some(Instant::now());
             self.up.store(true, Ordering::Relaxed);
             return Transition::WentUp;
@@ -121,8 +143,9 @@ impl BackendState {
         Transition::None
     }
 
-    /// Records a failed check or a failed client connect; after `fall` in a
-    /// row an up backend goes down.
+    /// Records a failed check; after `fall` in a row an up backend goes
+    /// down. Only a passing check breaks the streak: a client connect that
+    /// completes proves nothing (a wedged server accepts and never answers).
     pub fn record_failure(&self, fall: u32) -> Transition {
         let mut h = self.health.lock().unwrap();
         h.successes = 0;
@@ -131,18 +154,42 @@ impl BackendState {
         }
         h.failures += 1;
         if h.failures >= fall {
-            h.up = false;
-            h.failures = 0;
-            self.up.store(false, Ordering::Relaxed);
-            return Transition::WentDown;
+            return self.go_down(&mut h);
         }
         Transition::None
     }
 
-    /// A client connect succeeded: the failure streak is broken, but a down
-    /// backend stays down until its checks say otherwise.
-    pub fn record_connect_success(&self) {
-        self.health.lock().unwrap().failures = 0;
+    /// Records a failure seen on client traffic (a refused or timed-out
+    /// connect, a request left unanswered); after `fall` in a row, with no
+    /// answer from the backend in between, an up backend goes down. It
+    /// comes back through its checks only.
+    pub fn record_passive_failure(&self, fall: u32) -> Transition {
+        let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < fall {
+            return Transition::None;
+        }
+        let mut h = self.health.lock().unwrap();
+        if !h.up {
+            return Transition::None;
+        }
+        self.go_down(&mut h)
+    }
+
+    /// The backend answered a client: its client-traffic streak is broken.
+    /// One atomic store, cheap enough for the data path.
+    pub fn record_answer(&self) {
+        if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn go_down(&self, h: &mut Health) -> Transition {
+        h.up = false;
+        h.failures = 0;
+        h.successes = 0;
+        self.passive_failures.store(0, Ordering::Relaxed);
+        self.up.store(false, Ordering::Relaxed);
+        Transition::WentDown
     }
 
     /// Takes a connection slot unless `limit` slots are in use.
@@ -209,6 +256,8 @@ pub struct Member {
     pub state: Arc<BackendState>,
     pub weight: u32,
     pub max_connections: Option<u32>,
+    /// Send a PROXY protocol v2 header first on every connection to it.
+    pub proxy_protocol: bool,
 }
 
 /// What new connections pick from: the config and its members, swapped whole
@@ -237,6 +286,7 @@ impl Snapshot {
                 state: state_for(b),
                 weight: b.weight,
                 max_connections: b.max_connections,
+                proxy_protocol: b.proxy_protocol,
             })
             .collect();
         let wrr = Mutex::new(SmoothWrr::new(members.len()));
@@ -310,15 +360,39 @@ mod tests {
         assert!(b.is_up(), "backends start up");
         assert_eq!(b.record_failure(3), Transition::None);
         assert_eq!(b.record_failure(3), Transition::None);
-        b.record_connect_success(); // streak broken
+        assert_eq!(b.record_success(2, false), Transition::None); // a passing check breaks the streak
         assert_eq!(b.record_failure(3), Transition::None);
         assert_eq!(b.record_failure(3), Transition::None);
         assert_eq!(b.record_failure(3), Transition::WentDown);
         assert!(!b.is_up());
-        assert_eq!(b.record_success(2), Transition::None);
+        assert_eq!(b.record_success(2, true), Transition::None);
         assert_eq!(b.record_failure(3), Transition::None);
-        assert_eq!(b.record_success(2), Transition::None);
-        assert_eq!(b.record_success(2), Transition::WentUp);
+        assert_eq!(b.record_success(2, true), Transition::None);
+        assert_eq!(b.record_success(2, true), Transition::WentUp);
+        assert!(b.is_up());
+    }
+
+    #[test]
+    fn client_traffic_streak_breaks_only_on_answers() {
+        let b = BackendState::new("x:1");
+        assert_eq!(b.record_passive_failure(3), Transition::None);
+        assert_eq!(b.record_passive_failure(3), Transition::None);
+        // A TCP check passing proves nothing about answering.
+        assert_eq!(b.record_success(2, false), Transition::None);
+        assert_eq!(b.record_passive_failure(3), Transition::WentDown);
+        assert_eq!(b.record_success(2, false), Transition::None);
+        // Client connects keep failing while it is down...
+        for _ in 0..5 {
+            assert_eq!(b.record_passive_failure(3), Transition::None);
+        }
+        assert_eq!(b.record_success(2, false), Transition::WentUp);
+        // ...and are forgotten when it comes back.
+        assert_eq!(b.record_passive_failure(3), Transition::None);
+        b.record_answer();
+        assert_eq!(b.record_passive_failure(3), Transition::None);
+        assert_eq!(b.record_passive_failure(3), Transition::None);
+        assert_eq!(b.record_success(2, true), Transition::None);
+        assert_eq!(b.record_passive_failure(3), Transition::None);
         assert!(b.is_up());
     }
 

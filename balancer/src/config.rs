@@ -1,9 +1,16 @@
 //! The configuration file: TOML text → raw structs (unknown keys rejected) →
 //! a validated [`Config`] whose defaults are the named constants below.
 //!
-//! Errors name the line and the key: syntax and type errors come from `toml`,
-//! which prints the line; errors found after parsing (duplicate backends,
-//! zero weights, …) look the line up from the key's span.
+//! Errors name the line and the key and never echo the file's contents (a
+//! config may hold secrets, and the error reaches `/status`): `toml`'s errors
+//! are reduced to their line, the key on it and a kind of problem; errors
+//! found after parsing (duplicate backends, zero weights, …) look the line
+//! up from the key's span.
+//!
+//! Reading is bounded too: only regular files (after following symlinks), at
+//! most [`MAX_CONFIG_BYTES`], opened without blocking and read on a thread of
+//! its own within [`READ_TIMEOUT`], so a FIFO, `/dev/zero` or a hung network
+//! mount can neither freeze nor bloat the balancer.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -42,6 +49,15 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::ZERO;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default `idle_timeout` (0 = off: chat connections sit idle for hours).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::ZERO;
+/// Default `response_timeout` (0 = off: a v1 chat message gets no reply, so
+/// silence after a client's bytes is normal there).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::ZERO;
+/// Default `proxy_protocol`: backends get the client's bytes only.
+pub const DEFAULT_PROXY_PROTOCOL: bool = false;
+/// Largest config file read; a bigger one is refused unread.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// How long reading the config file may take before it is given up.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which health check to run against every backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -83,6 +99,38 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Connection limit for this backend; `None` means unlimited.
     pub max_connections: Option<u32>,
+    /// Send a PROXY protocol v2 header first (global `proxy_protocol`, or the backend's own).
+    pub proxy_protocol: bool,
+}
+
+/// A value kept out of logs, `Debug` output and `/status`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// `[tls]`: terminate TLS on `listen` with this certificate chain and key
+/// (PEM files, relative to the working directory). Both files are watched
+/// and reloaded on change; open connections keep the certificate they
+/// were set up with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A validated configuration.
@@ -90,6 +138,8 @@ pub struct BackendConfig {
 pub struct Config {
     pub listen: String,
     pub admin: Option<String>,
+    /// Bearer token the admin server requires; `None`: open (loopback only).
+    pub admin_token: Option<Secret>,
     pub connect_timeout: Duration,
     pub retries: u32,
     /// `None`: off.
@@ -99,7 +149,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `None`: off.
     pub idle_timeout: Option<Duration>,
+    /// A client sent bytes and the backend answered none within this: a
+    /// backend failure. `None`: off.
+    pub response_timeout: Option<Duration>,
     pub health: HealthConfig,
+    /// `None`: plain TCP on `listen`.
+    pub tls: Option<TlsConfig>,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -112,6 +167,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// Not a regular file, too big, or too slow to read.
+    #[error("refusing to read {path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
     /// Bad TOML, a wrong type, an unknown key: `toml`'s message names the line.
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
@@ -160,6 +218,9 @@ impl<'de> Deserialize<'de> for Dur {
 struct RawConfig {
     listen: Spanned<String>,
     admin: Option<Spanned<String>>,
+    admin_token: Option<Spanned<String>>,
+    response_timeout: Option<Dur>,
+    proxy_protocol: Option<bool>,
     connect_timeout: Option<Spanned<Dur>>,
     retries: Option<u32>,
     max_connections: Option<u32>,
@@ -168,8 +229,16 @@ struct RawConfig {
     shutdown_grace: Option<Dur>,
     idle_timeout: Option<Dur>,
     health: Option<RawHealth>,
+    tls: Option<RawTls>,
     #[serde(default)]
     backend: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +257,7 @@ struct RawBackend {
     address: Spanned<String>,
     weight: Option<Spanned<u32>>,
     max_connections: Option<u32>,
+    proxy_protocol: Option<bool>,
 }
 
 /// Maps byte offsets of the source to 1-based line numbers.
@@ -230,21 +300,193 @@ fn valid_address(address: &str) -> bool {
     }
 }
 
-impl Config {
-    /// Reads and validates the file at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// True for `127.x.x.x:port`, `[::1]:port` and `localhost:port`.
+fn is_loopback(address: &str) -> bool {
+    let Some((host, _)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Reads `path` under the rules above, on the calling thread; the callers
+/// put it on a thread of its own.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refused = |reason: String| ConfigError::Refused {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let read_err = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Checked before opening: opening a FIFO for reading would wait for a writer.
+    let kind = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::FileTypeExt;
+        let t = m.file_type();
+        if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        }
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(refused(format!(
+            "it is {}, not a regular file",
+            kind(&meta)
+        )));
+    }
+    // Non-blocking, in case it was swapped for a FIFO since; checked again
+    // on the open handle, which cannot change any more.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(refused(format!(
+            "it is {}, not a regular file",
+            kind(&meta)
+        )));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(refused(format!(
+            "it is larger than {} KiB",
+            MAX_CONFIG_BYTES / 1024
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The size may grow while we read: never take more than the bound.
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(refused(format!(
+            "it is larger than {} KiB",
+            MAX_CONFIG_BYTES / 1024
+        )));
+    }
+    Ok(bytes)
+}
+
+fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| ConfigError::Refused {
+        path: path.to_path_buf(),
+        reason: format!(
+            "it is not UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        ),
+    })
+}
+
+/// The reads one reader (the reloader, the TLS reloader) has running: a
+/// read stuck in the kernel keeps its thread, and while it does, that
+/// reader starts no other, so a hung mount costs one thread, not one per
+/// file change.
+#[derive(Debug, Clone, Default)]
+pub struct Reads(std::sync::Arc<()>);
+
+impl Reads {
+    fn busy(&self) -> bool {
+        std::sync::Arc::strong_count(&self.0) > 1
+    }
+}
+
+/// Reads a small file (config, certificate, key) under the same rules as
+/// the config: a regular file of at most [`MAX_CONFIG_BYTES`], on a thread
+/// of its own, within [`READ_TIMEOUT`]; the runtime only awaits.
+pub async fn read_file_async(path: &Path, reads: &Reads) -> Result<Vec<u8>, ConfigError> {
+    if reads.busy() {
+        return Err(ConfigError::Refused {
+            path: path.to_path_buf(),
+            reason: "an earlier read is still hanging".to_string(),
+        });
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let running = reads.0.clone();
+    read_on_thread(path, move |r| {
+        drop(running);
+        let _ = tx.send(r);
+    })?;
+    match tokio::time::timeout(READ_TIMEOUT, rx).await {
+        Ok(Ok(r)) => r,
+        _ => Err(timed_out(path)),
+    }
+}
+
+/// [`read_file_async`] for callers outside the runtime (start-up).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    read_on_thread(path, move |r| {
+        let _ = tx.send(r);
+    })?;
+    rx.recv_timeout(READ_TIMEOUT).map_err(|_| timed_out(path))?
+}
+
+/// Runs [`read_bounded`] on a detached thread that hands the result to
+/// `send`, so a read stuck in the kernel holds that thread only, never a
+/// runtime thread or shutdown.
+fn read_on_thread(
+    path: &Path,
+    send: impl FnOnce(Result<Vec<u8>, ConfigError>) + Send + 'static,
+) -> Result<(), ConfigError> {
+    let owned = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("config-read".into())
+        .spawn(move || send(read_bounded(&owned)))
+        .map(drop)
+        .map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        })
+}
+
+fn timed_out(path: &Path) -> ConfigError {
+    ConfigError::Refused {
+        path: path.to_path_buf(),
+        reason: format!("reading took more than {READ_TIMEOUT:?}"),
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`, blocking the calling thread
+    /// for at most [`READ_TIMEOUT`] (plus parsing). For start-up; a running
+    /// balancer uses [`Config::load_async`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = utf8(path, read_file(path)?)?;
         Config::parse(&text, &path.display().to_string())
+    }
+
+    /// [`Config::load`] without blocking a runtime thread.
+    pub async fn load_async(path: &Path, reads: &Reads) -> Result<Config, ConfigError> {
+        let text = utf8(path, read_file_async(path, reads).await?)?;
+        let name = path.display().to_string();
+        // Parsing 1 MiB of TOML takes milliseconds, but not on a runtime thread.
+        tokio::task::spawn_blocking(move || Config::parse(&text, &name))
+            .await
+            .unwrap_or_else(|_| Err(timed_out(path)))
     }
 
     /// Parses and validates TOML text; `name` is used in error messages.
     pub fn parse(text: &str, name: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: name.to_string(),
-            message: e.to_string().trim_end().to_string(),
+            message: describe_toml_error(&e, text),
         })?;
         let src = Source { name, text };
 
@@ -259,6 +501,26 @@ impl Config {
             Some(a) => Some(a.into_inner().trim().to_string()),
             None => None,
         };
+        let admin_token = match raw.admin_token {
+            Some(t) if t.get_ref().trim().len() < 16 => {
+                return Err(src.invalid(
+                    Some(t.span()),
+                    "admin_token",
+                    "must be at least 16 characters",
+                ));
+            }
+            Some(t) => Some(Secret::new(t.into_inner().trim())),
+            None => None,
+        };
+        if let (Some(a), None) = (&admin, &admin_token) {
+            if !is_loopback(a) {
+                return Err(src.invalid(
+                    None,
+                    "admin",
+                    "an admin address beyond loopback needs `admin_token`",
+                ));
+            }
+        }
 
         let connect_timeout = match raw.connect_timeout {
             Some(d) if d.get_ref().0.is_zero() => {
@@ -275,6 +537,7 @@ impl Config {
                 if let Some(kind) = h.kind {
                     cfg.kind = kind;
                 }
+                let timeout_span = h.timeout.as_ref().map(|t| t.span());
                 for (key, value, slot) in [
                     ("health.interval", h.interval, &mut cfg.interval),
                     ("health.timeout", h.timeout, &mut cfg.timeout),
@@ -297,7 +560,32 @@ impl Config {
                         *slot = v.into_inner();
                     }
                 }
+                if timeout_span.is_none() {
+                    // The default timeout shrinks to fit a short interval.
+                    cfg.timeout = cfg.timeout.min(cfg.interval);
+                } else if cfg.timeout > cfg.interval {
+                    return Err(src.invalid(
+                        timeout_span,
+                        "health.timeout",
+                        "must not be longer than health.interval",
+                    ));
+                }
                 cfg
+            }
+        };
+
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => {
+                for (key, v) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+                    if v.get_ref().trim().is_empty() {
+                        return Err(src.invalid(Some(v.span()), key, "must name a file"));
+                    }
+                }
+                Some(TlsConfig {
+                    cert: PathBuf::from(t.cert.into_inner().trim()),
+                    key: PathBuf::from(t.key.into_inner().trim()),
+                })
             }
         };
 
@@ -305,6 +593,7 @@ impl Config {
             return Err(src.invalid(None, "backend", "at least one [[backend]] is needed"));
         }
         let default_max = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let default_pp = raw.proxy_protocol.unwrap_or(DEFAULT_PROXY_PROTOCOL);
         let mut seen = HashSet::new();
         let mut backends = Vec::with_capacity(raw.backend.len());
         for b in raw.backend {
@@ -317,7 +606,7 @@ impl Config {
                 return Err(src.invalid(
                     Some(span),
                     "backend.address",
-                    format!("{address} is listed twice"),
+                    "this address is listed twice",
                 ));
             }
             let weight = match b.weight {
@@ -336,22 +625,110 @@ impl Config {
                 address,
                 weight,
                 max_connections: (max > 0).then_some(max),
+                proxy_protocol: b.proxy_protocol.unwrap_or(default_pp),
             });
         }
 
         Ok(Config {
             listen,
             admin,
+            admin_token,
             connect_timeout,
             retries: raw.retries.unwrap_or(DEFAULT_RETRIES),
             slow_start: nonzero(raw.slow_start, DEFAULT_SLOW_START),
             drain_timeout: nonzero(raw.drain_timeout, DEFAULT_DRAIN_TIMEOUT),
             shutdown_grace: raw.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
             idle_timeout: nonzero(raw.idle_timeout, DEFAULT_IDLE_TIMEOUT),
+            response_timeout: nonzero(raw.response_timeout, DEFAULT_RESPONSE_TIMEOUT),
             health,
+            tls,
             backends,
         })
     }
+}
+
+/// `toml`'s error as "line N, key `K`: what", without the excerpt of the
+/// file `toml` would print and without any value from it.
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let line_no = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let line_text = line_no.and_then(|n| text.lines().nth(n - 1)).unwrap_or("");
+    let message = e.message();
+    let first = message.lines().next().unwrap_or("").trim();
+    // A missing key's span is the table it is missing from, whose first
+    // line names another key.
+    let key = line_no
+        .filter(|_| !first.starts_with("missing field"))
+        .and_then(|n| key_at(text, n));
+    let expected = || {
+        first
+            .rsplit_once(", expected ")
+            .map(|(_, x)| format!(", expected {x}"))
+            .unwrap_or_default()
+    };
+    let what = if first.starts_with("unknown field") {
+        "unknown key".to_string()
+    } else if let Some(rest) = first.strip_prefix("missing field ") {
+        format!("missing key {rest}")
+    } else if first.starts_with("invalid type") {
+        format!("wrong type{}", expected())
+    } else if first.starts_with("invalid value") || first.starts_with("unknown variant") {
+        format!("invalid value{}", expected())
+    } else if first.starts_with("invalid duration") {
+        "invalid duration; write it like \"500ms\", \"2s\" or \"1m\"".to_string()
+    } else if first.starts_with("duplicate key") {
+        "duplicate key".to_string()
+    } else if leaks(first, line_text) {
+        "syntax error".to_string()
+    } else {
+        format!("syntax error: {first}")
+    };
+    let mut out = match line_no {
+        Some(n) => format!("line {n}"),
+        None => "(whole file)".to_string(),
+    };
+    if let Some(key) = key {
+        out += &format!(", key `{key}`");
+    }
+    out + ": " + &what
+}
+
+/// Whether `message` repeats part of the value on `line`.
+fn leaks(message: &str, line: &str) -> bool {
+    let value = line.split_once('=').map_or(line, |(_, v)| v);
+    value
+        .split(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+        .filter(|w| w.len() >= 3)
+        .any(|w| message.contains(w))
+}
+
+/// The dotted key defined on 1-based line `n` (with its table's name in
+/// front), when the line is a plain `key = value` or a table header.
+fn key_at(text: &str, n: usize) -> Option<String> {
+    let bare = |k: &str| {
+        let k = k.trim();
+        (!k.is_empty()
+            && k.len() <= 64
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        .then(|| k.to_string())
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let line = lines.get(n - 1)?.trim();
+    if let Some(header) = line.strip_prefix('[') {
+        return bare(header.trim_start_matches('[').split(']').next()?);
+    }
+    let key = bare(line.split_once('=')?.0)?;
+    let table = lines[..n - 1].iter().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix('[')
+            .and_then(|h| bare(h.trim_start_matches('[').split(']').next()?))
+    });
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key,
+    })
 }
 
 #[cfg(test)]
@@ -387,12 +764,14 @@ weight = 1
                 BackendConfig {
                     address: "127.0.0.1:6000".into(),
                     weight: 3,
-                    max_connections: None
+                    max_connections: None,
+                    proxy_protocol: false,
                 },
                 BackendConfig {
                     address: "127.0.0.1:6002".into(),
                     weight: 1,
-                    max_connections: None
+                    max_connections: None,
+                    proxy_protocol: false,
                 },
             ]
         );
@@ -509,5 +888,161 @@ max_connections = 5
             "listen = \"127.0.0.1:0\"\nconnect_timeout = \"0s\"\n[[backend]]\naddress = \"a:1\"\n",
         );
         assert!(e.contains("line 2") && e.contains("connect_timeout"), "{e}");
+    }
+
+    #[test]
+    fn errors_never_echo_the_file() {
+        // The issue's case: a stray secret line must show only line and key.
+        for text in [
+            "listen = \"127.0.0.1:0\"\nsecret_token = \"hunter2\"\n[[backend]]\naddress = \"a:1\"\n",
+            "listen = \"127.0.0.1:0\"\n[[backend]]\naddress = \"a:1\"\nweight = \"hunter2\"\n",
+            "listen = \"127.0.0.1:0\"\n[health]\nkind = \"hunter2\"\n[[backend]]\naddress = \"a:1\"\n",
+            "listen = \"127.0.0.1:0\"\nidle_timeout = \"hunter2\"\n[[backend]]\naddress = \"a:1\"\n",
+            "listen = \"127.0.0.1:0\"\nadmin_token = \"hunter2 = \n[[backend]]\naddress = \"a:1\"\n",
+            "listen = \"127.0.0.1:0\"\nadmin_token = \"hunter2\"\n[[backend]]\naddress = \"a:1\"\n",
+        ] {
+            let e = err(text);
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("line 2") || e.contains("line 4") || e.contains("line 3"), "{e}");
+        }
+        let e = err("listen = \"127.0.0.1:0\"\nsecret_token = \"hunter2\"\n[[backend]]\naddress = \"a:1\"\n");
+        assert_eq!(e, "lb.toml: line 2, key `secret_token`: unknown key");
+        let e = err("listen = \"127.0.0.1:0\"\n[health]\nkind = \"hunter2\"\n[[backend]]\naddress = \"a:1\"\n");
+        assert_eq!(
+            e,
+            "lb.toml: line 3, key `health.kind`: invalid value, expected `chat` or `tcp`"
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let c = Config::parse(
+            "listen = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:9100\"\nadmin_token = \"0123456789abcdef-secret\"\n[[backend]]\naddress = \"a:1\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            c.admin_token.as_ref().unwrap().expose(),
+            "0123456789abcdef-secret"
+        );
+        assert!(!format!("{c:?}").contains("secret"), "{c:?}");
+    }
+
+    #[test]
+    fn admin_beyond_loopback_needs_a_token() {
+        let e = err(
+            "listen = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:9100\"\n[[backend]]\naddress = \"a:1\"\n",
+        );
+        assert!(e.contains("admin_token"), "{e}");
+        for ok in ["127.0.0.1:0", "[::1]:9100", "localhost:9100"] {
+            Config::parse(
+                &format!(
+                    "listen = \"127.0.0.1:0\"\nadmin = \"{ok}\"\n[[backend]]\naddress = \"a:1\"\n"
+                ),
+                "t",
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn proxy_protocol_global_and_per_backend() {
+        let c = Config::parse(
+            "listen = \"127.0.0.1:0\"\nproxy_protocol = true\nresponse_timeout = \"3s\"\n\
+             [[backend]]\naddress = \"a:1\"\n[[backend]]\naddress = \"b:1\"\nproxy_protocol = false\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.backends[0].proxy_protocol);
+        assert!(!c.backends[1].proxy_protocol);
+        assert_eq!(c.response_timeout, Some(Duration::from_secs(3)));
+        let c = Config::parse(
+            "listen = \"127.0.0.1:0\"\n[[backend]]\naddress = \"a:1\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(!c.backends[0].proxy_protocol);
+        assert_eq!(c.response_timeout, None);
+    }
+
+    #[test]
+    fn check_timeout_may_not_exceed_the_interval() {
+        let e = err("listen = \"127.0.0.1:0\"\n[health]\ninterval = \"1s\"\ntimeout = \"2s\"\n[[backend]]\naddress = \"a:1\"\n");
+        assert!(e.contains("line 4") && e.contains("health.timeout"), "{e}");
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lb-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = temp_dir("kinds");
+        let fifo = dir.join("fifo.toml");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let link = dir.join("link.toml");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        let zero = dir.join("zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let big = dir.join("big.toml");
+        std::fs::write(&big, "# x\n".repeat(300_000)).unwrap();
+        for (path, want) in [
+            (&fifo, "a FIFO"),
+            (&link, "a FIFO"),
+            (&zero, "a character device"),
+            (&dir, "a directory"),
+            (&big, "larger than 1024 KiB"),
+        ] {
+            let started = std::time::Instant::now();
+            let e = Config::load(path).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(started.elapsed() < Duration::from_secs(1));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_section() {
+        let c = Config::parse(
+            "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[[backend]]\naddress = \"a:1\"\n",
+            "t",
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(
+            (tls.cert, tls.key),
+            (PathBuf::from("c.pem"), PathBuf::from("k.pem"))
+        );
+        let e = err(
+            "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"c.pem\"\n[[backend]]\naddress = \"a:1\"\n",
+        );
+        assert!(e.contains("key"), "{e}");
+        let e = err("listen = \"127.0.0.1:0\"\n[tls]\ncert = \"\"\nkey = \"k\"\n[[backend]]\naddress = \"a:1\"\n");
+        assert!(e.contains("line 3") && e.contains("tls.cert"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_hanging_read_holds_off_further_reads() {
+        let dir = temp_dir("reads");
+        let file = dir.join("lb.toml");
+        std::fs::write(&file, "x = 1\n").unwrap();
+        let reads = Reads::default();
+        let stuck = reads.0.clone(); // as a thread stuck in read(2) would
+        let e = read_file_async(&file, &reads)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("still hanging"), "{e}");
+        drop(stuck);
+        assert_eq!(read_file_async(&file, &reads).await.unwrap(), b"x = 1\n");
+        assert!(!reads.busy(), "the finished thread let go");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,14 +12,19 @@ pub struct Diff {
     pub removed: Vec<String>,
     /// `(address, old weight, new weight)`.
     pub reweighted: Vec<(String, u32, u32)>,
-    /// Backends whose connection limit changed.
+    /// Backends whose connection limit or PROXY protocol setting changed.
     pub relimited: Vec<String>,
     /// Needs a restart: a reload keeps the old address.
     pub listen_changed: bool,
     /// Needs a restart: a reload keeps the old address.
     pub admin_changed: bool,
+    /// `[tls]` switched on or off: needs a restart, a reload keeps the old
+    /// setting. (New file paths apply at once.)
+    pub tls_toggled: bool,
+    /// `[tls]` names other files.
+    pub tls_files_changed: bool,
     pub health_changed: bool,
-    /// Timeouts, retries, slow start, drain or grace period.
+    /// Timeouts, retries, slow start, drain, grace period or the admin token.
     pub settings_changed: bool,
     /// Backend order changed (it decides the order of the all-down fallback).
     pub reordered: bool,
@@ -58,6 +63,8 @@ impl std::fmt::Display for Diff {
             (self.settings_changed, "settings"),
             (self.listen_changed, "listen (ignored until restart)"),
             (self.admin_changed, "admin (ignored until restart)"),
+            (self.tls_toggled, "tls on/off (ignored until restart)"),
+            (self.tls_files_changed, "tls files"),
         ] {
             if changed {
                 parts.push(what.to_string());
@@ -91,7 +98,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
                 if o.weight != b.weight {
                     d.reweighted.push((b.address.clone(), o.weight, b.weight));
                 }
-                if o.max_connections != b.max_connections {
+                if o.max_connections != b.max_connections || o.proxy_protocol != b.proxy_protocol {
                     d.relimited.push(b.address.clone());
                 }
             }
@@ -115,13 +122,17 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     d.reordered = kept(old) != kept(new);
     d.listen_changed = old.listen != new.listen;
     d.admin_changed = old.admin != new.admin;
+    d.tls_toggled = old.tls.is_some() != new.tls.is_some();
+    d.tls_files_changed = old.tls.is_some() && new.tls.is_some() && old.tls != new.tls;
     d.health_changed = old.health != new.health;
     d.settings_changed = old.connect_timeout != new.connect_timeout
         || old.retries != new.retries
         || old.slow_start != new.slow_start
         || old.drain_timeout != new.drain_timeout
         || old.shutdown_grace != new.shutdown_grace
-        || old.idle_timeout != new.idle_timeout;
+        || old.idle_timeout != new.idle_timeout
+        || old.response_timeout != new.response_timeout
+        || old.admin_token != new.admin_token;
     d
 }
 

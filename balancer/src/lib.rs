@@ -11,12 +11,15 @@ mod apply;
 pub mod backend;
 pub mod config;
 pub mod diff;
+pub mod fault;
 pub mod health;
 pub mod proxy;
+pub mod proxy_header;
 pub mod reload;
 pub mod selection;
 mod shared;
 pub mod status;
+pub mod tls;
 
 pub use status::{BackendStatus, Status};
 
@@ -43,6 +46,8 @@ const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
 pub enum Error {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -86,19 +91,36 @@ pub struct Balancer {
     /// Only with a config file. Its watcher starts in `new`, so a change
     /// made as soon as `new` returns is seen.
     reloader: Option<Reloader>,
+    /// Why `[tls]` could not be loaded; `run` refuses to start with it
+    /// rather than serve plaintext where TLS was asked for.
+    tls_error: Option<tls::TlsError>,
 }
 
 impl Balancer {
     /// Sets up the backend states for `config`. With `config_path`, the file
     /// is watched and re-read on change and on [`Handle::request_reload`].
+    /// With `[tls]`, the certificate and key are loaded here (and watched
+    /// with the config file); if they cannot be, [`Balancer::run`] fails.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Self {
-        let shared = Arc::new(Shared::new(config));
+        let (acceptor, tls_error) = match config.tls.as_ref().map(tls::load) {
+            None => (None, None),
+            Some(Ok(a)) => (Some(a), None),
+            Some(Err(e)) => (None, Some(e)),
+        };
+        let tls_files: Vec<PathBuf> = config
+            .tls
+            .iter()
+            .flat_map(|t| [t.cert.clone(), t.key.clone()])
+            .collect();
+        let shared = Arc::new(Shared::new(config, acceptor));
         let (reload_tx, reload_rx) = mpsc::channel(1);
-        let reloader = config_path.map(|path| Reloader::new(path, reload_tx.clone(), reload_rx));
+        let reloader =
+            config_path.map(|path| Reloader::new(path, tls_files, reload_tx.clone(), reload_rx));
         Self {
             shared,
             reload_tx,
             reloader,
+            tls_error,
         }
     }
 
@@ -120,8 +142,14 @@ impl Balancer {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
         let Balancer {
-            shared, reloader, ..
+            shared,
+            reloader,
+            tls_error,
+            ..
         } = self;
+        if let Some(e) = tls_error {
+            return Err(e.into());
+        }
         if let Ok(addr) = listener.local_addr() {
             // `run` takes `self`, so this is the only set.
             let _ = shared.listen_addr.set(addr);
@@ -138,6 +166,8 @@ impl Balancer {
         for (state, stop) in checkers {
             tokio::spawn(health::run_checker(shared.clone(), state, stop));
         }
+        let lag_shared = shared.clone();
+        tokio::spawn(async move { lag_shared.lag.probe(lag_shared.shutdown.clone()).await });
         let reloader = reloader.map(|r| tokio::spawn(r.run(shared.clone())));
         let admin_task = admin.map(|l| tokio::spawn(admin::serve(shared.clone(), l)));
 

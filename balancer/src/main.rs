@@ -34,6 +34,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let config = Config::load(&args.config)?;
+    // Refuse to start (before printing `listening on`) rather than serve
+    // plaintext where TLS was asked for.
+    if let Some(tls) = &config.tls {
+        balancer::tls::load(tls).context("loading the [tls] certificate and key")?;
+    }
 
     let listener = TcpListener::bind(&config.listen)
         .await

@@ -1,23 +1,29 @@
-//! The data path: accept a client, pick a backend (retrying the next one when
-//! a connect fails), then copy bytes both ways untouched until either side is
-//! done, the idle timeout fires, a drain times out or shutdown's grace ends.
+//! The data path: accept a client (and, with `[tls]`, finish its TLS
+//! handshake), pick a backend (retrying the next one when a connect fails),
+//! then copy bytes both ways untouched until either side is done, the idle
+//! timeout fires, a drain times out or shutdown's grace ends.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::io::poll_read_buf;
 use tracing::{debug, info_span, warn, Instrument, Span};
 
 use crate::backend::{BackendState, Transition};
+use crate::fault::{self, Fault};
+use crate::proxy_header;
 use crate::shared::Shared;
 
+/// Time a client gets to complete its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Size of each direction's copy buffer.
 const BUF_SIZE: usize = 16 * 1024;
 /// First and longest pause after a failing `accept` (out of file descriptors, say).
@@ -44,8 +50,16 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     .spawn(handle_client(task_shared, client, peer, span));
             }
             Err(e) => {
-                // Errors such as EMFILE would spin the loop; wait, growing the pause.
-                warn!(error = %e, "accept failed; pausing {backoff:?}");
+                // Errors such as EMFILE would spin the loop; wait, growing the
+                // pause. Established connections are untouched, and waiting
+                // clients stay in the backlog until descriptors free up.
+                // Logged at warn once per streak, not per attempt.
+                shared.clients.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if backoff == ACCEPT_BACKOFF_MIN {
+                    warn!(error = %e, "accept failed; backing off (counted in balancer_accept_errors_total)");
+                } else {
+                    debug!(error = %e, "accept failed; pausing {backoff:?}");
+                }
                 tokio::select! {
                     _ = shared.shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -66,8 +80,14 @@ impl Drop for Slot {
     }
 }
 
-/// Tries backends until one accepts; `None` when none did.
-async fn connect_backend(shared: &Shared) -> Option<(TcpStream, Slot)> {
+/// Tries backends until one accepts; `None` when none did. A backend that
+/// wants PROXY protocol gets its header before anything else, naming
+/// `client` and the balancer address `local` it connected to.
+async fn connect_backend(
+    shared: &Shared,
+    client: SocketAddr,
+    local: SocketAddr,
+) -> Option<(TcpStream, Slot, bool)> {
     // Hold this snapshot for the whole connect phase: a reload meanwhile
     // affects the next client, not the one half-way through picking.
     let snapshot = shared.snapshot();
@@ -87,24 +107,43 @@ async fn connect_backend(shared: &Shared) -> Option<(TcpStream, Slot)> {
         let member = &snapshot.members[i];
         let slot = Slot(member.state.clone());
         let address = &member.state.address;
-        let result =
-            tokio::time::timeout(config.connect_timeout, TcpStream::connect(address)).await;
-        let error = match result {
-            Ok(Ok(stream)) => {
-                member.state.record_connect_success();
-                return Some((stream, slot));
+        let connect = async {
+            let mut stream = TcpStream::connect(address).await?;
+            if member.proxy_protocol {
+                stream
+                    .write_all(&proxy_header::proxy(client, local))
+                    .await?;
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("timed out after {:?}", config.connect_timeout),
+            std::io::Result::Ok(stream)
+        };
+        let result = tokio::time::timeout(config.connect_timeout, connect).await;
+        let (error, fault) = match result {
+            Ok(Ok(stream)) => return Some((stream, slot, member.proxy_protocol)),
+            Ok(Err(e)) => (e.to_string(), fault::of_io(&e)),
+            Err(_) => (
+                format!("timed out after {:?}", config.connect_timeout),
+                shared.lag.timeout_fault(config.connect_timeout),
+            ),
         };
         drop(slot);
+        if fault == Fault::Local {
+            // Our own exhaustion: trying another backend would fail the
+            // same way, and no backend is to blame.
+            member
+                .state
+                .stats
+                .local_errors
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(backend = %address, %error, "connect failed on our side; closing the client");
+            return None;
+        }
         member
             .state
             .stats
             .connect_failures
             .fetch_add(1, Ordering::Relaxed);
         warn!(backend = %address, %error, attempt = attempts, "backend connect failed; trying the next");
-        if member.state.record_failure(config.health.fall) == Transition::WentDown {
+        if member.state.record_passive_failure(config.health.fall) == Transition::WentDown {
             warn!(backend = %address, "backend is down (client connects failed)");
         }
     }
@@ -115,7 +154,72 @@ async fn connect_backend(shared: &Shared) -> Option<(TcpStream, Slot)> {
 /// around the copy: entering it on every wake-up of a busy connection cost
 /// more than the copy itself.
 async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, span: Span) {
-    let Some((backend, slot)) = connect_backend(&shared).instrument(span.clone()).await else {
+    let local = client.local_addr().unwrap_or(peer);
+    let _ = client.set_nodelay(true);
+    let Some(tls) = &shared.tls else {
+        return serve(shared.clone(), client, peer, local, span).await;
+    };
+    let acceptor = tls.acceptor();
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)) => r,
+        _ = shared.hard_stop.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            tls.handshakes.fetch_add(1, Ordering::Relaxed);
+            serve(shared.clone(), stream, peer, local, span).await;
+        }
+        // Counted, and at debug only: scanners and port checks fail
+        // handshakes all day, and the log must stay readable.
+        Ok(Err(e)) => {
+            tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            span.in_scope(|| debug!(error = %e, "TLS handshake failed"));
+        }
+        Err(_) => {
+            tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            span.in_scope(|| debug!("TLS handshake timed out"));
+        }
+    }
+}
+
+/// One client stream, plain or TLS: what the copy needs of it.
+trait ClientSide: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Ready once reading may yield bytes, so that an idle connection holds
+    /// no copy buffer. TLS may hold decrypted bytes the socket no longer
+    /// signals, so it is always ready.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+
+    /// Whether closing needs a shutdown of its own: TLS ends with a
+    /// close_notify, which dropping the socket does not send.
+    const CLOSE_NEEDS_SHUTDOWN: bool = false;
+}
+
+impl ClientSide for TcpStream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl ClientSide for tokio_rustls::server::TlsStream<TcpStream> {
+    const CLOSE_NEEDS_SHUTDOWN: bool = true;
+
+    fn poll_readable(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Connects a backend for the (handshaken) client and copies until done.
+async fn serve(
+    shared: Arc<Shared>,
+    client: impl ClientSide,
+    peer: SocketAddr,
+    local: SocketAddr,
+    span: Span,
+) {
+    let Some((backend, slot, _)) = connect_backend(&shared, peer, local)
+        .instrument(span.clone())
+        .await
+    else {
         shared.clients.rejected.fetch_add(1, Ordering::Relaxed);
         span.in_scope(|| warn!("no backend accepted the connection; closing the client"));
         return;
@@ -123,14 +227,19 @@ async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr,
     let state = slot.0.clone();
     span.record("backend", state.address.as_str());
     state.stats.total.fetch_add(1, Ordering::Relaxed);
-    let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
-    let idle = shared.snapshot().config.idle_timeout;
+    let config = shared.snapshot().config.clone();
+    let idle = config.idle_timeout;
+    let response = config.response_timeout.map(|limit| ResponseWatch {
+        limit,
+        fall: config.health.fall,
+        shared: shared.clone(),
+    });
     let kill = state.kill_token();
     span.in_scope(|| debug!(%peer, "proxying"));
     let started = Instant::now();
     let reason = tokio::select! {
-        r = pump(client, backend, &state, idle) => r,
+        r = pump(client, backend, &state, idle, response.as_ref()) => r,
         _ = kill.cancelled() => "drain timeout",
         _ = shared.hard_stop.cancelled() => "shutdown grace period over",
     };
@@ -141,18 +250,30 @@ async fn handle_client(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr,
 /// Copies both ways until both directions reached EOF (half-closes are
 /// passed on), one side fails, or nothing moved for `idle`.
 async fn pump(
-    mut client: TcpStream,
+    mut client: impl ClientSide,
     mut backend: TcpStream,
     state: &BackendState,
     idle: Option<Duration>,
+    response: Option<&ResponseWatch>,
 ) -> &'static str {
     let start = Instant::now();
     // Milliseconds since `start` of the last byte moved, shared by both
     // directions; only kept (a clock read per read) with an idle timeout.
     let last = AtomicU64::new(0);
     let activity = idle.map(|_| (&last, start));
+    // 1 + milliseconds since `start` of the oldest client byte the backend
+    // has not answered yet; 0 when nothing is awaited. Only kept with a
+    // response timeout.
+    let awaiting = AtomicU64::new(0);
+    let awaited = response.map(|_| (&awaiting, start));
     let mut up = Flow::new(&state.stats.bytes_to_backend, activity);
+    up.request = awaited;
     let mut down = Flow::new(&state.stats.bytes_to_client, activity);
+    down.answer = awaited.map(|(a, _)| a);
+    down.answered_by = Some(state);
+    // Armed only while an answer is due, so idle connections hold no timer.
+    let mut due = response.map(|_| Box::pin(tokio::time::sleep(Duration::ZERO)));
+    let mut fired = false;
     let copy = async {
         let copied = std::future::poll_fn(|cx| {
             if !up.finished {
@@ -165,6 +286,23 @@ async fn pump(
                 let other = up.finished;
                 if let Poll::Ready(r) = down.poll(cx, &mut backend, &mut client, other) {
                     r?;
+                }
+            }
+            // After the flows, which may just have made an answer due.
+            if let (Some(watch), Some(timer), false) = (response, due.as_mut(), fired) {
+                let since = awaiting.load(Ordering::Relaxed);
+                if since != 0 {
+                    let deadline = tokio::time::Instant::from_std(
+                        start + Duration::from_millis(since - 1) + watch.limit,
+                    );
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        // Re-armed by the next request if the runtime took the blame.
+                        fired = watch.expired(state);
+                        awaiting.store(0, Ordering::Relaxed);
+                    }
                 }
             }
             if up.finished && down.finished {
@@ -188,15 +326,52 @@ async fn pump(
     }
 }
 
+/// Passive detection of a wedged backend: a client sent bytes and the
+/// backend returned none within `limit`. It counts one failure toward
+/// `fall` per connection and leaves the connection open (the client
+/// decides whether to wait on).
+struct ResponseWatch {
+    limit: Duration,
+    fall: u32,
+    shared: Arc<Shared>,
+}
+
+impl ResponseWatch {
+    /// An answer is overdue: records the failure unless the runtime itself
+    /// was too late to have seen the answer. True when it was recorded.
+    fn expired(&self, state: &BackendState) -> bool {
+        if self.shared.lag.timeout_fault(self.limit) == Fault::Local {
+            return false;
+        }
+        state
+            .stats
+            .response_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(backend = %state.address, limit = ?self.limit, "backend sent nothing back in time");
+        if state.record_passive_failure(self.fall) == Transition::WentDown {
+            warn!(backend = %state.address, "backend is down (responses timed out)");
+        }
+        true
+    }
+}
+
 /// One direction of the copy. Its buffer is allocated when the reading side
 /// first becomes readable (an idle connection holds none) and never zeroed.
 struct Flow<'a> {
     buf: Vec<u8>,
     written: usize,
+    /// Bytes written since the last flush.
+    unflushed: bool,
     eof: bool,
     finished: bool,
     counter: &'a AtomicU64,
     activity: Option<(&'a AtomicU64, Instant)>,
+    /// Client to backend: marks when an answer became due.
+    request: Option<(&'a AtomicU64, Instant)>,
+    /// Backend to client: any byte is an answer.
+    answer: Option<&'a AtomicU64>,
+    /// Backend to client: told of the first answer and of every awaited one.
+    answered_by: Option<&'a BackendState>,
 }
 
 impl<'a> Flow<'a> {
@@ -204,22 +379,26 @@ impl<'a> Flow<'a> {
         Self {
             buf: Vec::new(),
             written: 0,
+            unflushed: false,
             eof: false,
             finished: false,
             counter,
             activity,
+            request: None,
+            answer: None,
+            answered_by: None,
         }
     }
 
     /// Moves bytes from `from` to `to` until either would block; ready once
     /// EOF was read and passed on. When the other direction has finished
-    /// already, the half-close is not sent: both sockets are closed right
-    /// after, and the close sends the FIN.
-    fn poll(
+    /// already, a TCP half-close is not sent: both sockets are closed right
+    /// after, and the close sends the FIN. TLS still sends its close_notify.
+    fn poll<W: ClientSide>(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut TcpStream,
-        to: &mut TcpStream,
+        from: &mut impl ClientSide,
+        to: &mut W,
         other_finished: bool,
     ) -> Poll<std::io::Result<()>> {
         loop {
@@ -229,9 +408,15 @@ impl<'a> Flow<'a> {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
                 }
                 self.written += n;
+                self.unflushed = true;
+            }
+            if self.unflushed {
+                // A no-op on TCP; TLS sends the records it has buffered.
+                ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                self.unflushed = false;
             }
             if self.eof {
-                if !other_finished {
+                if !other_finished || W::CLOSE_NEEDS_SHUTDOWN {
                     ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
                 }
                 self.finished = true;
@@ -240,7 +425,7 @@ impl<'a> Flow<'a> {
             self.buf.clear();
             self.written = 0;
             if self.buf.capacity() == 0 {
-                ready!(from.poll_read_ready(cx))?;
+                ready!(from.poll_readable(cx))?;
                 self.buf.reserve_exact(BUF_SIZE);
             }
             let n = ready!(poll_read_buf(Pin::new(&mut *from), cx, &mut self.buf))?;
@@ -251,6 +436,21 @@ impl<'a> Flow<'a> {
             self.counter.fetch_add(n as u64, Ordering::Relaxed);
             if let Some((last, start)) = self.activity {
                 last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            if let Some((awaiting, start)) = self.request {
+                if awaiting.load(Ordering::Relaxed) == 0 {
+                    awaiting.store(start.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+                }
+            }
+            if let Some(awaiting) = self.answer {
+                if awaiting.swap(0, Ordering::Relaxed) != 0 {
+                    if let Some(state) = self.answered_by {
+                        state.record_answer();
+                    }
+                }
+            } else if let Some(state) = self.answered_by.take() {
+                // Without response tracking, the first answer is enough.
+                state.record_answer();
             }
         }
     }

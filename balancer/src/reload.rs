@@ -18,32 +18,57 @@ use crate::shared::Shared;
 /// events of one editor save collapse into one reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Watches the directory holding `path`: editors often save by writing a
-/// new file and renaming it over the old one, which a watch on the file
-/// itself would lose. The callback runs on notify's thread and only signals.
-pub fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
-    let dir = match path.parent() {
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_os_string());
+    }
+}
+
+/// Watches the directories holding `paths` (the config file, and the TLS
+/// certificate and key): editors and certificate tools often save by
+/// writing a new file and renaming it over the old one, which a watch on
+/// the file itself would lose. The callback runs on notify's thread and
+/// only signals.
+pub fn watch(
+    paths: &[PathBuf],
+    tx: mpsc::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let watched: Vec<(PathBuf, std::ffi::OsString)> = paths
+        .iter()
+        .filter_map(|p| Some((dir_of(p), p.file_name()?.to_os_string())))
+        .collect();
+    let names: Vec<std::ffi::OsString> = watched.iter().map(|(_, n)| n.clone()).collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if event.kind.is_access() {
             return;
         }
-        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-            // Full means a reload is already pending, which will read the latest file.
+        if event
+            .paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
+        {
+            // Full means a reload is already pending, which will read the latest files.
             let _ = tx.try_send(());
         }
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut dirs: Vec<&PathBuf> = watched.iter().map(|(d, _)| d).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
     Ok(watcher)
 }
 
-/// Starts watching `path`, or logs why it cannot (SIGHUP still works).
-pub fn start_watcher(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    match watch(path, tx) {
+/// Starts watching `paths`, or logs why it cannot (SIGHUP still works).
+pub fn start_watcher(
+    paths: &[PathBuf],
+    tx: mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    let path = &paths[0];
+    match watch(paths, tx) {
         Ok(w) => {
             info!(path = %path.display(), "watching the config file");
             Some(w)
@@ -65,17 +90,28 @@ pub struct Reloader {
     rx: mpsc::Receiver<()>,
     /// Only kept alive here: dropping it stops the watch.
     _watcher: Option<notify::RecommendedWatcher>,
+    reads: crate::config::Reads,
 }
 
 impl Reloader {
-    /// Watches `path`; the watcher signals on `tx`, as
+    /// Watches `path` and `tls_files`; the watcher signals on `tx`, as
     /// [`Handle::request_reload`](crate::Handle::request_reload) does.
-    pub fn new(path: PathBuf, tx: mpsc::Sender<()>, rx: mpsc::Receiver<()>) -> Self {
-        let watcher = start_watcher(&path, tx);
+    /// TLS files named only by a later config are not watched (SIGHUP
+    /// reloads them).
+    pub fn new(
+        path: PathBuf,
+        tls_files: Vec<PathBuf>,
+        tx: mpsc::Sender<()>,
+        rx: mpsc::Receiver<()>,
+    ) -> Self {
+        let mut paths = vec![path.clone()];
+        paths.extend(tls_files);
+        let watcher = start_watcher(&paths, tx);
         Self {
             path,
             rx,
             _watcher: watcher,
+            reads: Default::default(),
         }
     }
 
@@ -92,7 +128,7 @@ impl Reloader {
                 _ = tokio::time::sleep(DEBOUNCE) => {}
             }
             while self.rx.try_recv().is_ok() {}
-            match Config::load(&self.path) {
+            match Config::load_async(&self.path, &self.reads).await {
                 Ok(config) => {
                     let d = apply(&shared, config);
                     if !d.is_empty() {
@@ -105,6 +141,10 @@ impl Reloader {
                     shared.reloads.record_failure(e.to_string());
                     error!("config reload rejected, keeping the running config: {e}");
                 }
+            }
+            // The certificate may have changed without the config.
+            if let (Some(state), Some(files)) = (&shared.tls, &shared.snapshot().config.tls) {
+                state.reload(files).await;
             }
         }
     }

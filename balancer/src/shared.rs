@@ -16,6 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::{BackendState, Snapshot};
 use crate::config::Config;
+use crate::fault::Lag;
+use crate::tls::TlsState;
+use tokio_rustls::TlsAcceptor;
 
 /// State shared by the accept loop, connections, health tasks, the reloader
 /// and the admin server.
@@ -34,7 +37,12 @@ pub struct Shared {
     /// Every client connection, so shutdown can wait for them.
     pub tracker: TaskTracker,
     pub clients: ClientCounters,
+    /// How late the runtime runs: a timeout during a stall is not the backend's fault.
+    pub lag: Lag,
     pub reloads: ReloadCounters,
+    pub admin: AdminCounters,
+    /// With `[tls]`: the acceptor in use and the TLS counters.
+    pub tls: Option<TlsState>,
     /// When the balancer was built; `/status` reports the uptime.
     pub started: Instant,
     /// The bound listen address, set once when `run` starts. Until then
@@ -44,8 +52,9 @@ pub struct Shared {
 
 impl Shared {
     /// One state per configured backend, each with the token that will stop
-    /// its health task; no task runs yet.
-    pub fn new(config: Config) -> Self {
+    /// its health task; no task runs yet. `tls` is the acceptor loaded from
+    /// `config.tls`.
+    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> Self {
         let shutdown = CancellationToken::new();
         let mut registry = Registry::default();
         for b in &config.backends {
@@ -64,7 +73,10 @@ impl Shared {
             hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             clients: ClientCounters::default(),
+            lag: Lag::default(),
             reloads: ReloadCounters::default(),
+            admin: AdminCounters::default(),
+            tls: tls.map(TlsState::new),
             started: Instant::now(),
             listen_addr: OnceLock::new(),
         }
@@ -96,6 +108,17 @@ pub struct ClientCounters {
     pub total: AtomicU64,
     /// Clients closed because no backend accepted them.
     pub rejected: AtomicU64,
+    /// Failed `accept` calls (EMFILE and the like), each followed by a pause.
+    pub accept_errors: AtomicU64,
+}
+
+/// What the admin server turned away.
+#[derive(Debug, Default)]
+pub struct AdminCounters {
+    /// Connections closed on accept because the cap was reached.
+    pub refused: AtomicU64,
+    /// Requests without the right bearer token.
+    pub unauthorized: AtomicU64,
 }
 
 /// Outcomes of config reloads, for `/status` and `/metrics`.

@@ -22,7 +22,27 @@ pub struct Status {
     pub clients_total: u64,
     /// Clients closed because no backend accepted them.
     pub clients_rejected: u64,
+    /// Failed `accept` calls (out of file descriptors, say).
+    pub accept_errors: u64,
+    /// Admin connections closed at once because the cap was reached.
+    pub admin_refused: u64,
+    /// Admin requests without the right bearer token.
+    pub admin_unauthorized: u64,
+    /// With `[tls]`: handshakes and certificate reloads.
+    pub tls: Option<TlsStatus>,
     pub backends: Vec<BackendStatus>,
+}
+
+/// TLS counters in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsStatus {
+    pub handshakes: u64,
+    /// Failed or timed-out handshakes (logged at debug only).
+    pub handshake_failures: u64,
+    /// Certificate loads after start-up.
+    pub reloads: u64,
+    /// Certificate reloads rejected (the previous pair stayed).
+    pub reload_failures: u64,
 }
 
 /// One backend in `/status`.
@@ -42,6 +62,10 @@ pub struct BackendStatus {
     pub bytes_to_client: u64,
     pub connect_failures: u64,
     pub check_failures: u64,
+    /// Connections that sent bytes and got nothing back within `response_timeout`.
+    pub response_timeouts: u64,
+    /// Connects and checks that failed on the balancer's side (not counted against it).
+    pub local_errors: u64,
 }
 
 impl Status {
@@ -87,6 +111,15 @@ impl Status {
             last_reload_error: shared.reloads.last_error.lock().unwrap().clone(),
             clients_total: get(&shared.clients.total),
             clients_rejected: get(&shared.clients.rejected),
+            accept_errors: get(&shared.clients.accept_errors),
+            admin_refused: get(&shared.admin.refused),
+            admin_unauthorized: get(&shared.admin.unauthorized),
+            tls: shared.tls.as_ref().map(|t| TlsStatus {
+                handshakes: get(&t.handshakes),
+                handshake_failures: get(&t.handshake_failures),
+                reloads: get(&t.reloads),
+                reload_failures: get(&t.reload_failures),
+            }),
             backends,
         }
     }
@@ -114,6 +147,8 @@ impl BackendStatus {
             bytes_to_client: get(&s.stats.bytes_to_client),
             connect_failures: get(&s.stats.connect_failures),
             check_failures: get(&s.stats.check_failures),
+            response_timeouts: get(&s.stats.response_timeouts),
+            local_errors: get(&s.stats.local_errors),
         }
     }
 }

@@ -1,4 +1,7 @@
-//! The admin server: `/metrics` in Prometheus text, `/status` in JSON.
+//! The admin server: `/metrics` in Prometheus text, `/status` in JSON, a
+//! bearer token, and bounds on what a slow or hostile peer can hold.
+
+mod common;
 
 use testkit::backend::{http_get, Mode, TestBackend};
 use testkit::lb::{config_toml, Lb};
@@ -66,5 +69,84 @@ async fn metrics_and_status_respond() {
     let (code, _) = http_get(admin, "/nope").await;
     assert_eq!(code, 404);
     drop(held);
+    lb.shutdown().await;
+}
+
+/// Slowloris: 100 connections that never finish their headers. At most
+/// `MAX_CONNECTIONS` are held, each for at most `HEADER_TIMEOUT`; the rest
+/// are closed at once, and `/status` answers once they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_capped_and_timed_out() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = TestBackend::start("a", Mode::Chat).await;
+    let lb = Lb::start(
+        &config_toml("[health]\nkind = \"tcp\"", &[(&a.address(), 1)]),
+        true,
+    )
+    .await;
+    let admin = lb.admin.unwrap();
+    let started = Instant::now();
+    let mut waiting = Vec::new();
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let _ = s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n").await;
+        waiting.push(tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            // Closed (EOF or reset) is all we wait for.
+            let _ = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await;
+            started.elapsed()
+        }));
+    }
+    let mut closed_at = Vec::new();
+    for w in waiting {
+        closed_at.push(w.await.unwrap());
+    }
+    let limit = balancer::admin::HEADER_TIMEOUT + Duration::from_secs(2);
+    assert!(
+        closed_at.iter().all(|&t| t < limit),
+        "a half-sent request was held too long: {closed_at:?}"
+    );
+    let quick = closed_at
+        .iter()
+        .filter(|&&t| t < Duration::from_secs(2))
+        .count();
+    assert!(
+        quick >= 100 - balancer::admin::MAX_CONNECTIONS,
+        "only {quick} refused at once"
+    );
+    let (code, body) = http_get(admin, "/status").await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["admin_refused"].as_u64().unwrap() >= 100 - balancer::admin::MAX_CONNECTIONS as u64);
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_is_required_and_never_shown() {
+    let a = TestBackend::start("a", Mode::Chat).await;
+    let token = "s3cr3t-admin-token-0123456789";
+    let toml = config_toml(
+        &format!("admin_token = \"{token}\"\n[health]\nkind = \"tcp\""),
+        &[(&a.address(), 1)],
+    );
+    let lb = Lb::start(&toml, true).await;
+    let admin = lb.admin.unwrap();
+    for path in ["/status", "/metrics"] {
+        let (code, _) = common::get_with(admin, path, "").await;
+        assert_eq!(code, 401, "{path} without a token");
+        let (code, _) = common::get_with(
+            admin,
+            path,
+            "Authorization: Bearer s3cr3t-admin-token-012345678X\r\n",
+        )
+        .await;
+        assert_eq!(code, 401, "{path} with a wrong token");
+        let (code, body) =
+            common::get_with(admin, path, &format!("Authorization: Bearer {token}\r\n")).await;
+        assert_eq!(code, 200, "{path} with the token");
+        assert!(!body.contains(token), "{body}");
+    }
+    assert_eq!(lb.status().admin_unauthorized, 4);
     lb.shutdown().await;
 }

@@ -87,6 +87,13 @@ impl Nginx {
     /// Starts Nginx in front of `backends`; waits at most [`WAIT`] for it
     /// to listen.
     pub async fn start(backends: &[SocketAddr]) -> Nginx {
+        let port = wait::free_port();
+        Self::start_conf(&render_conf(&template(), port, backends), port).await
+    }
+
+    /// Starts Nginx with the whole `conf` text (tests that change more than
+    /// [`render_conf`] does), waiting for `127.0.0.1:port` to listen.
+    pub async fn start_conf(conf_text: &str, port: u16) -> Nginx {
         let binary = binary();
         assert!(
             Path::new(STREAM_MODULE).is_file(),
@@ -95,9 +102,8 @@ impl Nginx {
         );
         let prefix = run::temp_dir("nginx");
         std::fs::create_dir_all(prefix.join("logs")).expect("creating the logs folder");
-        let port = wait::free_port();
         let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, render_conf(&template(), port, backends)).expect("writing the conf");
+        std::fs::write(&conf, conf_text).expect("writing the conf");
 
         use std::os::unix::process::CommandExt;
         let child = Command::new(&binary)
