@@ -1090,11 +1090,15 @@ impl App {
         };
         let mut messages = page.messages;
         messages.reverse();
-        fx.push(Effect::Show(Output::History {
-            of,
-            messages,
-            more: page.more,
-        }));
+        // `--json` has printed the page as it came.
+        self.show(
+            Output::History {
+                of,
+                messages,
+                more: page.more,
+            },
+            fx,
+        );
     }
 
     /// The server is about to close: confirm what was shown, then reconnect

@@ -1,5 +1,5 @@
 //! v2 delivery as chatclient uses it, against the REAL chat server
-//! (in-process, SQLite): a 30 MB backlog shown completely and confirmed
+//! (in-process, SQLite; the backlog on MariaDB too): a 30 MB backlog shown completely and confirmed
 //! only as it is shown, resume with token and `since` after a cut
 //! connection and after a server restart (each message shown once), sends
 //! re-sent with their cid after a lost ACK, and the `history` command.
@@ -68,11 +68,12 @@ async fn read_messages(client: &mut Reader, shown: &mut Vec<usize>, count: usize
     lines
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_30_mb_backlog_is_shown_in_order_and_confirmed_only_as_shown() {
+testkit::on_both_backends!(a_30_mb_backlog_is_shown_in_order_and_confirmed_only_as_shown);
+
+async fn a_30_mb_backlog_is_shown_in_order_and_confirmed_only_as_shown(storage: Storage) {
     const COUNT: usize = 500;
     const SIZE: usize = 60_000;
-    let server = ChatServer::start(Storage::Sqlite).await;
+    let server = ChatServer::start(storage).await;
     let (mut alice, _) = server.user("alice").await;
     let bob = offline_user(&server, "bob", "pw-b").await;
     send_all(&mut alice, bob, 0..COUNT, SIZE).await;
