@@ -812,3 +812,21 @@ fn history_pages_continue_from_the_oldest_shown() {
         (json!(1), None)
     );
 }
+
+#[test]
+fn a_reply_behind_a_long_backlog_is_waited_for_while_frames_arrive() {
+    let now = Instant::now();
+    let mut app = logged_in_v2(now);
+    only_sent(&app.on_input("chat:15:x", now));
+    let timeout = Settings::default().reply_timeout;
+    // Pushes keep coming: the link is alive, the reply is behind them.
+    let later = now + timeout - Duration::from_secs(1);
+    app.on_frame(&push(4, "four"), later);
+    let fx = app.on_tick(now + timeout);
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Disconnect(_))),
+        "{fx:?}"
+    );
+    let fx = app.on_tick(later + timeout);
+    assert!(matches!(&fx[..], [Effect::Disconnect(reason)] if reason.contains("no reply")));
+}
