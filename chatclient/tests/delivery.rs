@@ -1,7 +1,9 @@
 //! v2 delivery as chatclient uses it, against the REAL chat server
 //! (in-process, SQLite; the backlog on MariaDB too): a 30 MB backlog shown completely and confirmed
 //! only as it is shown, resume with token and `since` after a cut
-//! connection and after a server restart (each message shown once), sends
+//! connection, a server restart and a SIGKILLed server binary (each
+//! message shown once; the binary must be built: `cargo build -p
+//! chatserver` or `cargo test --workspace`), sends
 //! re-sent with their cid after a lost ACK, and the `history` command.
 
 mod common;
@@ -178,6 +180,51 @@ async fn resume_after_a_cut_and_a_restart_shows_each_message_once() {
     let shown: BTreeSet<usize> = shown.into_iter().collect();
     assert_eq!(shown.len(), FIRST + SECOND);
     server.stop().await;
+}
+
+/// The chatserver binary (built beforehand: `cargo build -p chatserver`,
+/// or `cargo test --workspace`; or CHATSERVER_BIN) over the SQLite file
+/// `chat.db` in `dir`, on a free port.
+fn chatserver_binary(dir: &std::path::Path) -> (testkit::bin::Process, std::net::SocketAddr) {
+    testkit::bin::Process::start_listening(
+        std::process::Command::new(testkit::bin::path("chatserver"))
+            .args(["127.0.0.1", "0"])
+            .args(testkit::bin::CHEAP_HASHING)
+            .current_dir(dir)
+            .env_remove("CHAT_DATABASE_URL")
+            .env_remove("CHAT_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::inherit()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_stream_and_restarted_loses_and_repeats_nothing() {
+    const COUNT: usize = 300;
+    const SIZE: usize = 20_000;
+    let dir = testkit::run::temp_dir("chatclient-kill");
+    let (mut server, addr) = chatserver_binary(&dir);
+    let (mut alice, _) = Client::user(addr, "alice").await;
+    let bob = Client::connect(addr).await.register("bob", "pw-b").await;
+    send_all(&mut alice, bob, 0..COUNT, SIZE).await;
+
+    // About 100 messages get through, then the server is SIGKILLed.
+    let relay = Relay::start(addr).await;
+    relay.limit(100 * SIZE as u64);
+    let mut client = Reader::login(relay.port, bob, "pw-b", &[]);
+    let mut shown = Vec::new();
+    read_messages(&mut client, &mut shown, 90).await;
+    server.kill();
+    let (_server, addr) = chatserver_binary(&dir);
+    relay.retarget(addr);
+    relay.limit(u64::MAX);
+    read_messages(&mut client, &mut shown, COUNT).await;
+    assert!(client.stderr_has("connection lost"));
+    assert!(client.stderr_has(&format!("logged in again as {bob} bob")));
+
+    let (status, rest, err) = client.finish().await;
+    assert_eq!(status, 0, "{err:#?}");
+    assert!(rest.iter().all(|l| number(l).is_none()), "shown again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

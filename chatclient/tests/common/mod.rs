@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 /// and discards the rest (replies and pushes lost on the way).
 pub struct Relay {
     pub port: u16,
+    /// Where new connections go ([`Relay::retarget`]).
+    server: Arc<Mutex<SocketAddr>>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     /// Bytes from the server still to pass, over all connections.
     budget: Arc<AtomicU64>,
@@ -32,11 +34,13 @@ impl Relay {
         let port = listener.local_addr().expect("relay address").port();
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let budget = Arc::new(AtomicU64::new(u64::MAX));
+        let target = Arc::new(Mutex::new(server));
         let accept = {
-            let (links, budget) = (links.clone(), budget.clone());
+            let (links, budget, target) = (links.clone(), budget.clone(), target.clone());
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let budget = budget.clone();
+                    let server = *target.lock().unwrap();
                     let link = tokio::spawn(async move {
                         let Ok(server) = TcpStream::connect(server).await else {
                             return;
@@ -49,10 +53,16 @@ impl Relay {
         };
         Relay {
             port,
+            server: target,
             links,
             budget,
             accept,
         }
+    }
+
+    /// New connections go to `server` (a server restarted on another port).
+    pub fn retarget(&self, server: SocketAddr) {
+        *self.server.lock().unwrap() = server;
     }
 
     /// Closes every relayed connection now.
