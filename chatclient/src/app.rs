@@ -6,15 +6,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rand::Rng;
+
 use tokio::time::Instant;
 
 use protocol::{
-    Ack, AddFriend, AddGroup, Chat, ChatTarget, CreateGroup, Errno, Failure, Friend, Group, Login,
-    LoginAck, Logout, Member, MsgId, Presence, Register, Reply, Request, Role, SendChat,
-    ServerFrame, Version,
+    Ack, AddFriend, AddGroup, Chat, ChatTarget, CreateGroup, Credential, Delivered, Errno, Failure,
+    Friend, GoAway, Group, History, HistoryPage, Login, LoginAck, Logout, Member, MsgId, Presence,
+    Register, Reply, Request, Role, SendChat, ServerFrame, Version,
 };
 
+use crate::cid::CidSource;
 use crate::command::{self, Command};
+use crate::inbox::Inbox;
 
 /// The protocol level this client speaks: every request carries `"v":2`
 /// and a numeric `rid`.
@@ -31,6 +35,13 @@ pub const EXIT_CREDENTIALS: u8 = 3;
 
 /// How long to wait between LOGIN retries on errno 2 after a reconnect.
 pub const RELOGIN_RETRY_STEP: Duration = Duration::from_secs(1);
+
+/// How long shown messages wait before DELIVERED confirms them: one
+/// DELIVERED covers everything shown meanwhile, at most 4 per second.
+pub const DELIVERED_DELAY: Duration = Duration::from_millis(250);
+
+/// Messages per `history` page.
+pub const HISTORY_PAGE: u32 = 20;
 
 /// What the driver needs to know to run the state machine.
 #[derive(Debug, Clone)]
@@ -93,6 +104,12 @@ pub enum Output {
     Chat(Chat),
     /// A received frame as it came (`--json`).
     Raw(String),
+    /// A page of `history`, oldest first; `more`: older messages exist.
+    History {
+        of: ChatTarget,
+        messages: Vec<Chat>,
+        more: bool,
+    },
     /// The summary after a login.
     Welcome(Profile),
     Friends(Vec<Friend>),
@@ -124,6 +141,12 @@ pub enum Effect {
     /// Close the connection (it is dead); the driver then reports
     /// [`App::on_disconnected`] and reconnects.
     Disconnect(String),
+    /// Close the connection (the server is going away) and reconnect
+    /// after `after`.
+    Reconnect {
+        reason: String,
+        after: Duration,
+    },
     Exit(u8),
 }
 
@@ -148,14 +171,33 @@ enum Phase {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
-    Login,
-    Register { name: String },
+    /// `token`: logging in with the session token rather than the password.
+    Login {
+        token: bool,
+    },
+    Register {
+        name: String,
+    },
     Logout,
-    Chat { to: i64 },
-    GroupChat { group: i64 },
-    AddFriend { id: i64 },
-    CreateGroup { name: String, desc: String },
-    AddGroup { id: i64 },
+    Chat {
+        to: i64,
+    },
+    GroupChat {
+        group: i64,
+    },
+    AddFriend {
+        id: i64,
+    },
+    CreateGroup {
+        name: String,
+        desc: String,
+    },
+    AddGroup {
+        id: i64,
+    },
+    History {
+        of: ChatTarget,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +206,17 @@ struct PendingEntry {
     sent_at: Instant,
     /// What the user typed, to report it if the reply never comes.
     line: String,
+    /// A chat send (with its `cid`), sent again if the connection is lost
+    /// before its ACK: the server stores a repeated cid once.
+    resend: Option<Request>,
+}
+
+/// Where `history` continues: the same command again shows older messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HistoryCursor {
+    of: ChatTarget,
+    /// The oldest `mid` shown.
+    before: i64,
 }
 
 #[derive(Clone)]
@@ -205,6 +258,27 @@ pub struct App {
     held: Vec<String>,
     /// End of input: exit at this instant.
     linger_until: Option<Instant>,
+    /// The session token of the last LOGIN_ACK: logging in again with it
+    /// sends no password (and costs the server no hashing).
+    token: Option<String>,
+    /// What was shown of the inbox (v2 servers number their pushes).
+    inbox: Inbox,
+    /// The server numbers its pushes (its LOGIN_ACK had `seq`): DELIVERED
+    /// and `since` apply.
+    inbox_tracked: bool,
+    /// When to send the next DELIVERED.
+    deliver_at: Option<Instant>,
+    /// The PING right after LOGIN (rid) and the LOGIN_ACK's `seq`: its PONG
+    /// comes after the whole backlog.
+    sync: Option<(u64, i64)>,
+    /// Chat sends not acknowledged when the connection was lost, sent again
+    /// (same cid) after the next login.
+    unsent: Vec<PendingEntry>,
+    cids: CidSource,
+    history: Option<HistoryCursor>,
+    /// When the last frame arrived: a reply may wait behind a long backlog,
+    /// so the reply timeout counts from the later of this and the request.
+    last_frame_at: Option<Instant>,
 }
 
 /// A refused request as shown: the server's message (the errno's standard
@@ -231,6 +305,15 @@ impl App {
             relogin_at: None,
             held: Vec::new(),
             linger_until: None,
+            token: None,
+            inbox: Inbox::default(),
+            inbox_tracked: false,
+            deliver_at: None,
+            sync: None,
+            unsent: Vec::new(),
+            cids: CidSource::default(),
+            history: None,
+            last_frame_at: None,
         }
     }
 
@@ -273,12 +356,8 @@ impl App {
         if self.connected {
             times.push(self.next_ping);
             times.push(self.relogin_at);
-            times.push(
-                self.pending
-                    .values()
-                    .map(|p| p.sent_at + self.settings.reply_timeout)
-                    .min(),
-            );
+            times.push(self.deliver_at);
+            times.push(self.pending.values().map(|p| self.reply_deadline(p)).min());
         }
         times.into_iter().flatten().min()
     }
@@ -470,6 +549,8 @@ impl App {
             }
             Command::Loginout => {
                 if self.connected && self.logged_in {
+                    // What was shown is confirmed before the session ends.
+                    self.confirm_shown(fx);
                     let logout = Request::Logout(Logout { id: me });
                     self.send(logout, Pending::Logout, line, now, fx);
                 } else {
@@ -477,10 +558,8 @@ impl App {
                         "logged out (locally: not connected)".to_owned(),
                     )));
                 }
-                self.creds = None;
-                self.profile = None;
-                self.logged_in = false;
-                self.relogin_at = None;
+                self.report_unsent("not sent (logged out)", fx);
+                self.forget_session();
                 self.back_to_menu(fx);
             }
             other => {
@@ -495,12 +574,29 @@ impl App {
                 }
                 let (request, what) = match other {
                     Command::Chat { to, msg } => {
-                        (chat(me, ChatTarget::User(to), msg), Pending::Chat { to })
+                        let cid = self.cids.next_cid();
+                        let request = chat(me, ChatTarget::User(to), msg, cid);
+                        return self.send_chat(request, Pending::Chat { to }, line, now, fx);
                     }
-                    Command::GroupChat { group, msg } => (
-                        chat(me, ChatTarget::Group(group), msg),
-                        Pending::GroupChat { group },
-                    ),
+                    Command::GroupChat { group, msg } => {
+                        let cid = self.cids.next_cid();
+                        let request = chat(me, ChatTarget::Group(group), msg, cid);
+                        let what = Pending::GroupChat { group };
+                        return self.send_chat(request, what, line, now, fx);
+                    }
+                    Command::History { of } => {
+                        // The same conversation again: the page before the last one.
+                        let before = self
+                            .history
+                            .filter(|cursor| cursor.of == of)
+                            .map(|cursor| cursor.before);
+                        let request = Request::History(History {
+                            of,
+                            before,
+                            limit: HISTORY_PAGE,
+                        });
+                        (request, Pending::History { of })
+                    }
                     Command::AddFriend { id } => (
                         Request::AddFriend(AddFriend { id: me, friend: id }),
                         Pending::AddFriend { id },
@@ -557,12 +653,19 @@ impl App {
         self.ping_sent = None;
         self.next_ping = None;
         self.relogin_at = None;
+        self.deliver_at = None;
+        self.sync = None;
+        self.last_frame_at = None;
         fx.push(Effect::Show(Output::Warn(format!(
             "connection lost ({reason}); reconnecting"
         ))));
         for entry in std::mem::take(&mut self.pending).into_values() {
             match entry.what {
-                Pending::Login | Pending::Logout => {}
+                Pending::Login { .. } | Pending::Logout => {}
+                // Sent again after the next login, with the same cid.
+                _ if entry.resend.is_some() => self.unsent.push(entry),
+                // Nothing is lost: the user may ask again.
+                Pending::History { .. } => {}
                 Pending::Register { .. } => {
                     fx.push(error(
                         "registration: no reply before the connection was lost; \
@@ -601,7 +704,7 @@ impl App {
             return fx;
         }
         let timeout = self.settings.reply_timeout;
-        if self.pending.values().any(|p| now >= p.sent_at + timeout) {
+        if self.pending.values().any(|p| now >= self.reply_deadline(p)) {
             fx.push(Effect::Disconnect(format!(
                 "no reply from the server in {} s",
                 timeout.as_secs_f64()
@@ -630,6 +733,10 @@ impl App {
                 self.send_login(creds, now, &mut fx);
             }
         }
+        if self.deliver_at.is_some_and(|t| now >= t) {
+            self.deliver_at = None;
+            self.confirm_shown(&mut fx);
+        }
         fx
     }
 
@@ -640,7 +747,18 @@ impl App {
         let mut fx = Vec::new();
         // Any frame shows the link is alive.
         self.ping_sent = None;
+        self.last_frame_at = Some(now);
         let parsed = protocol::parse_server_frame(frame);
+        if let Ok(protocol::Incoming {
+            frame: ServerFrame::Chat(chat),
+            ..
+        }) = &parsed
+        {
+            if !self.is_new(chat, now) {
+                // Shown already (replayed after a reconnect): not again.
+                return fx;
+            }
+        }
         if self.settings.json && parsed.is_ok() {
             fx.push(Effect::Show(Output::Raw(
                 String::from_utf8_lossy(frame).trim().to_owned(),
@@ -659,7 +777,7 @@ impl App {
                         self.show(Output::Chat(chat), &mut fx);
                     }
                     ServerFrame::Reply(reply) => self.on_reply(rid, reply, now, &mut fx),
-                    ServerFrame::GoAway(_) => {}
+                    ServerFrame::GoAway(goaway) => self.on_goaway(&goaway, &mut fx),
                     ServerFrame::Other { msgid } => fx.push(Effect::Show(Output::Warn(format!(
                         "ignored a frame with unexpected msgid {msgid}"
                     )))),
@@ -676,7 +794,18 @@ impl App {
             Reply::LoginOk(ack) => self.on_login_ack(rid, Ok(*ack), now, fx),
             Reply::RegisterOk { id } => self.on_register_ack(rid, Ok(id), fx),
             Reply::Done(ack) => self.on_ack(rid, Ok(ack), fx),
-            Reply::Pong(_) | Reply::History(_) | Reply::Silent => {}
+            Reply::History(page) => self.on_history(rid, page, fx),
+            Reply::Pong(_) => {
+                if let Some((sync_rid, latest)) = self.sync {
+                    if rid == Some(sync_rid) {
+                        // The whole backlog has been pushed by now.
+                        self.sync = None;
+                        self.inbox.settle(latest);
+                        self.schedule_delivered(now);
+                    }
+                }
+            }
+            Reply::Silent => {}
             Reply::Error(refused) => match refused.request {
                 Some(MsgId::Login) => self.on_login_ack(rid, Err(refused), now, fx),
                 Some(MsgId::Register) => self.on_register_ack(rid, Err(refused), fx),
@@ -705,22 +834,48 @@ impl App {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
-        if self
-            .take_pending(rid, |p| matches!(p, Pending::Login))
-            .is_none()
-        {
+        let Some(Pending::Login { token: with_token }) =
+            self.take_pending(rid, |p| matches!(p, Pending::Login { .. }))
+        else {
             fx.push(Effect::Show(Output::Warn(
                 "ignored a login reply to no login of ours".to_owned(),
             )));
             return;
-        }
+        };
         let Some(creds) = self.creds.clone() else {
             return;
         };
         let ack = match result {
             Ok(ack) => ack,
+            Err(refused) if with_token && refused.errno == Errno::BadCredentials => {
+                // Expired or revoked: the password, which we still have.
+                self.token = None;
+                fx.push(Effect::Show(Output::Warn(
+                    "the session token was refused; logging in with the password".to_owned(),
+                )));
+                return self.send_login(creds, now, fx);
+            }
             Err(refused) => return self.on_login_refused(&refused, now, fx),
         };
+        let resumed = self.profile.is_some() && self.inbox_tracked;
+        if let Some(token) = ack.token.clone() {
+            self.token = Some(token);
+        }
+        self.inbox_tracked = ack.seq.is_some();
+        if let Some(latest) = ack.seq {
+            if !resumed {
+                self.inbox.start_fresh(latest);
+            }
+            // The reply to this comes after every message of the backlog.
+            let rid = self.rid();
+            fx.push(Effect::Send {
+                rid,
+                request: Request::Ping,
+            });
+            self.sync = Some((rid, latest));
+            // Shown before the reconnect, not confirmed yet.
+            self.schedule_delivered(now);
+        }
         let profile = Profile {
             // Ids are positive: 0 is a reply that carried none.
             id: if ack.id > 0 { ack.id } else { creds.id },
@@ -748,12 +903,26 @@ impl App {
             ))));
         }
         for chat in ack.offline {
-            self.show(Output::Chat(chat), fx);
+            if self.is_new(&chat, now) {
+                self.show(Output::Chat(chat), fx);
+            }
         }
         if first {
             self.phase = Phase::Commands;
             self.ask(Ask::Command, fx);
         } else {
+            let unsent = std::mem::take(&mut self.unsent);
+            if !unsent.is_empty() {
+                fx.push(Effect::Show(Output::Warn(format!(
+                    "sending again {} message(s) not confirmed before the connection was lost",
+                    unsent.len()
+                ))));
+            }
+            for entry in unsent {
+                if let Some(request) = entry.resend.clone() {
+                    self.send_chat(request, entry.what, &entry.line, now, fx);
+                }
+            }
             for line in std::mem::take(&mut self.held) {
                 self.command(&line, now, fx);
             }
@@ -777,9 +946,8 @@ impl App {
             return;
         }
         fx.push(error(format!("login failed: {}", failure(refused))));
-        self.creds = None;
-        self.profile = None;
-        self.logged_in = false;
+        self.report_unsent("not sent", fx);
+        self.forget_session();
         if self.settings.interactive {
             self.report_held(fx);
             self.back_to_menu(fx);
@@ -837,8 +1005,9 @@ impl App {
                     Pending::AddFriend { id } => format!("addfriend {id}"),
                     Pending::CreateGroup { name, .. } => format!("creategroup {name}"),
                     Pending::AddGroup { id } => format!("addgroup {id}"),
+                    Pending::History { of } => format!("history {}", target_text(*of)),
                     Pending::Logout => "loginout".to_owned(),
-                    Pending::Login => "login".to_owned(),
+                    Pending::Login { .. } => "login".to_owned(),
                     Pending::Register { .. } => "registration".to_owned(),
                 };
                 fx.push(error(format!("{what} failed: {}", failure(&refused))));
@@ -896,9 +1065,59 @@ impl App {
                 format!("joined group: id {id}")
             }
             Pending::Logout => "logged out".to_owned(),
-            Pending::Login | Pending::Register { .. } => return,
+            Pending::Login { .. } | Pending::Register { .. } | Pending::History { .. } => return,
         };
         self.show(Output::Done(done), fx);
+    }
+
+    fn on_history(&mut self, rid: Option<u64>, page: HistoryPage, fx: &mut Vec<Effect>) {
+        let entry = rid.and_then(|rid| self.pending.remove(&rid));
+        let Some(PendingEntry {
+            what: Pending::History { of },
+            ..
+        }) = entry
+        else {
+            fx.push(Effect::Show(Output::Warn(
+                "ignored a history page asked for by no command of ours".to_owned(),
+            )));
+            return;
+        };
+        // The next `history` of this conversation continues before the
+        // oldest message shown; after the first message it starts again.
+        self.history = match page.messages.last().and_then(|chat| chat.mid) {
+            Some(before) if page.more => Some(HistoryCursor { of, before }),
+            _ => None,
+        };
+        let mut messages = page.messages;
+        messages.reverse();
+        // `--json` has printed the page as it came.
+        self.show(
+            Output::History {
+                of,
+                messages,
+                more: page.more,
+            },
+            fx,
+        );
+    }
+
+    /// The server is about to close: confirm what was shown, then reconnect
+    /// after a random delay within what it asked, so that its clients do
+    /// not all come back at once.
+    fn on_goaway(&mut self, goaway: &GoAway, fx: &mut Vec<Effect>) {
+        if self.logged_in {
+            self.confirm_shown(fx);
+        }
+        let after = Duration::from_millis(rand::thread_rng().gen_range(0..=goaway.retry_ms));
+        fx.push(Effect::Show(Output::Warn(format!(
+            "the server is going away ({}); reconnecting in {} ms",
+            goaway.reason,
+            after.as_millis()
+        ))));
+        fx.push(Effect::Reconnect {
+            reason: format!("the server went away: {}", goaway.reason),
+            after,
+        });
     }
 
     // ----- helpers --------------------------------------------------------
@@ -935,6 +1154,31 @@ impl App {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
+        self.send_entry(request, what, line, None, now, fx);
+    }
+
+    /// A chat send: kept to be sent again (same cid) if its ACK is lost.
+    fn send_chat(
+        &mut self,
+        request: Request,
+        what: Pending,
+        line: &str,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let resend = Some(request.clone());
+        self.send_entry(request, what, line, resend, now, fx);
+    }
+
+    fn send_entry(
+        &mut self,
+        request: Request,
+        what: Pending,
+        line: &str,
+        resend: Option<Request>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
         let rid = self.rid();
         fx.push(Effect::Send { rid, request });
         self.pending.insert(
@@ -943,12 +1187,81 @@ impl App {
                 what,
                 sent_at: now,
                 line: line.to_owned(),
+                resend,
             },
         );
     }
 
+    /// When a request is taken as unanswered: the reply timeout after it
+    /// was sent or after the last frame, whichever is later (a reply comes
+    /// after the backlog streamed at login, which may take a while to show).
+    fn reply_deadline(&self, entry: &PendingEntry) -> Instant {
+        let since = match self.last_frame_at {
+            Some(t) if t > entry.sent_at => t,
+            _ => entry.sent_at,
+        };
+        since + self.settings.reply_timeout
+    }
+
+    /// Whether a received message is to be shown: not if its `seq` was
+    /// shown already. A new one counts as shown from here on (the effects
+    /// that show it are carried out before any DELIVERED that follows).
+    fn is_new(&mut self, chat: &Chat, now: Instant) -> bool {
+        let Some(seq) = chat.seq else {
+            return true;
+        };
+        if !self.inbox.accept(seq) {
+            return false;
+        }
+        self.schedule_delivered(now);
+        true
+    }
+
+    /// Arms the DELIVERED timer if something shown is not confirmed yet.
+    fn schedule_delivered(&mut self, now: Instant) {
+        if self.inbox_tracked && self.inbox.unconfirmed() && self.deliver_at.is_none() {
+            self.deliver_at = Some(now + DELIVERED_DELAY);
+        }
+    }
+
+    /// Sends DELIVERED for everything shown and not yet confirmed.
+    fn confirm_shown(&mut self, fx: &mut Vec<Effect>) {
+        if !(self.inbox_tracked && self.connected && self.logged_in) {
+            return;
+        }
+        if let Some(seq) = self.inbox.take_confirmation() {
+            let rid = self.rid();
+            fx.push(Effect::Send {
+                rid,
+                request: Request::Delivered(Delivered { seq }),
+            });
+        }
+        self.deliver_at = None;
+    }
+
+    /// Logged out or refused: nothing of this user's session is kept.
+    fn forget_session(&mut self) {
+        self.creds = None;
+        self.profile = None;
+        self.logged_in = false;
+        self.relogin_at = None;
+        self.token = None;
+        self.inbox.clear();
+        self.inbox_tracked = false;
+        self.deliver_at = None;
+        self.sync = None;
+        self.history = None;
+    }
+
+    fn report_unsent(&mut self, what: &str, fx: &mut Vec<Effect>) {
+        for entry in std::mem::take(&mut self.unsent) {
+            fx.push(error(format!("{what}: {}", entry.line)));
+        }
+    }
+
     fn begin_login(&mut self, id: i64, password: String, now: Instant, fx: &mut Vec<Effect>) {
         self.phase = Phase::LoggingIn;
+        self.forget_session();
         let creds = Credentials { id, password };
         self.creds = Some(creds.clone());
         if self.connected {
@@ -960,13 +1273,29 @@ impl App {
         }
     }
 
+    /// LOGIN: with the session token when there is one (after a reconnect),
+    /// else the password; resuming after what was shown when the server
+    /// numbers its pushes.
     fn send_login(&mut self, creds: Credentials, now: Instant, fx: &mut Vec<Effect>) {
-        if self.pending.values().any(|p| p.what == Pending::Login) {
+        if self
+            .pending
+            .values()
+            .any(|p| matches!(p.what, Pending::Login { .. }))
+        {
             return;
         }
         let line = format!("login {}", creds.id);
-        let request = Request::Login(Login::with_password(creds.id, creds.password));
-        self.send(request, Pending::Login, &line, now, fx);
+        let (credential, token) = match &self.token {
+            Some(token) => (Credential::Token(token.clone()), true),
+            None => (Credential::Password(creds.password), false),
+        };
+        let since = (self.inbox_tracked && self.profile.is_some()).then(|| self.inbox.held());
+        let request = Request::Login(Login {
+            id: creds.id,
+            credential,
+            since,
+        });
+        self.send(request, Pending::Login { token }, &line, now, fx);
     }
 
     fn back_to_menu(&mut self, fx: &mut Vec<Effect>) {
@@ -1004,6 +1333,7 @@ impl App {
                 fx.push(error(format!("no reply before exit: {}", entry.line)));
             }
         }
+        self.report_unsent("no reply before exit", fx);
         self.report_held(fx);
         let code = if self.connected {
             EXIT_OK
@@ -1014,6 +1344,8 @@ impl App {
     }
 
     fn exit(&mut self, code: u8, fx: &mut Vec<Effect>) {
+        // What was shown is confirmed before leaving.
+        self.confirm_shown(fx);
         self.phase = Phase::Done;
         self.linger_until = None;
         fx.push(Effect::Exit(code));
@@ -1021,14 +1353,22 @@ impl App {
 }
 
 /// A chat message from `me`; the server fills in the time.
-fn chat(me: Option<i64>, target: ChatTarget, msg: String) -> Request {
+fn chat(me: Option<i64>, target: ChatTarget, msg: String, cid: String) -> Request {
     Request::Chat(SendChat {
         id: me,
         target,
         msg,
         time: None,
-        cid: None,
+        cid: Some(cid),
     })
+}
+
+/// `15` for a user, `#3` for a group, as the `history` command takes them.
+pub fn target_text(target: ChatTarget) -> String {
+    match target {
+        ChatTarget::User(id) => id.to_string(),
+        ChatTarget::Group(id) => format!("#{id}"),
+    }
 }
 
 fn error(text: String) -> Effect {

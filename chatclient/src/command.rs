@@ -4,15 +4,35 @@
 
 use std::fmt;
 
+use protocol::ChatTarget;
+
 /// One command typed after login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Help,
-    Chat { to: i64, msg: String },
-    AddFriend { id: i64 },
-    CreateGroup { name: String, desc: String },
-    AddGroup { id: i64 },
-    GroupChat { group: i64, msg: String },
+    Chat {
+        to: i64,
+        msg: String,
+    },
+    AddFriend {
+        id: i64,
+    },
+    CreateGroup {
+        name: String,
+        desc: String,
+    },
+    AddGroup {
+        id: i64,
+    },
+    GroupChat {
+        group: i64,
+        msg: String,
+    },
+    /// `history:ID` or `history:#G`: a page of the conversation; the same
+    /// command again shows the page before it.
+    History {
+        of: ChatTarget,
+    },
     Loginout,
     Friends,
     Groups,
@@ -62,6 +82,14 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("creategroup:groupname:groupdesc", "create a group"),
     ("addgroup:groupid", "join a group"),
     ("groupchat:groupid:message", "send a message to a group"),
+    (
+        "history:friendid",
+        "the latest messages with a user; again for older ones",
+    ),
+    (
+        "history:#groupid",
+        "the latest messages of a group; again for older ones",
+    ),
     ("friends", "list your friends again"),
     ("groups", "list your groups and their members again"),
     ("loginout", "log out and go back to the menu"),
@@ -76,6 +104,7 @@ pub const WORDS: &[&str] = &[
     "creategroup:",
     "addgroup:",
     "groupchat:",
+    "history:",
     "friends",
     "groups",
     "loginout",
@@ -155,6 +184,17 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
                 rest.ok_or(CommandError::Usage("addgroup:groupid"))?,
             )?,
         },
+        "history" => {
+            let rest = rest.ok_or(CommandError::Usage("history:friendid or history:#groupid"))?;
+            match rest.trim().strip_prefix('#') {
+                Some(group) => Command::History {
+                    of: ChatTarget::Group(id("groupid", group)?),
+                },
+                None => Command::History {
+                    of: ChatTarget::User(id("friendid", rest)?),
+                },
+            }
+        }
         "creategroup" => {
             let rest = rest.ok_or(CommandError::Usage("creategroup:groupname:groupdesc"))?;
             let (name, desc) = split_first(rest).unwrap_or((rest, ""));
@@ -297,6 +337,23 @@ mod tests {
                 desc: String::new()
             }
         );
+        assert_eq!(
+            ok("history:15"),
+            Command::History {
+                of: ChatTarget::User(15)
+            }
+        );
+        assert_eq!(
+            ok("history: #3 "),
+            Command::History {
+                of: ChatTarget::Group(3)
+            }
+        );
+        assert!(matches!(
+            parse("history:#x"),
+            Err(CommandError::BadId { .. })
+        ));
+        assert!(matches!(parse("history"), Err(CommandError::Usage(_))));
         assert_eq!(parse("   ").unwrap(), None);
         assert_eq!(parse("").unwrap(), None);
     }

@@ -2,13 +2,17 @@
 //! scripts can drive. It speaks protocol v2 (see docs/protocol.md); the
 //! `protocol` crate encodes its requests and reads the server's frames.
 //!
-//! - [`app`] is the state machine (no I/O), [`command`] parses typed lines;
+//! - [`app`] is the state machine (no I/O), [`command`] parses typed lines,
+//!   [`inbox`] tracks which pushed messages were shown (resume, DELIVERED),
+//!   [`cid`] names chat sends so that re-sending one stores it once;
 //! - [`net`] owns the connection and reconnecting, [`ui`] the terminal;
 //! - [`run`] wires them: one task carries out the state machine's effects,
 //!   a reader task per connection feeds it frames, and a thread reads input.
 
 pub mod app;
+pub mod cid;
 pub mod command;
+pub mod inbox;
 pub mod net;
 pub mod ui;
 
@@ -128,6 +132,9 @@ impl Driver {
             }
             let deadline = self.app.next_deadline();
             let event = tokio::select! {
+                // Frames first: after a stall, what arrived is handled
+                // before timers judge the link.
+                biased;
                 event = events.recv() => event,
                 () = sleep_until(deadline) => None,
             };
@@ -150,7 +157,7 @@ impl Driver {
                 self.app.on_frame(&frame, now)
             }
             Event::Closed { generation, reason } if generation == self.generation => {
-                self.lose_connection(&reason, now)
+                self.lose_connection(&reason, None, now)
             }
             Event::Connected { generation, stream } if generation == self.generation => {
                 self.link = Some(Link::start(stream, generation, self.events_tx.clone()));
@@ -167,8 +174,14 @@ impl Driver {
         }
     }
 
-    /// Drops the connection, starts reconnecting, and tells the app.
-    fn lose_connection(&mut self, reason: &str, now: Instant) -> Vec<Effect> {
+    /// Drops the connection, starts reconnecting (after `delay`, else with
+    /// the usual backoff), and tells the app.
+    fn lose_connection(
+        &mut self,
+        reason: &str,
+        delay: Option<Duration>,
+        now: Instant,
+    ) -> Vec<Effect> {
         self.link = None;
         self.generation += 1;
         let give_up = if self.interactive {
@@ -180,6 +193,7 @@ impl Driver {
             self.target.clone(),
             self.generation,
             give_up,
+            delay,
             self.events_tx.clone(),
         );
         self.app.on_disconnected(reason, now)
@@ -196,7 +210,7 @@ impl Driver {
                 // The Debug form of a request never shows a password.
                 tracing::debug!(rid, ?request, "sending");
                 if let Err(reason) = link.send(rid, &request).await {
-                    let effects = self.lose_connection(&reason, Instant::now());
+                    let effects = self.lose_connection(&reason, None, Instant::now());
                     todo.extend(effects);
                 }
             }
@@ -210,7 +224,13 @@ impl Driver {
             }
             Effect::Disconnect(reason) => {
                 if self.link.is_some() {
-                    let effects = self.lose_connection(&reason, Instant::now());
+                    let effects = self.lose_connection(&reason, None, Instant::now());
+                    todo.extend(effects);
+                }
+            }
+            Effect::Reconnect { reason, after } => {
+                if self.link.is_some() {
+                    let effects = self.lose_connection(&reason, Some(after), Instant::now());
                     todo.extend(effects);
                 }
             }

@@ -23,6 +23,9 @@ Interactive use (stdin is a terminal):
     creategroup:groupname:desc    create a group (its id is printed)
     addgroup:groupid              join a group
     groupchat:groupid:message     send a message to a group
+    history:friendid              the last 20 messages with a user; the
+                                  same command again shows older ones
+    history:#groupid              the same for a group
     friends, groups               list friends or groups again
     loginout                      log out, back to the menu
     quit                          leave (or Ctrl-D)
@@ -38,15 +41,24 @@ Scripted use (stdin is not a terminal):
   (control characters in texts are escaped; use --json for exact text).
   A registration prints `registered: id N`; a login prints `logged in: id N
   NAME`, then `friend:`, `group:` and `member:` lines; command results go
-  to stdout, errors and connection news to stderr. At the end of stdin the
-  client keeps receiving for --linger seconds, then exits.
+  to stdout, errors and connection news to stderr. `history:` prints
+  `history: [TIME] ...` lines, oldest first, then a `history:` line saying
+  whether older messages exist. At the end of stdin the client keeps
+  receiving for --linger seconds, then exits.
 
-Connection:
+Connection and delivery:
   When the connection drops, the client says so, reconnects to HOST PORT
   with backoff (HOST PORT may be a balancer that picks another server) and
-  logs in again; a command that could not be sent or confirmed is reported.
-  If the old session is still closing (errno 2), login is retried for a
-  while. A heartbeat (PING) goes out every --ping-interval seconds.
+  logs in again with its session token (the password only if the token is
+  refused) and `since`, the last message it has shown: the server replays
+  the rest, and nothing is shown twice. Chat messages not acknowledged are
+  sent again with the same cid (stored once); other commands that could
+  not be confirmed are reported. If the old session is still closing
+  (errno 2), login is retried for a while. On a server's GOAWAY the client
+  reconnects after a random delay up to the server's retry_ms. Shown
+  messages are confirmed (DELIVERED) at most 4 times a second and before
+  leaving; unconfirmed ones come again at the next login. A heartbeat
+  (PING) goes out every --ping-interval seconds.
 
 Exit codes:
   0  success

@@ -18,8 +18,12 @@ use tokio_util::codec::FramedRead;
 use crate::app::VERSION;
 use crate::Event;
 
-/// The largest frame accepted from a server. Far above the server's own
-/// request limit: a LOGIN_ACK carries every offline message at once.
+/// The largest frame accepted from a server. Far above the server's frame
+/// limit (64 KiB by default): a v2 server sends a backlog of any size as
+/// one push per message, and a v1-style LOGIN_ACK with offline messages
+/// stays under 1024 bytes. A larger frame ends the connection; nothing in
+/// it counts as shown, so the server keeps it (DELIVERED confirms only
+/// what was shown).
 pub const MAX_SERVER_FRAME: usize = 16 * 1024 * 1024;
 
 /// How long one write may take before the connection is declared dead.
@@ -154,19 +158,23 @@ impl Backoff {
     }
 }
 
-/// Reconnects in the background; sends [`Event::Connected`], or
+/// Reconnects in the background, the first attempt after `first_delay`
+/// (the server's GOAWAY) or the backoff; sends [`Event::Connected`], or
 /// [`Event::GaveUp`] once `give_up_after` has passed (never when `None`).
 pub fn spawn_reconnect(
     target: Target,
     generation: u64,
     give_up_after: Option<Duration>,
+    first_delay: Option<Duration>,
     events: mpsc::Sender<Event>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let started = Instant::now();
         let mut backoff = Backoff::default();
+        let mut first_delay = first_delay;
         loop {
-            tokio::time::sleep(backoff.next_delay()).await;
+            let delay = first_delay.take().unwrap_or_else(|| backoff.next_delay());
+            tokio::time::sleep(delay).await;
             match connect(&target).await {
                 Ok(stream) => {
                     let _ = events.send(Event::Connected { generation, stream }).await;

@@ -240,6 +240,24 @@ fn welcome(profile: &Profile, interactive: bool, palette: Palette) -> String {
     lines.join("\n")
 }
 
+/// A page of `history`: `history: ` before each message line (oldest
+/// first), then how to see more.
+fn history(of: ChatTarget, messages: &[Chat], more: bool, palette: Palette) -> String {
+    let mut lines: Vec<String> = messages
+        .iter()
+        .map(|chat| format!("history: {}", render_chat(chat, palette)))
+        .collect();
+    let target = crate::app::target_text(of);
+    lines.push(if more {
+        format!("history: more before these: history:{target} again")
+    } else if messages.is_empty() {
+        format!("history: no messages with {target}")
+    } else {
+        format!("history: start of the conversation with {target}")
+    });
+    lines.join("\n")
+}
+
 fn help(palette: Palette) -> String {
     let width = command::COMMANDS
         .iter()
@@ -263,6 +281,9 @@ pub fn render(output: &Output, interactive: bool, palette: Palette) -> Option<(S
     Some(match output {
         Output::Chat(chat) => (Stream::Stdout, render_chat(chat, palette)),
         Output::Raw(text) => (Stream::Stdout, text.clone()),
+        Output::History { of, messages, more } => {
+            (Stream::Stdout, history(*of, messages, *more, palette))
+        }
         Output::Welcome(profile) => (Stream::Stdout, welcome(profile, interactive, palette)),
         Output::Friends(friends) => {
             let mut lines = friend_lines(friends, interactive, palette);

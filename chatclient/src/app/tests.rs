@@ -391,11 +391,14 @@ fn reconnect_logs_in_again_and_reports_what_was_lost() {
     let mut app = logged_in(true, now);
     only_sent(&app.on_input("chat:15:in flight", now));
 
+    only_sent(&app.on_input("addfriend:16", now));
+
     let fx = app.on_disconnected("the server closed the connection", now);
     assert!(warns(&fx)[0].contains("connection lost"));
+    // The chat is sent again after the login; the rest is reported.
     assert_eq!(
         errors(&fx),
-        vec!["not confirmed, the connection was lost: chat:15:in flight".to_owned()]
+        vec!["not confirmed, the connection was lost: addfriend:16".to_owned()]
     );
     let fx = app.on_input("chat:15:while down", now);
     assert_eq!(
@@ -425,6 +428,9 @@ fn reconnect_logs_in_again_and_reports_what_was_lost() {
     assert_eq!(login["msgid"], 1);
     let fx = app.on_frame(&login_ok(&login["rid"]), t2);
     assert!(warns(&fx)[0].starts_with("logged in again as 13"));
+    let again = only_sent(&fx);
+    assert_eq!(again["msg"], "in flight");
+    assert!(warns(&fx)[1].contains("sending again 1 message(s)"));
     assert!(fx
         .iter()
         .any(|e| matches!(e, Effect::Show(Output::Chat(_)))));
@@ -599,4 +605,228 @@ fn registration_lost_with_the_connection_is_reported() {
     let fx = app.on_input("pw", now);
     assert!(sent(&fx).is_empty());
     assert!(errors(&fx)[0].contains("not connected"));
+}
+
+/// A v2 delivery LOGIN_ACK: inbox `seq` and a token, no offline list.
+fn login_v2(rid: &Value, seq: i64, token: &str) -> Vec<u8> {
+    frame(json!({
+        "msgid": 2, "errno": 0, "rid": rid, "id": 13, "name": "zhang san",
+        "friends": [], "groups": [], "offlinemsg": [], "seq": seq, "token": token
+    }))
+}
+
+fn push(seq: i64, text: &str) -> Vec<u8> {
+    frame(
+        json!({"msgid": 6, "id": 15, "name": "li si", "toid": 13, "msg": text,
+                 "time": "t", "mid": 100 + seq, "seq": seq}),
+    )
+}
+
+fn chats(fx: &[Effect]) -> Vec<String> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Show(Output::Chat(chat)) => Some(chat.msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Logged in as 13 on a v2 delivery server whose inbox holds 3 messages
+/// (cursor at 1); the backlog and the PONG that ends it are consumed.
+fn logged_in_v2(now: Instant) -> App {
+    let mut app = App::new(settings(false));
+    app.start(now);
+    app.on_input("1\n", now);
+    app.on_input("13\n", now);
+    let login = only_sent(&app.on_input("secret\n", now));
+    assert!(
+        login.get("since").is_none(),
+        "first login: the server's cursor"
+    );
+    let fx = app.on_frame(&login_v2(&login["rid"], 3, "tok-1"), now);
+    let sync = only_sent(&fx);
+    assert_eq!(sync["msgid"], 12, "a PING marks the end of the backlog");
+    assert_eq!(chats(&app.on_frame(&push(2, "two"), now)), vec!["two"]);
+    assert_eq!(chats(&app.on_frame(&push(3, "three"), now)), vec!["three"]);
+    app.on_frame(
+        &frame(json!({"msgid": 13, "rid": sync["rid"], "server": "s", "load": 0})),
+        now,
+    );
+    app
+}
+
+#[test]
+fn shown_messages_are_confirmed_in_batches_and_never_shown_twice() {
+    let now = Instant::now();
+    let mut app = logged_in_v2(now);
+    assert_eq!(app.next_deadline(), Some(now + DELIVERED_DELAY));
+    let t1 = now + DELIVERED_DELAY;
+    let delivered = only_sent(&app.on_tick(t1));
+    assert_eq!(
+        delivered,
+        json!({"msgid": 14, "v": 2, "seq": 3, "rid": delivered["rid"]})
+    );
+    assert!(app.on_tick(t1 + DELIVERED_DELAY).is_empty(), "nothing new");
+
+    // A replayed push is dropped, raw frames too.
+    assert!(app.on_frame(&push(3, "three"), t1).is_empty());
+    // 5 overtook 4: shown, but only 4 and 5 together are confirmed.
+    assert_eq!(chats(&app.on_frame(&push(5, "five"), t1)), vec!["five"]);
+    let t2 = t1 + DELIVERED_DELAY;
+    assert!(sent(&app.on_tick(t2)).is_empty());
+    assert_eq!(chats(&app.on_frame(&push(4, "four"), t2)), vec!["four"]);
+    let t3 = t2 + DELIVERED_DELAY;
+    assert_eq!(only_sent(&app.on_tick(t3))["seq"], 5);
+
+    // Before LOGOUT, what was shown is confirmed.
+    app.on_frame(&push(6, "six"), t3);
+    let fx = app.on_input("loginout", t3);
+    let all = sent(&fx);
+    assert_eq!(
+        (all[0]["msgid"].clone(), all[0]["seq"].clone()),
+        (json!(14), json!(6))
+    );
+    assert_eq!(all[1]["msgid"], 3);
+}
+
+#[test]
+fn reconnect_uses_the_token_and_since_then_the_password_if_refused() {
+    let now = Instant::now();
+    let mut app = logged_in_v2(now);
+    app.on_disconnected("reset", now);
+    let login = only_sent(&app.on_connected(now));
+    assert_eq!(login["token"], "tok-1");
+    assert_eq!(login["since"], 3);
+    assert!(login.get("password").is_none(), "{login}");
+
+    // Token refused: the password, still with since.
+    let fx = app.on_frame(
+        &frame(json!({"msgid": 2, "errno": 1, "rid": login["rid"]})),
+        now,
+    );
+    assert!(errors(&fx).is_empty(), "{fx:?}");
+    let login = only_sent(&fx);
+    assert_eq!(login["password"], "secret");
+    assert_eq!(login["since"], 3);
+    let fx = app.on_frame(&login_v2(&login["rid"], 4, "tok-2"), now);
+    assert_eq!(only_sent(&fx)["msgid"], 12);
+    assert!(app.on_frame(&push(3, "three"), now).is_empty());
+    assert_eq!(chats(&app.on_frame(&push(4, "four"), now)), vec!["four"]);
+
+    // A refused password is final.
+    app.on_disconnected("reset", now);
+    let login = only_sent(&app.on_connected(now));
+    assert_eq!(login["token"], "tok-2");
+    let fx = app.on_frame(
+        &frame(json!({"msgid": 2, "errno": 1, "rid": login["rid"]})),
+        now,
+    );
+    let login = only_sent(&fx);
+    let fx = app.on_frame(
+        &frame(json!({"msgid": 2, "errno": 1, "rid": login["rid"]})),
+        now,
+    );
+    assert_eq!(fx.last(), Some(&Effect::Exit(EXIT_CREDENTIALS)));
+}
+
+#[test]
+fn chat_sends_carry_a_cid_and_are_sent_again_with_it() {
+    let now = Instant::now();
+    let mut app = logged_in_v2(now);
+    let first = only_sent(&app.on_input("chat:15:one", now));
+    let second = only_sent(&app.on_input("groupchat:1:two", now));
+    let cid = first["cid"].as_str().unwrap().to_owned();
+    assert_ne!(json!(cid), second["cid"]);
+    app.on_disconnected("reset", now);
+    let login = only_sent(&app.on_connected(now));
+    let fx = app.on_frame(&login_v2(&login["rid"], 3, "tok-1"), now);
+    let again = sent(&fx);
+    assert_eq!(again[0]["msgid"], 12);
+    assert_eq!(
+        (again[1]["msg"].clone(), again[1]["cid"].clone()),
+        (json!("one"), json!(cid))
+    );
+    assert_eq!(again[2]["cid"], second["cid"]);
+    let fx = app.on_frame(
+        &frame(json!({"msgid": 11, "errno": 0, "mid": 7, "rid": again[1]["rid"]})),
+        now,
+    );
+    assert_eq!(done(&fx), vec!["sent to 15".to_owned()]);
+}
+
+#[test]
+fn goaway_confirms_then_reconnects_within_retry_ms() {
+    let now = Instant::now();
+    let mut app = logged_in_v2(now);
+    let fx = app.on_frame(
+        &frame(json!({"msgid": 16, "reason": "shutdown", "retry_ms": 500})),
+        now,
+    );
+    assert_eq!(only_sent(&fx)["msgid"], 14);
+    let Some(Effect::Reconnect { after, .. }) = fx.last() else {
+        panic!("{fx:?}")
+    };
+    assert!(*after <= Duration::from_millis(500));
+    assert!(warns(&fx)[0].contains("going away (shutdown)"));
+}
+
+#[test]
+fn history_pages_continue_from_the_oldest_shown() {
+    let now = Instant::now();
+    let mut app = logged_in_v2(now);
+    let ask = only_sent(&app.on_input("history:15", now));
+    assert_eq!(
+        ask,
+        json!({"msgid": 15, "v": 2, "with": 15, "limit": HISTORY_PAGE, "rid": ask["rid"]})
+    );
+    let page = |rid: &Value, mids: &[i64], more: bool| {
+        let messages: Vec<Value> = mids
+            .iter()
+            .map(|mid| {
+                json!({"msgid": 6, "id": 15, "name": "li si", "toid": 13,
+                              "msg": format!("m{mid}"), "time": "t", "mid": mid})
+            })
+            .collect();
+        frame(json!({"msgid": 11, "errno": 0, "rid": rid, "messages": messages, "more": more}))
+    };
+    let fx = app.on_frame(&page(&ask["rid"], &[30, 29], true), now);
+    let Effect::Show(Output::History { messages, more, .. }) = &fx[0] else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(
+        (messages[0].msg.as_str(), *more),
+        ("m29", true),
+        "oldest first"
+    );
+    let ask = only_sent(&app.on_input("history:15", now));
+    assert_eq!(ask["before"], 29);
+    app.on_frame(&page(&ask["rid"], &[28], false), now);
+    // The start was reached: the next one begins again at the newest.
+    let ask = only_sent(&app.on_input("history:15", now));
+    assert!(ask.get("before").is_none());
+    // Another conversation starts at its newest.
+    app.on_frame(&page(&ask["rid"], &[30, 29], true), now);
+    let ask = only_sent(&app.on_input("history:#1", now));
+    assert_eq!(
+        (ask["groupid"].clone(), ask.get("before")),
+        (json!(1), None)
+    );
+}
+
+#[test]
+fn a_reply_behind_a_long_backlog_is_waited_for_while_frames_arrive() {
+    let now = Instant::now();
+    let mut app = logged_in_v2(now);
+    only_sent(&app.on_input("chat:15:x", now));
+    let timeout = Settings::default().reply_timeout;
+    // Pushes keep coming: the link is alive, the reply is behind them.
+    let later = now + timeout - Duration::from_secs(1);
+    app.on_frame(&push(4, "four"), later);
+    let fx = app.on_tick(now + timeout);
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Disconnect(_))),
+        "{fx:?}"
+    );
+    let fx = app.on_tick(later + timeout);
+    assert!(matches!(&fx[..], [Effect::Disconnect(reason)] if reason.contains("no reply")));
 }
