@@ -28,7 +28,7 @@ use redis::Script;
 use crate::bus::redis::{bounded, RedisBus};
 use crate::config::AbuseLimits;
 use crate::error::BusError;
-use crate::rate_limit::{Table, WINDOW};
+use crate::rate_limit::{address_key, Table, WINDOW};
 
 /// How long an address that logged into an account stays exempt from that
 /// account's ceiling.
@@ -112,6 +112,7 @@ impl LoginLimiter {
     /// Counts an attempt at `account` from `address`; `None` when a limit
     /// is reached (answer errno 9, without checking the password).
     pub async fn admit(&self, account: i64, address: IpAddr) -> Option<Attempt> {
+        let address = address_key(address);
         let now = Instant::now();
         if self
             .account_address
@@ -204,7 +205,7 @@ impl LoginLimiter {
         match result {
             Ok(n) => Ok(Some(n)),
             Err(error) => {
-                tracing::warn!(%error, "redis unavailable: counting login attempts on this server alone");
+                tracing::debug!(%error, "redis unavailable: counting login attempts on this server alone");
                 Err(error)
             }
         }
