@@ -905,6 +905,19 @@ async fn proxy_headers_only_from_trusted_proxies() {
         );
         through.push(s);
     }
+    // A header split over two segments is waited for.
+    let mut split = raw_from(server.addr, ip("127.0.0.2")).await;
+    let header = proxy_v1("192.0.2.3:1".parse().unwrap(), server.addr);
+    split.write_all(&header[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    split.write_all(&header[10..]).await.unwrap();
+    split.write_all(b"{\"msgid\":12}\n").await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(WAIT, split.read(&mut buf))
+        .await
+        .expect("no PONG after a split header")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("\"msgid\":13"));
     let mut third = raw_from(server.addr, ip("127.0.0.2")).await;
     third
         .write_all(&proxy_v1("192.0.2.1:3".parse().unwrap(), server.addr))
