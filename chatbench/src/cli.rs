@@ -47,6 +47,28 @@ pub enum Scenario {
         #[arg(long)]
         hash_threads: Option<usize>,
     },
+    /// Group messages to offline members: each stored for every member
+    /// before its ACK (measure the database's growth around it).
+    Groupstore {
+        /// Group size including the sender.
+        #[arg(long, default_value_t = 5000)]
+        members: usize,
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Bytes of text per message.
+        #[arg(long, default_value_t = 60_000)]
+        size: usize,
+    },
+    /// Token logins: users get a token with one password login, then
+    /// workers log in with the tokens, a new connection each time (no
+    /// password hashing).
+    Tokens {
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+        /// Connections logging in at once.
+        #[arg(long, default_value_t = 32)]
+        workers: usize,
+    },
     /// 1:1 ping-pong between K pairs, one message in flight per pair.
     Pingpong {
         #[arg(long, default_value_t = 100)]

@@ -313,6 +313,26 @@ impl Conn {
         .await
     }
 
+    /// Logs in with a token (v2) and returns the LOGIN_ACK.
+    pub async fn login_with_token(
+        &mut self,
+        id: i64,
+        token: &str,
+        limit: Duration,
+    ) -> Result<Box<LoginAck>, BenchError> {
+        let login = Login {
+            id,
+            credential: protocol::Credential::Token(token.to_owned()),
+            since: None,
+        };
+        self.send(&Request::Login(login)).await?;
+        self.expect(limit, |reply| match reply {
+            Reply::LoginOk(ack) => Ok(ack),
+            other => Err(other),
+        })
+        .await
+    }
+
     /// Sends PING and returns the PONG: everything sent before has been
     /// handled, and any error reply to it has been seen (and returned).
     pub async fn ping(&mut self, limit: Duration) -> Result<protocol::Pong, BenchError> {

@@ -49,6 +49,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<Vec<RunReport>> {
         }
         Scenario::Fanout { members } => scenario::fanout::run(&bench, members).await?,
         Scenario::Offline { messages } => scenario::offline::run(&bench, messages).await?,
+        Scenario::Groupstore {
+            members,
+            messages,
+            size,
+        } => scenario::groupstore::run(&bench, members, messages, size).await?,
+        Scenario::Tokens { users, workers } => {
+            scenario::tokens::run(&bench, users, workers).await?
+        }
         Scenario::Idle { connections, hold } => {
             scenario::idle::run(&bench, connections, hold).await?
         }

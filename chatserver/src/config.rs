@@ -48,6 +48,11 @@ pub const DEFAULT_REGISTER_PER_ADDRESS: usize = 5;
 pub const DEFAULT_CREATE_GROUP_PER_USER: usize = 10;
 /// Groups one user may have created, in all.
 pub const DEFAULT_MAX_GROUPS_PER_USER: usize = 100;
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_INBOX_LIMIT: u64 = 10_000;
+pub const DEFAULT_INBOX_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The ChatChat chat server.
 ///
@@ -103,10 +108,29 @@ pub struct Args {
     /// Close a connection whose frame stays incomplete this long [default 60s]
     #[arg(long, env = "CHAT_FRAME_STALL_TIMEOUT", value_name = "DURATION")]
     pub frame_stall_timeout: Option<String>,
-    /// Frames queued for one connection before it is deemed too slow, closed,
-    /// and the rest stored as offline messages [default 1024]
+    /// Frames queued for one connection; beyond it (or beyond
+    /// --outbound-queue-bytes) pushes are not queued and the session reads
+    /// them back from its stored inbox once it catches up [default 1024]
     #[arg(long, env = "CHAT_OUTBOUND_QUEUE", value_name = "FRAMES")]
     pub outbound_queue: Option<usize>,
+    /// Bytes of pushes queued for one connection at most [default 4194304]
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE_BYTES", value_name = "BYTES")]
+    pub outbound_queue_bytes: Option<usize>,
+    /// Undelivered messages one user's inbox may hold; a 1:1 message to a
+    /// full inbox gets errno 9 and is not stored, a group message skips
+    /// members whose inbox is full [default 10000]
+    #[arg(long, env = "CHAT_INBOX_LIMIT", value_name = "MESSAGES")]
+    pub inbox_limit: Option<u64>,
+    /// Bytes of undelivered messages one user's inbox may hold [default 67108864]
+    #[arg(long, env = "CHAT_INBOX_LIMIT_BYTES", value_name = "BYTES")]
+    pub inbox_limit_bytes: Option<u64>,
+    /// How long messages are kept (history, and undelivered inbox messages)
+    /// before the background purge removes them [default 30days]
+    #[arg(long, env = "CHAT_RETENTION", value_name = "DURATION")]
+    pub retention: Option<String>,
+    /// How long a login token stays valid [default 7days]
+    #[arg(long, env = "CHAT_TOKEN_TTL", value_name = "DURATION")]
+    pub token_ttl: Option<String>,
     /// Least time between two frames written to a v1 (original) client, so
     /// that it reads each alone; 0s turns spacing off [default 5ms]
     #[arg(long, env = "CHAT_V1_WRITE_GAP", value_name = "DURATION")]
@@ -260,6 +284,11 @@ pub struct Config {
     pub v2_idle_timeout: Duration,
     pub frame_stall_timeout: Duration,
     pub outbound_queue: usize,
+    pub outbound_queue_bytes: usize,
+    pub inbox_limit: u64,
+    pub inbox_limit_bytes: u64,
+    pub retention: Duration,
+    pub token_ttl: Duration,
     pub v1_write_gap: Duration,
     pub db_connect_timeout: Duration,
     /// `Some` turns on cluster mode.
@@ -306,6 +335,11 @@ impl std::fmt::Debug for Config {
             .field("v2_idle_timeout", &self.v2_idle_timeout)
             .field("frame_stall_timeout", &self.frame_stall_timeout)
             .field("outbound_queue", &self.outbound_queue)
+            .field("outbound_queue_bytes", &self.outbound_queue_bytes)
+            .field("inbox_limit", &self.inbox_limit)
+            .field("inbox_limit_bytes", &self.inbox_limit_bytes)
+            .field("retention", &self.retention)
+            .field("token_ttl", &self.token_ttl)
             .field("v1_write_gap", &self.v1_write_gap)
             .field("redis_url", &self.redis_url.as_deref().map(mask_url))
             .field("redis_prefix", &self.redis_prefix)
@@ -330,6 +364,11 @@ impl Default for Config {
             v2_idle_timeout: DEFAULT_V2_IDLE_TIMEOUT,
             frame_stall_timeout: DEFAULT_FRAME_STALL_TIMEOUT,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            inbox_limit: DEFAULT_INBOX_LIMIT,
+            inbox_limit_bytes: DEFAULT_INBOX_LIMIT_BYTES,
+            retention: DEFAULT_RETENTION,
+            token_ttl: DEFAULT_TOKEN_TTL,
             v1_write_gap: DEFAULT_V1_WRITE_GAP,
             db_connect_timeout: DEFAULT_DB_CONNECT_TIMEOUT,
             redis_url: None,
@@ -388,6 +427,13 @@ impl Config {
                 defaults.frame_stall_timeout,
             )?,
             outbound_queue: args.outbound_queue.unwrap_or(defaults.outbound_queue),
+            outbound_queue_bytes: args
+                .outbound_queue_bytes
+                .unwrap_or(defaults.outbound_queue_bytes),
+            inbox_limit: args.inbox_limit.unwrap_or(defaults.inbox_limit),
+            inbox_limit_bytes: args.inbox_limit_bytes.unwrap_or(defaults.inbox_limit_bytes),
+            retention: duration("retention", args.retention, defaults.retention)?,
+            token_ttl: duration("token-ttl", args.token_ttl, defaults.token_ttl)?,
             v1_write_gap: duration("v1-write-gap", args.v1_write_gap, defaults.v1_write_gap)?,
             db_connect_timeout: duration(
                 "db-connect-timeout",
@@ -476,6 +522,21 @@ impl Config {
         }
         if self.outbound_queue == 0 {
             return invalid("outbound-queue", "must be at least 1");
+        }
+        if self.outbound_queue_bytes < self.max_frame {
+            return invalid("outbound-queue-bytes", "must be at least --max-frame");
+        }
+        if self.inbox_limit == 0 || self.inbox_limit_bytes < self.max_frame as u64 {
+            return invalid(
+                "inbox-limit/inbox-limit-bytes",
+                "must hold at least one message of --max-frame bytes",
+            );
+        }
+        if self.retention < Duration::from_secs(60) {
+            return invalid("retention", "must be at least 1m");
+        }
+        if self.token_ttl < Duration::from_secs(1) {
+            return invalid("token-ttl", "must be at least 1s");
         }
         if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("mysql:")) {
             return invalid("database-url", "must start with sqlite: or mysql:");

@@ -11,12 +11,14 @@ use crate::mid::MidGenerator;
 use crate::refusals::Refusals;
 use crate::registry::Registry;
 use crate::store::Store;
+use crate::writer::Writer;
 
 /// Per-connection limits, copied out of the config.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_frame: usize,
     pub outbound_queue: usize,
+    pub outbound_queue_bytes: usize,
     pub login_idle_timeout: Duration,
     pub v2_idle_timeout: Duration,
     pub frame_stall_timeout: Duration,
@@ -28,6 +30,10 @@ pub struct Context {
     pub server_name: String,
     pub limits: Limits,
     pub store: Store,
+    /// Stores chat messages and moves inbox cursors, in group commits.
+    pub writer: Writer,
+    /// How long a login token stays valid.
+    pub token_ttl: Duration,
     pub registry: Registry,
     pub directory: Directory,
     pub hasher: PasswordHasher,

@@ -27,6 +27,12 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the message writer has stopped")]
+    WriterStopped,
+    #[error("message batch failed: {0}")]
+    BatchFailed(String),
+    #[error("a repeated cid was stored by a concurrent batch")]
+    CidRace,
 }
 
 /// The password-hashing threads failed or are gone.

@@ -1,7 +1,12 @@
 //! Cluster mode's background work, above the Redis client: the heartbeat
 //! that keeps this server's presence (and re-claims its users after an
-//! outage), and the subscriber that takes other servers' frames: pushes for
-//! users here, sweep requests and group changes.
+//! outage), and the subscriber that takes other servers' frames:
+//! notifications of stored messages for users here, and group changes.
+//!
+//! Pub/sub drops what arrives while a subscriber is disconnected (or cut off
+//! by Redis for a full output buffer, or after a Redis restart), so every
+//! (re)subscription and every presence re-claim makes each local session
+//! read its inbox: a lost notification delays a message, never loses it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,24 +14,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::AsyncCommands;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::redis::{bounded, parse_bus_frame, BusFrame, RedisBus, RECONNECT_MAX_DELAY};
 use crate::context::Context;
-use crate::delivery::store_for_later;
 use crate::error::BusError;
-use crate::mailbox::{Offer, Outbound, Pushed};
-
-/// Pushes for users who left, being stored at once. When all are busy the
-/// subscriber waits for one to finish (Redis buffers what arrives
-/// meanwhile): memory stays bounded and every store is waited for at
-/// shutdown.
-const MAX_PENDING_STORES: usize = 64;
+use crate::mailbox::{Outbound, Pushed};
 
 /// Runs the heartbeat and the subscriber on `tasks` until `stop` is
-/// cancelled; stores they start are tracked there too.
+/// cancelled.
 pub fn spawn(
     ctx: Arc<Context>,
     cluster: Arc<RedisBus>,
@@ -34,7 +31,7 @@ pub fn spawn(
     tasks: &TaskTracker,
 ) {
     tasks.spawn(heartbeat(ctx.clone(), cluster.clone(), stop.clone()));
-    tasks.spawn(subscriber(ctx, cluster, stop, tasks.clone()));
+    tasks.spawn(subscriber(ctx, cluster, stop));
 }
 
 /// Renews this server's lease every third of it. After an outage longer
@@ -71,7 +68,7 @@ async fn heartbeat(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: Cancellation
             }
             Err(error) => {
                 if was_reachable {
-                    tracing::error!(%error, "redis unavailable: serving local users, storing the rest offline");
+                    tracing::error!(%error, "redis unavailable: serving local users; other servers' users get their messages from their inboxes once it is back");
                 }
                 cluster.reachable.store(false, Ordering::Relaxed);
             }
@@ -80,8 +77,8 @@ async fn heartbeat(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: Cancellation
 }
 
 /// Claims every local user again and evicts the sessions of users now held
-/// elsewhere. The others read their offline messages again: messages for
-/// them were stored while no server could hand them over.
+/// elsewhere. The others read their inboxes: notifications sent while
+/// Redis was away went nowhere.
 async fn reclaim(ctx: &Context, cluster: &RedisBus) -> Result<(), BusError> {
     for user in ctx.registry.users() {
         let claimed = cluster.claim_now(user).await?;
@@ -89,7 +86,7 @@ async fn reclaim(ctx: &Context, cluster: &RedisBus) -> Result<(), BusError> {
             continue;
         };
         if claimed {
-            handle.offer(Outbound::SweepOffline);
+            handle.offer(Outbound::CatchUp);
         } else {
             tracing::warn!(
                 user,
@@ -118,13 +115,7 @@ async fn retry_releases(ctx: &Context, cluster: &RedisBus) {
 }
 
 /// Receives frames for this server, reconnecting with backoff.
-async fn subscriber(
-    ctx: Arc<Context>,
-    cluster: Arc<RedisBus>,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-) {
-    let stores = Arc::new(Semaphore::new(MAX_PENDING_STORES));
+async fn subscriber(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: CancellationToken) {
     let mut delay = Duration::from_millis(100);
     loop {
         let session = async {
@@ -140,8 +131,10 @@ async fn subscriber(
             Ok(pubsub) => {
                 tracing::info!("subscribed to cluster channels");
                 delay = Duration::from_millis(100);
-                // Membership may have changed while we were not listening.
+                // Membership may have changed, and notifications been
+                // missed, while we were not listening.
                 ctx.directory.clear_groups();
+                catch_up_everyone(&ctx);
                 let mut messages = pubsub.into_on_message();
                 loop {
                     let message = tokio::select! {
@@ -149,7 +142,7 @@ async fn subscriber(
                         message = messages.next() => message,
                     };
                     let Some(message) = message else { break };
-                    handle_frame(&ctx, message.get_payload_bytes(), &tasks, &stores).await;
+                    handle_frame(&ctx, message.get_payload_bytes());
                 }
                 tracing::error!("lost the cluster subscription; reconnecting");
             }
@@ -165,48 +158,30 @@ async fn subscriber(
     }
 }
 
-async fn handle_frame(
-    ctx: &Arc<Context>,
-    bytes: &[u8],
-    tasks: &TaskTracker,
-    stores: &Arc<Semaphore>,
-) {
+/// Has every local session read its inbox.
+fn catch_up_everyone(ctx: &Context) {
+    for user in ctx.registry.users() {
+        if let Some(handle) = ctx.registry.get(user) {
+            handle.offer(Outbound::CatchUp);
+        }
+    }
+}
+
+fn handle_frame(ctx: &Context, bytes: &[u8]) {
     match parse_bus_frame(bytes) {
         Some(BusFrame::Push {
             mid,
-            users,
+            deliveries,
             payload,
         }) => {
-            let pushed = Pushed::from_json(mid, payload.to_owned());
-            let mut left = Vec::new();
-            for user in users {
-                let offer = match ctx.registry.get(user) {
-                    Some(handle) => handle.offer(Outbound::Push(pushed.clone())),
-                    None => Offer::Gone,
-                };
-                if offer != Offer::Queued {
-                    left.push(user);
-                }
-            }
-            // The receiver left after the sender looked: keep it for their
-            // next login, without holding up the frames behind this one.
-            if !left.is_empty() {
-                let Ok(permit) = stores.clone().acquire_owned().await else {
-                    return;
-                };
-                let ctx = ctx.clone();
-                tasks.spawn(async move {
-                    if let Err(error) = store_for_later(&ctx, &left, &[pushed]).await {
-                        tracing::error!(%error, users = ?left, "could not store a message for users who left");
-                    }
-                    drop(permit);
-                });
-            }
-        }
-        Some(BusFrame::Sweep { users }) => {
-            for user in users {
+            let pushed = Pushed::from_json(mid, payload.into());
+            for (user, seq) in deliveries {
+                // A receiver who left meanwhile finds it in its inbox.
                 if let Some(handle) = ctx.registry.get(user) {
-                    handle.offer(Outbound::SweepOffline);
+                    handle.offer(Outbound::Push {
+                        pushed: pushed.clone(),
+                        seq,
+                    });
                 }
             }
         }

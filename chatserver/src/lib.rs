@@ -22,10 +22,13 @@ pub mod proxy_header;
 pub mod rate_limit;
 pub mod refusals;
 pub mod registry;
+mod retention;
 mod server;
 mod session;
 pub mod signup_limit;
 pub mod store;
+pub mod tokens;
+pub mod writer;
 
 pub use config::{Args, Config};
 pub use error::{BusError, ConfigError, HashError, StartError, StoreError, Unavailable};

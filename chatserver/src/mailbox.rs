@@ -1,10 +1,13 @@
 //! The bounded queue between everyone who sends to a logged-in user and the
 //! session that writes to that user's socket.
 //!
-//! Policy when full: the receiver is too slow. The sender stores the message
-//! offline and asks the session to close; the session stores whatever is
-//! still queued. Nothing is lost and no sender ever waits.
+//! Every message is stored in the receiver's inbox before it is offered
+//! here, so the queue is only a fast path. Policy when full (in frames or
+//! in bytes): the push is not queued and the session is marked behind; once
+//! it has written what is queued it reads the rest from its inbox. No
+//! sender waits, memory per receiver stays bounded, nothing is lost.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use protocol::{Chat, Version};
@@ -12,33 +15,31 @@ use protocol::{Chat, Version};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// A pushed chat message, serialized once per protocol version and shared
-/// by every receiver. The v2 text (with `mid` and `ts`) is what is stored
-/// and sent between servers; the v1 rendering, which drops those fields for
-/// the original client, is made on first use only.
+/// A pushed chat message, serialized once and shared by every receiver. The
+/// v2 text (with `mid` and `ts`, without the per-receiver `seq`) is what is
+/// stored and sent between servers; the v1 rendering, which drops those
+/// fields for the original client, is made on first use only.
 #[derive(Debug, Clone)]
 pub struct Pushed(Arc<Rendered>);
 
 #[derive(Debug)]
 struct Rendered {
     mid: i64,
-    /// The v2 frame: JSON text followed by `\n`.
-    v2: Box<str>,
+    /// The v2 JSON text, without `seq` and without a terminator.
+    v2: Arc<str>,
     v1: OnceLock<Box<[u8]>>,
 }
 
 impl Pushed {
     pub fn new(chat: &Chat) -> Self {
-        Self::from_json(chat.mid.unwrap_or(0), chat.to_json(Version::V2))
+        Self::from_json(chat.mid.unwrap_or(0), chat.to_json(Version::V2).into())
     }
 
     /// A push from its stored (v2) JSON text.
-    pub fn from_json(mid: i64, json: String) -> Self {
-        let mut frame = json;
-        frame.push('\n');
+    pub fn from_json(mid: i64, json: Arc<str>) -> Self {
         Pushed(Arc::new(Rendered {
             mid,
-            v2: frame.into_boxed_str(),
+            v2: json,
             v1: OnceLock::new(),
         }))
     }
@@ -47,18 +48,40 @@ impl Pushed {
         self.0.mid
     }
 
-    /// The bytes to write to a connection speaking `version`, terminator
-    /// included.
-    pub fn frame(&self, version: Version) -> &[u8] {
+    /// The v2 JSON text, as stored.
+    pub fn payload(&self) -> &Arc<str> {
+        &self.0.v2
+    }
+
+    /// Appends the frame for a connection speaking `version`; v2 frames
+    /// carry the receiver's inbox `seq`.
+    pub fn write_frame(&self, version: Version, seq: i64, out: &mut Vec<u8>) {
         match version {
-            Version::V2 => self.0.v2.as_bytes(),
-            Version::V1 => self.0.v1.get_or_init(|| v1_frame(self.payload())),
+            Version::V2 => v2_frame_into(&self.0.v2, seq, out),
+            Version::V1 => out.extend_from_slice(self.0.v1.get_or_init(|| v1_frame(&self.0.v2))),
         }
     }
 
-    /// The v2 JSON text, as stored for offline delivery.
-    pub fn payload(&self) -> &str {
-        &self.0.v2[..self.0.v2.len() - 1]
+    /// Bytes this push holds in a queue.
+    fn size(&self) -> usize {
+        self.0.v2.len()
+    }
+}
+
+/// Appends a stored v2 push with its `seq` and the terminator.
+pub fn v2_frame_into(payload: &str, seq: i64, out: &mut Vec<u8>) {
+    match payload.strip_suffix('}') {
+        Some(open) => {
+            out.extend_from_slice(open.as_bytes());
+            out.extend_from_slice(b",\"seq\":");
+            out.extend_from_slice(seq.to_string().as_bytes());
+            out.extend_from_slice(b"}\n");
+        }
+        // Only our own JSON objects are stored; anything else goes as it is.
+        None => {
+            out.extend_from_slice(payload.as_bytes());
+            out.push(b'\n');
+        }
     }
 }
 
@@ -79,20 +102,37 @@ pub fn v1_frame(payload: &str) -> Box<[u8]> {
 
 #[derive(Debug)]
 pub enum Outbound {
-    Push(Pushed),
-    /// Offline messages were stored for this user after its login read them:
-    /// fetch and write them (see `command::login` on why this closes the race).
-    SweepOffline,
+    /// A stored message, with its seq in this receiver's inbox.
+    Push { pushed: Pushed, seq: i64 },
+    /// Messages may be stored that never reached this queue (a lost cluster
+    /// notification): read the inbox.
+    CatchUp,
 }
 
 /// What became of an offered message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
     Queued,
-    /// The queue was full: the session has been told to close.
-    Full,
-    /// The session is closing or gone.
+    /// The queue was full: the session reads it from its inbox later.
+    Deferred,
+    /// The session is closing or gone (the message waits in the inbox).
     Gone,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    /// Something was not queued: the session must read its inbox.
+    behind: AtomicBool,
+}
+
+impl Shared {
+    fn taken(&self, item: Option<&Outbound>) {
+        if let Some(Outbound::Push { pushed, .. }) = item {
+            self.queued_bytes.fetch_sub(pushed.size(), Ordering::AcqRel);
+        }
+    }
 }
 
 /// The sending side, kept in the registry.
@@ -101,59 +141,110 @@ pub struct SessionHandle {
     pub conn_id: u64,
     tx: mpsc::Sender<Outbound>,
     evict: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 impl SessionHandle {
-    /// Asks the session to close (its user is logged out, queued messages stored).
+    /// Asks the session to close (its login moved to another server).
     pub fn evict(&self) {
         self.evict.cancel();
     }
 
     pub fn offer(&self, item: Outbound) -> Offer {
+        if self.tx.is_closed() {
+            return Offer::Gone;
+        }
+        let size = match &item {
+            Outbound::Push { pushed, .. } => pushed.size(),
+            Outbound::CatchUp => 0,
+        };
+        let queued = self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if queued + size > self.shared.max_bytes && queued > 0 {
+            self.shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            return self.defer();
+        }
         match self.tx.try_send(item) {
             Ok(()) => Offer::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.evict();
-                Offer::Full
+                self.shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                self.defer()
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
         }
+    }
+
+    /// Marks the session behind, then wakes it with a `CatchUp` if there is
+    /// room for one; if not, the queue is not empty and the session looks
+    /// at `behind` after its next item.
+    fn defer(&self) -> Offer {
+        self.shared.behind.store(true, Ordering::Release);
+        let _ = self.tx.try_send(Outbound::CatchUp);
+        Offer::Deferred
     }
 }
 
 /// The receiving side, owned by the session while its user is logged in.
 #[derive(Debug)]
 pub struct Mailbox {
-    pub rx: mpsc::Receiver<Outbound>,
-    /// Cancelled when a sender found the queue full, or when the cluster
-    /// gave this user's login to another server: the session must close.
+    rx: mpsc::Receiver<Outbound>,
+    /// Cancelled when the cluster gave this user's login to another server:
+    /// the session must close.
     pub evict: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 impl Mailbox {
-    /// Stops accepting and returns the pushes nobody wrote, oldest first.
-    pub fn close_and_drain(mut self) -> Vec<Pushed> {
+    /// The eviction token and the next item, borrowed together so that a
+    /// session can wait for both at once.
+    pub fn evict_and_recv(
+        &mut self,
+    ) -> (
+        &CancellationToken,
+        impl std::future::Future<Output = Option<Outbound>> + '_,
+    ) {
+        let (rx, shared) = (&mut self.rx, &self.shared);
+        let next = async move {
+            let item = rx.recv().await;
+            shared.taken(item.as_ref());
+            item
+        };
+        (&self.evict, next)
+    }
+
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        let item = self.rx.try_recv().ok();
+        self.shared.taken(item.as_ref());
+        item
+    }
+
+    /// Whether pushes were left out since the last call (then the inbox
+    /// must be read).
+    pub fn take_behind(&self) -> bool {
+        self.shared.behind.swap(false, Ordering::AcqRel)
+    }
+
+    /// Stops accepting: further offers are `Gone`.
+    pub fn close(&mut self) {
         self.rx.close();
-        let mut undelivered = Vec::new();
-        while let Ok(item) = self.rx.try_recv() {
-            if let Outbound::Push(pushed) = item {
-                undelivered.push(pushed);
-            }
-        }
-        undelivered
     }
 }
 
-pub fn mailbox(conn_id: u64, capacity: usize) -> (SessionHandle, Mailbox) {
+pub fn mailbox(conn_id: u64, capacity: usize, max_bytes: usize) -> (SessionHandle, Mailbox) {
     let (tx, rx) = mpsc::channel(capacity);
     let evict = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        queued_bytes: AtomicUsize::new(0),
+        max_bytes,
+        behind: AtomicBool::new(false),
+    });
     (
         SessionHandle {
             conn_id,
             tx,
             evict: evict.clone(),
+            shared: shared.clone(),
         },
-        Mailbox { rx, evict },
+        Mailbox { rx, evict, shared },
     )
 }
 
@@ -161,21 +252,44 @@ pub fn mailbox(conn_id: u64, capacity: usize) -> (SessionHandle, Mailbox) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn full_queue_flags_the_session_and_closed_queue_is_gone() {
-        let (handle, mailbox) = mailbox(1, 1);
-        let push = Pushed::from_json(1, "{}".into());
-        assert_eq!(handle.offer(Outbound::Push(push.clone())), Offer::Queued);
-        assert_eq!(handle.offer(Outbound::Push(push.clone())), Offer::Full);
-        assert!(mailbox.evict.is_cancelled());
-        let undelivered = mailbox.close_and_drain();
-        assert_eq!(undelivered.len(), 1);
-        assert_eq!(undelivered[0].payload(), "{}");
-        assert_eq!(handle.offer(Outbound::Push(push)), Offer::Gone);
+    fn push(json: &str) -> Outbound {
+        Outbound::Push {
+            pushed: Pushed::from_json(1, json.into()),
+            seq: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_defers_and_marks_the_session_behind() {
+        let (handle, mut mailbox) = mailbox(1, 1, 1024);
+        assert_eq!(handle.offer(push("{}")), Offer::Queued);
+        assert_eq!(handle.offer(push("{}")), Offer::Deferred);
+        assert!(mailbox.take_behind());
+        assert!(!mailbox.take_behind(), "reported once");
+        assert!(matches!(
+            mailbox.evict_and_recv().1.await,
+            Some(Outbound::Push { .. })
+        ));
+        mailbox.close();
+        assert_eq!(handle.offer(push("{}")), Offer::Gone);
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_defers_but_always_admits_one_push() {
+        let (handle, mut mailbox) = mailbox(1, 100, 10);
+        let big = format!("{{\"m\":\"{}\"}}", "x".repeat(20));
+        assert_eq!(
+            handle.offer(push(&big)),
+            Offer::Queued,
+            "an empty queue takes any push"
+        );
+        assert_eq!(handle.offer(push("{}")), Offer::Deferred);
+        assert!(mailbox.try_recv().is_some());
+        assert_eq!(handle.offer(push("{}")), Offer::Queued, "room again");
     }
 
     #[test]
-    fn v1_frames_drop_mid_and_ts() {
+    fn v2_frames_carry_the_seq_and_v1_frames_drop_mid_and_ts() {
         let chat = Chat {
             target: protocol::ChatTarget::User(2),
             from: 1,
@@ -188,9 +302,19 @@ mod tests {
         };
         let push = Pushed::new(&chat);
         assert_eq!(push.mid(), 7);
-        assert!(push.frame(Version::V2).ends_with(b",\"mid\":7,\"ts\":8}\n"));
+        let mut v2 = Vec::new();
+        push.write_frame(Version::V2, 42, &mut v2);
+        assert!(
+            v2.ends_with(b",\"mid\":7,\"ts\":8,\"seq\":42}\n"),
+            "{}",
+            String::from_utf8_lossy(&v2)
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&v2).unwrap();
+        assert_eq!(parsed["seq"], 42);
+        let mut v1 = Vec::new();
+        push.write_frame(Version::V1, 42, &mut v1);
         assert_eq!(
-            push.frame(Version::V1),
+            v1,
             b"{\"msgid\":6,\"id\":1,\"name\":\"n\",\"toid\":2,\"msg\":\"m\",\"time\":\"t\"}\n"
         );
     }

@@ -55,9 +55,24 @@ impl MidGenerator {
     }
 }
 
+/// The smallest id any server issues at `unix_ms` (and later): ids below
+/// it are older. Retention compares ids with it.
+pub fn first_mid_at(unix_ms: i64) -> i64 {
+    let millis = (unix_ms as u64).saturating_sub(EPOCH_MS);
+    (millis << (NODE_BITS + SEQ_BITS)) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_issued_after_a_time_are_not_below_its_first_mid() {
+        let before = first_mid_at(chrono::Utc::now().timestamp_millis());
+        let mid = MidGenerator::new(MAX_NODE).next();
+        assert!(mid >= before);
+        assert!(first_mid_at(chrono::Utc::now().timestamp_millis() + 1000) > mid);
+    }
 
     #[test]
     fn ids_increase_stay_below_2_pow_53_and_carry_the_node() {

@@ -25,8 +25,8 @@ pub enum Refusal {
     /// A user already created as many groups as allowed.
     GroupQuota,
     FrameTooLarge,
-    /// Outbound queue full (frames or bytes): the slow receiver is closed.
-    SlowReceiver,
+    /// A message refused (1:1) or skipped (group member) for a full inbox.
+    InboxFull,
     /// Closed before login after the login idle timeout.
     LoginIdle,
     MaxConnections,
@@ -43,7 +43,7 @@ impl Refusal {
         Refusal::CreateGroupRate,
         Refusal::GroupQuota,
         Refusal::FrameTooLarge,
-        Refusal::SlowReceiver,
+        Refusal::InboxFull,
         Refusal::LoginIdle,
         Refusal::MaxConnections,
         Refusal::MaxConnectionsPerIp,
@@ -58,7 +58,7 @@ impl Refusal {
             Refusal::CreateGroupRate => "create_group_rate",
             Refusal::GroupQuota => "group_quota",
             Refusal::FrameTooLarge => "frame_too_large",
-            Refusal::SlowReceiver => "slow_receiver",
+            Refusal::InboxFull => "inbox_full",
             Refusal::LoginIdle => "login_idle",
             Refusal::MaxConnections => "max_connections",
             Refusal::MaxConnectionsPerIp => "max_connections_per_ip",

@@ -66,8 +66,8 @@ mod tests {
     #[test]
     fn one_session_per_user_and_release_checks_the_owner() {
         let registry = Registry::default();
-        let (first, _a) = mailbox(1, 4);
-        let (second, _b) = mailbox(2, 4);
+        let (first, _a) = mailbox(1, 4, 1024);
+        let (second, _b) = mailbox(2, 4, 1024);
         assert!(registry.claim(7, first));
         assert!(!registry.claim(7, second));
         assert!(!registry.release(7, 2));

@@ -20,7 +20,9 @@ use crate::hasher::PasswordHasher;
 use crate::inbound;
 use crate::mid::MidGenerator;
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::retention;
+use crate::store::{Durability, Store};
+use crate::writer::{InboxLimits, Writer};
 use crate::{admission, connection_limits::AcceptBackoff};
 
 /// Time sessions get to flush and log out at shutdown; with the final
@@ -57,6 +59,7 @@ async fn connect_cluster(config: &Config, url: &str, name: &str) -> Result<Redis
 /// A started server: storage connected and migrated, ready to accept.
 pub struct Server {
     ctx: Arc<Context>,
+    retention: Duration,
 }
 
 impl Server {
@@ -65,6 +68,18 @@ impl Server {
         let store = Store::connect(&config.database_url, config.db_connect_timeout)
             .await
             .map_err(StartError::Database)?;
+        match store.durability().await {
+            Ok(Durability::PowerLoss) => {
+                tracing::info!("acknowledged messages are flushed to disk at commit")
+            }
+            Ok(durability) => tracing::warn!(
+                ?durability,
+                "the database does not flush each commit to disk \
+                 (innodb_flush_log_at_trx_commit is not 1): a crash of the \
+                 database host may lose acknowledged messages"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot read the database's durability setting"),
+        }
         let server_name = config
             .name
             .clone()
@@ -88,12 +103,21 @@ impl Server {
             limits: Limits {
                 max_frame: config.max_frame,
                 outbound_queue: config.outbound_queue,
+                outbound_queue_bytes: config.outbound_queue_bytes,
                 login_idle_timeout: config.login_idle_timeout,
                 v2_idle_timeout: config.v2_idle_timeout,
                 frame_stall_timeout: config.frame_stall_timeout,
                 v1_write_gap: config.v1_write_gap,
             },
             directory: Directory::new(store.clone(), group_ttl),
+            writer: Writer::spawn(
+                store.clone(),
+                InboxLimits {
+                    messages: config.inbox_limit as i64,
+                    bytes: config.inbox_limit_bytes as i64,
+                },
+            ),
+            token_ttl: config.token_ttl,
             store,
             registry: Registry::default(),
             hasher: PasswordHasher::new(config.hash_cost, config.hash_threads),
@@ -108,7 +132,10 @@ impl Server {
             mids: MidGenerator::new(bus.node()),
             bus,
         };
-        Ok(Server { ctx: Arc::new(ctx) })
+        Ok(Server {
+            ctx: Arc::new(ctx),
+            retention: config.retention,
+        })
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets sessions
@@ -116,11 +143,16 @@ impl Server {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let stop = CancellationToken::new();
         let sessions = TaskTracker::new();
-        // The bus's heartbeat and subscriber, and the stores they start.
+        // The bus's heartbeat and subscriber, and the retention purge.
         let background = TaskTracker::new();
         if let Bus::Redis(redis) = &self.ctx.bus {
             inbound::spawn(self.ctx.clone(), redis.clone(), stop.clone(), &background);
         }
+        background.spawn(retention::run(
+            self.ctx.store.clone(),
+            self.retention,
+            stop.clone(),
+        ));
         let mut next_conn_id: u64 = 0;
         let mut backoff = AcceptBackoff::default();
         tokio::pin!(shutdown);
@@ -164,9 +196,10 @@ impl Server {
         }
         let still_online = self.ctx.registry.users();
         let final_update = async {
-            // Stores still running must finish before the pool closes.
             background.close();
             background.wait().await;
+            // Cursor moves still queued are written before the pool closes.
+            self.ctx.writer.flush().await;
             self.ctx.bus.leave(&still_online).await;
             if let Err(error) = self.ctx.store.set_online(&still_online, false).await {
                 tracing::error!(%error, "could not record users offline");

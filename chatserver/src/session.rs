@@ -15,18 +15,22 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::command::{self, offline, AfterWrite, SessionState};
+use crate::command::{self, AfterWrite, SessionState};
 use crate::context::Context;
-use crate::delivery::store_for_later;
-use crate::mailbox::{v1_frame, Outbound, Pushed};
+use crate::mailbox::{v1_frame, v2_frame_into, Outbound, Pushed};
 use crate::refusals::Refusal;
 
 /// A write that makes no progress this long means the peer stopped reading.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a session may spend writing queued pushes at server shutdown.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+/// How long a session may spend writing GOAWAY at server shutdown.
+const SHUTDOWN_WRITE: Duration = Duration::from_millis(500);
+/// What GOAWAY asks clients to spread their reconnections over.
+const GOAWAY_RETRY_MS: u64 = 2_000;
 /// Most bytes of queued pushes written in one call on a v2 connection.
 const COALESCE_BYTES: usize = 64 * 1024;
+/// Inbox messages read per query when catching up (at most this many
+/// frames of the frame limit are in memory at once).
+const INBOX_PAGE: u32 = 32;
 /// Bytes read per system call at most.
 const READ_CHUNK: usize = 4096;
 
@@ -50,7 +54,7 @@ enum Closing {
     FrameTooLarge,
     #[error("idle: {0}")]
     Idle(&'static str),
-    #[error("evicted: outbound queue full, or the login moved to another server")]
+    #[error("evicted: the login moved to another server")]
     Evicted,
     #[error("server shutting down")]
     Shutdown,
@@ -108,8 +112,8 @@ impl Connection {
         let reason = self.serve(&shutdown).await;
         let span = self.span.clone();
         Box::pin(async move {
-            if matches!(reason, Closing::Shutdown) {
-                self.flush_mailbox().await;
+            if matches!(reason, Closing::Shutdown) && self.state.version == Version::V2 {
+                self.go_away().await;
             }
             command::end_login(&self.ctx, &mut self.state).await;
             let _ = tokio::time::timeout(Duration::from_millis(200), self.stream.shutdown()).await;
@@ -149,8 +153,17 @@ impl Connection {
                 None => armed_for = None,
                 Some(_) => {}
             }
-            let (evict, rx) = match self.state.mailbox.as_mut() {
-                Some(mailbox) => (Some(&mailbox.evict), Some(&mut mailbox.rx)),
+            if self.state.mailbox.as_ref().is_some_and(|m| m.take_behind()) {
+                // Pushes were left out of a full queue: read them from the inbox.
+                if let Err(reason) = self.catch_up().await {
+                    return reason;
+                }
+            }
+            let (evict, next_item) = match self.state.mailbox.as_mut() {
+                Some(mailbox) => {
+                    let (evict, next) = mailbox.evict_and_recv();
+                    (Some(evict), Some(next))
+                }
                 None => (None, None),
             };
             tokio::select! {
@@ -159,7 +172,7 @@ impl Connection {
                 _ = async { match evict { Some(token) => token.cancelled().await, None => std::future::pending().await } } => {
                     return Closing::Evicted;
                 }
-                item = async { match rx { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                item = async { match next_item { Some(next) => next.await, None => std::future::pending().await } } => {
                     if let Some(item) = item {
                         if let Err(reason) = self.outbound(item).await {
                             return reason;
@@ -294,131 +307,143 @@ impl Connection {
     }
 
     async fn after_write(&mut self, after: AfterWrite) -> Result<(), Closing> {
-        let (row_ids, sweep) = match after {
-            AfterWrite::Nothing => return Ok(()),
-            AfterWrite::DeleteOffline(row_ids) => (row_ids, false),
-            AfterWrite::DeleteOfflineThenSweep(row_ids) => (row_ids, true),
-        };
-        if !row_ids.is_empty() {
-            if let Err(error) = self.ctx.store.delete_offline(&row_ids).await {
-                tracing::error!(%error, "delivered offline messages could not be deleted; they will be delivered again");
+        match after {
+            AfterWrite::Nothing => Ok(()),
+            AfterWrite::ReadInbox => {
+                self.confirm_written().await;
+                let span = self.span.clone();
+                Box::pin(self.catch_up().instrument(span)).await
             }
         }
-        if sweep {
-            Box::pin(self.sweep_offline()).await?;
-        }
-        Ok(())
     }
 
     async fn outbound(&mut self, item: Outbound) -> Result<(), Closing> {
         match item {
-            Outbound::Push(pushed) => self.push(pushed).await,
-            Outbound::SweepOffline => {
+            Outbound::Push { pushed, seq } => self.push(pushed, seq).await,
+            Outbound::CatchUp => {
+                if let Some(mailbox) = &self.state.mailbox {
+                    mailbox.take_behind();
+                }
                 let span = self.span.clone();
-                Box::pin(self.sweep_offline().instrument(span)).await
+                Box::pin(self.catch_up().instrument(span)).await
             }
         }
     }
 
     /// Writes a pushed message. On v2 connections the pushes already queued
     /// behind it go in the same write (v1 clients need one frame per write).
-    async fn push(&mut self, first: Pushed) -> Result<(), Closing> {
-        let mut batch = vec![first];
-        let mut sweep_after = false;
+    /// Pushes at or below the written seq are duplicates (already read from
+    /// the inbox); one that skips a seq sends the session to its inbox.
+    async fn push(&mut self, first: Pushed, seq: i64) -> Result<(), Closing> {
+        let mut out = Vec::new();
+        let mut gap = !self.append_push(&mut out, &first, seq);
         if self.state.version == Version::V2 {
-            let mut size = batch[0].frame(Version::V2).len();
-            while size < COALESCE_BYTES {
-                match self.state.mailbox.as_mut().map(|m| m.rx.try_recv()) {
-                    Some(Ok(Outbound::Push(next))) => {
-                        size += next.frame(Version::V2).len();
-                        batch.push(next);
+            while !gap && out.len() < COALESCE_BYTES {
+                match self.state.mailbox.as_mut().and_then(|m| m.try_recv()) {
+                    Some(Outbound::Push { pushed, seq }) => {
+                        gap = !self.append_push(&mut out, &pushed, seq)
                     }
-                    Some(Ok(Outbound::SweepOffline)) => {
-                        sweep_after = true;
-                        break;
-                    }
-                    _ => break,
+                    Some(Outbound::CatchUp) => gap = true,
+                    None => break,
                 }
             }
         }
-        let version = self.state.version;
-        let written = if let [single] = batch.as_slice() {
-            self.write(single.frame(version)).await
-        } else {
-            let bytes: Vec<u8> = batch
-                .iter()
-                .flat_map(|p| p.frame(version))
-                .copied()
-                .collect();
-            self.write(&bytes).await
-        };
-        if written.is_err() {
-            // Possibly half-written: keep what the receiver may not have
-            // read whole for its next login (at least once).
-            let span = self.span.clone();
-            Box::pin(self.keep_for_later(&batch).instrument(span)).await;
-            return written;
+        if !out.is_empty() {
+            self.write(&out).await?;
+            self.confirm_written_v1().await;
         }
-        if sweep_after {
+        if gap {
             let span = self.span.clone();
-            Box::pin(self.sweep_offline().instrument(span)).await?;
+            Box::pin(self.catch_up().instrument(span)).await?;
         }
         Ok(())
     }
 
-    async fn sweep_offline(&mut self) -> Result<(), Closing> {
-        let Some(user) = &self.state.user else {
+    /// Appends the push when it is the next seq; `false` on a gap.
+    fn append_push(&mut self, out: &mut Vec<u8>, pushed: &Pushed, seq: i64) -> bool {
+        let cursor = &mut self.state.inbox;
+        if seq <= cursor.written {
+            return true;
+        }
+        if seq != cursor.written + 1 {
+            return false;
+        }
+        pushed.write_frame(self.state.version, seq, out);
+        cursor.written = seq;
+        true
+    }
+
+    /// Writes every inbox message after the written cursor, a page at a
+    /// time, oldest first. v1 receivers confirm as they go; v2 clients
+    /// confirm with DELIVERED.
+    async fn catch_up(&mut self) -> Result<(), Closing> {
+        let Some(user) = self.state.user.as_ref().map(|u| u.id) else {
             return Ok(());
         };
-        match offline::take(&self.ctx, user.id).await {
-            Ok((payloads, row_ids)) => {
-                for payload in payloads {
-                    let frame = match self.state.version {
-                        Version::V1 => v1_frame(&payload).into_vec(),
-                        Version::V2 => {
-                            let mut frame = payload.into_bytes();
-                            frame.push(b'\n');
-                            frame
-                        }
-                    };
-                    self.write(&frame).await?;
+        loop {
+            let page = match self
+                .ctx
+                .store
+                .inbox_after(user, self.state.inbox.written, INBOX_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    // The messages stay stored; the next push or login reads them.
+                    tracing::error!(%error, "could not read the inbox");
+                    return Ok(());
                 }
-                self.after_write(AfterWrite::DeleteOffline(row_ids)).await?;
+            };
+            let complete = page.len() < INBOX_PAGE as usize;
+            let mut out = Vec::new();
+            for stored in page {
+                match self.state.version {
+                    Version::V2 => v2_frame_into(&stored.body, stored.seq, &mut out),
+                    Version::V1 => out.extend_from_slice(&v1_frame(&stored.body)),
+                }
+                self.state.inbox.written = stored.seq;
+                if self.state.version == Version::V1 || out.len() >= COALESCE_BYTES {
+                    self.write(&out).await?;
+                    out.clear();
+                    self.confirm_written_v1().await;
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, "could not read offline messages; they stay stored")
+            if !out.is_empty() {
+                self.write(&out).await?;
+            }
+            if complete {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
-    async fn keep_for_later(&self, unwritten: &[Pushed]) {
-        let Some(user) = &self.state.user else {
+    /// A v1 client confirms nothing: what was written to it counts as delivered.
+    async fn confirm_written_v1(&mut self) {
+        if self.state.version == Version::V1 {
+            self.confirm_written().await;
+        }
+    }
+
+    async fn confirm_written(&mut self) {
+        let Some(user) = self.state.user.as_ref().map(|u| u.id) else {
             return;
         };
-        if let Err(error) = store_for_later(&self.ctx, &[user.id], unwritten).await {
-            tracing::error!(%error, lost = unwritten.len(), "could not store unwritten messages");
+        let cursor = &mut self.state.inbox;
+        if cursor.written > cursor.confirmed {
+            cursor.confirmed = cursor.written;
+            self.ctx.writer.confirm(user, cursor.written).await;
         }
     }
 
-    /// Writes pushes still queued, for a clean server shutdown.
-    async fn flush_mailbox(&mut self) {
-        let deadline = Instant::now() + SHUTDOWN_FLUSH;
-        while let Some(item) = self
-            .state
-            .mailbox
-            .as_mut()
-            .and_then(|m| m.rx.try_recv().ok())
-        {
-            if let Outbound::Push(pushed) = item {
-                let frame = pushed.frame(self.state.version).to_vec();
-                let written = tokio::time::timeout_at(deadline, self.write(&frame)).await;
-                if !matches!(written, Ok(Ok(()))) {
-                    self.keep_for_later(&[pushed]).await;
-                    return;
-                }
-            }
+    /// Tells a v2 client the server is going away, so it reconnects (with
+    /// its token and `since`) after a random delay instead of all at once.
+    async fn go_away(&mut self) {
+        let frame = protocol::GoAway {
+            reason: "shutdown".into(),
+            retry_ms: GOAWAY_RETRY_MS,
         }
+        .frame();
+        let _ = tokio::time::timeout(SHUTDOWN_WRITE, self.stream.write_all(&frame)).await;
     }
 
     /// One frame per write call, and on v1 connections frames spaced by

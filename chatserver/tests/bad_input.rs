@@ -26,7 +26,8 @@ async fn snapshot(server: &ChatServer) -> Vec<i64> {
         "friends",
         "chat_groups",
         "group_members",
-        "offline_messages",
+        "messages",
+        "inbox",
     ] {
         counts.push(server.count(&format!("SELECT COUNT(*) FROM {table}")).await);
     }
@@ -49,8 +50,8 @@ impl Bystanders {
 
     /// Still chatting, and the stored rows are as `before`; stops the server.
     async fn unharmed(mut self, server: ChatServer, before: Vec<i64>) {
-        self.still_chatting().await;
         assert_eq!(snapshot(&server).await, before);
+        self.still_chatting().await;
         server.stop().await;
     }
 
@@ -176,6 +177,11 @@ async fn requests_before_login_or_for_another_id_get_errno_7(storage: Storage) {
         let reply = mallory.call(&req::claim(request, b_id)).await;
         assert_eq!(reply.errno(), Errno::NotAuthorized, "{reply:?}");
     }
+    assert_eq!(
+        snapshot(&server).await,
+        before,
+        "refused requests stored nothing"
+    );
     // The name in a chat is the sender's registered one, whatever was sent.
     mallory
         .send_raw(&json_frame(
@@ -187,6 +193,7 @@ async fn requests_before_login_or_for_another_id_get_errno_7(storage: Storage) {
     let push = bystanders.b.recv_chat().await;
     assert_eq!(push.name, "mallory");
     still_usable(&mut anonymous).await;
+    let before = snapshot(&server).await;
     bystanders.unharmed(server, before).await;
 }
 
@@ -300,6 +307,7 @@ async fn hostile_text_round_trips_byte_for_byte(storage: Storage) {
     receiver.join_group(group).await;
     let mut offline_user = server.client().await;
     let offline_user_id = offline_user.register("later", "pw").await;
+    let mut last_seq = 0;
     for text in &messages {
         sender.call_ok(&req::chat_at(receiver_id, text, text)).await;
         let push = receiver.recv_chat().await;
@@ -307,7 +315,9 @@ async fn hostile_text_round_trips_byte_for_byte(storage: Storage) {
         assert_eq!(&push.time, text);
         assert_eq!(push.name, names[0]);
         sender.group_chat(group, text).await;
-        assert_eq!(&receiver.recv_chat().await.msg, text);
+        let group_push = receiver.recv_chat().await;
+        assert_eq!(&group_push.msg, text);
+        last_seq = group_push.seq.expect("v2 pushes carry seq");
         sender.chat(offline_user_id, text).await;
     }
     let ack = offline_user.login(offline_user_id, "pw").await;
@@ -317,6 +327,7 @@ async fn hostile_text_round_trips_byte_for_byte(storage: Storage) {
         messages.iter().map(String::as_str).collect::<Vec<_>>()
     );
     // The same through v1's JSON-in-strings.
+    receiver.delivered(last_seq).await;
     receiver.logout().await;
     sender.chat(receiver_id, &messages[2]).await;
     let mut v1 = server.client().await;
@@ -329,10 +340,7 @@ async fn hostile_text_round_trips_byte_for_byte(storage: Storage) {
     assert_eq!(group_entry["groupdesc"], names[4]);
     still_usable(&mut v1).await;
     assert_eq!(server.count("SELECT COUNT(*) FROM users").await, 7);
-    assert_eq!(
-        server.count("SELECT COUNT(*) FROM offline_messages").await,
-        0
-    );
+    server.count_becomes("SELECT COUNT(*) FROM inbox", 0).await;
     server.stop().await;
 }
 

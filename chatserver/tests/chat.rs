@@ -171,13 +171,19 @@ async fn v2_replies_carry_rid_and_lists_are_objects(storage: Storage) {
         json!([{"id": a_id, "name": "alice", "state": "online"}])
     );
     assert_eq!(ack["groups"], json!([]));
-    let offline = ack["offlinemsg"].as_array().unwrap();
-    assert_eq!(offline.len(), 1);
-    assert_eq!(offline[0]["msg"], "first");
-    assert_eq!(offline[0]["mid"], mid);
-    assert!(offline[0]["ts"].as_i64().unwrap() > 1_700_000_000_000);
+    // v2: `offlinemsg` stays empty; the inbox follows as pushes with `seq`,
+    // and the ACK carries the newest seq and a token.
+    assert_eq!(ack["offlinemsg"], json!([]));
+    assert_eq!(ack["seq"], 1);
+    assert_eq!(ack["token"].as_str().map(str::len), Some(64));
+    let stored = b.recv_json().await;
+    assert_eq!(stored["msgid"], 6);
+    assert_eq!(stored["msg"], "first");
+    assert_eq!(stored["mid"], mid);
+    assert_eq!(stored["seq"], 1);
+    assert!(stored["ts"].as_i64().unwrap() > 1_700_000_000_000);
     // The server filled in its own time, in the documented format.
-    let time = offline[0]["time"].as_str().unwrap();
+    let time = stored["time"].as_str().unwrap();
     assert_eq!(time.len(), 19, "{time}");
     assert_eq!(&time[4..5], "-");
 
@@ -248,20 +254,13 @@ async fn offline_messages_arrive_oldest_first_then_are_removed(storage: Storage)
     }
     // A v2 round trip after the burst proves all 200 were handled.
     sender.ping().await;
-    assert_eq!(
-        server.count("SELECT COUNT(*) FROM offline_messages").await,
-        200
-    );
+    assert_eq!(server.count("SELECT COUNT(*) FROM inbox").await, 200);
     let ack = receiver.login(receiver_id, "pw").await;
     let texts: Vec<&str> = ack.offline.iter().map(|m| m.msg.as_str()).collect();
     let expected: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
     assert_eq!(texts, expected);
-    // Removed once written; the next login gets none.
-    receiver.ping().await;
-    assert_eq!(
-        server.count("SELECT COUNT(*) FROM offline_messages").await,
-        0
-    );
+    // Removed once confirmed (DELIVERED); the next login gets none.
+    server.count_becomes("SELECT COUNT(*) FROM inbox", 0).await;
     receiver.logout().await;
     let ack = receiver.login(receiver_id, "pw").await;
     assert!(ack.offline.is_empty(), "{:?}", ack.offline);

@@ -22,6 +22,7 @@ async fn two_servers_chat_as_one() {
     assert_eq!(push.msg, "hi bob");
     assert_eq!(push.name, "alice");
     assert_eq!(push.mid, mid);
+    let bob_seen = push.seq.expect("v2 pushes carry seq");
     bob.chat(alice_id, "hi alice").await;
     assert_eq!(alice.recv_chat().await.msg, "hi alice");
 
@@ -41,7 +42,9 @@ async fn two_servers_chat_as_one() {
     let refused = intruder.call(&req::login(bob_id, "pw")).await;
     assert_eq!(refused.errno(), Errno::AlreadyLoggedIn);
 
-    // Offline for a user logged in nowhere, delivered at login on either server.
+    // Offline for a user logged in nowhere, delivered at login on either
+    // server (after what bob confirmed).
+    bob.delivered(bob_seen).await;
     bob.logout().await;
     alice.chat(bob_id, "while away").await;
     // Log in on the server where bob was not before.
@@ -123,7 +126,8 @@ async fn racing_logins_across_servers_have_one_winner() {
 }
 
 /// A receiver leaving while messages to it cross servers: every message is
-/// pushed before the LOGOUT reply or stored for the next login, once.
+/// pushed before the LOGOUT reply or, resuming by `seq`, after the next
+/// login, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_leaving_during_cross_server_traffic_loses_nothing() {
     const MESSAGES: u32 = 400;
@@ -151,10 +155,10 @@ async fn receiver_leaving_during_cross_server_traffic_loses_nothing() {
     };
     tokio::join!(sending, receiving);
     let mut back = servers[0].client().await;
-    let ack = back.login(receiver_id, "pw").await;
+    let ack = back.login_since(receiver_id, "pw", tally.last_seq()).await;
     tally.add_all(&ack.offline);
     // What the other server was still storing when the LOGIN_ACK was built
-    // comes right after it, pushed (an offline sweep).
+    // is pushed live after it.
     while tally.distinct() < MESSAGES {
         match back.recv_within(Duration::from_secs(5)).await {
             Ok(Incoming {
@@ -241,12 +245,28 @@ async fn redis_restart_during_traffic_loses_nothing() {
         );
     };
     println!("cross-server delivery resumed {resumed:?} after Redis restarted");
-    spare.login(spare_id, "pw").await; // logins work again
+    // Logins work again once the heartbeat has renewed presence.
+    loop {
+        match spare.call(&req::login(spare_id, "pw")).await {
+            Reply::LoginOk(_) => break,
+            Reply::Error(failure) if failure.errno == Errno::ServerError => {
+                assert!(
+                    restarted.elapsed() < Duration::from_secs(30),
+                    "logins never resumed"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     sender.ping().await;
-    // Collect the rest: pushes still in flight, then the stored ones.
+    // Collect the rest: pushes still in flight, then the stored ones after
+    // what was received (`since`).
     remote.send_with_rid(&req::logout(), "bye").await;
     collect_until_reply(&mut remote, "bye", &mut received).await;
-    let ack = remote.login(remote_id, "pw").await;
+    let ack = remote
+        .login_since(remote_id, "pw", received.last_seq())
+        .await;
     received.add_all(&ack.offline);
     received.assert_each_once(seq);
     println!("{seq} messages sent across a Redis restart, all delivered once");

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use protocol::{
-    parse_server_frame, AddFriend, AddGroup, Chat, CreateGroup, Errno, FrameCodec, Incoming, Login,
-    LoginAck, Logout, Pong, Register, Reply, Request, SendChat, ServerFrame, Version,
+    parse_server_frame, AddFriend, AddGroup, Chat, CreateGroup, Credential, Delivered, Errno,
+    FrameCodec, Incoming, Login, LoginAck, Logout, Pong, Register, Reply, Request, SendChat,
+    ServerFrame, Version,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -401,22 +402,40 @@ impl Client {
     /// that arrive first are kept for the next receive. Panics after
     /// [`WAIT`], on close, or on a reply carrying another `rid`.
     pub async fn call(&mut self, request: &Request) -> Reply {
+        self.try_call(request)
+            .await
+            .unwrap_or_else(|e| panic!("{e} while waiting for the reply to {request:?}"))
+    }
+
+    /// [`call`](Client::call) for callers that expect the connection to
+    /// fail (a server killed under them): close and timeout are errors.
+    pub async fn try_call(&mut self, request: &Request) -> io::Result<Reply> {
         self.next_rid += 1;
         let rid = Value::from(format!("tk-{}", self.next_rid));
-        self.send_raw(&request.encode(Version::V2, Some(&rid)))
-            .await;
+        self.try_send_raw(&request.encode(Version::V2, Some(&rid)))
+            .await?;
         let mut early = VecDeque::new();
         loop {
             let frame = match tokio::time::timeout(WAIT, self.next_frame()).await {
                 Ok(Some(frame)) => frame,
-                Ok(None) => panic!("connection closed while waiting for the reply to {request:?}"),
-                Err(_) => panic!("no reply within {WAIT:?} to {request:?}"),
+                Ok(None) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "connection closed",
+                    ))
+                }
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no reply within {WAIT:?}"),
+                    ))
+                }
             };
             let incoming = typed(&frame);
             if incoming.rid.as_ref() == Some(&rid) {
                 self.pending.extend(early);
                 return match incoming.frame {
-                    ServerFrame::Reply(reply) => reply,
+                    ServerFrame::Reply(reply) => Ok(reply),
                     other => panic!("reply to {request:?} is not a reply: {other:?}"),
                 };
             }
@@ -444,11 +463,70 @@ impl Client {
     }
 
     /// LOGIN through v2; returns the LOGIN_ACK.
+    /// LOGIN through v2, asserting success. v2 sends the inbox backlog as
+    /// pushes right after the LOGIN_ACK (its `offlinemsg` is empty); the
+    /// server writes all of it before it answers the next request, so a
+    /// PING after the LOGIN collects it. The backlog (pushes with `seq` up
+    /// to the ACK's) is put in the returned ACK's `offline` and confirmed
+    /// with DELIVERED, as a client does once it has shown them.
     pub async fn login(&mut self, id: i64, password: &str) -> LoginAck {
-        match self.call(&req::login(id, password)).await {
+        let ack = match self.call(&req::login(id, password)).await {
             Reply::LoginOk(ack) => *ack,
             other => panic!("login {id}: {other:?}"),
+        };
+        self.collect_backlog(ack).await
+    }
+
+    /// LOGIN resuming after `since`, as [`login`](Client::login): the client
+    /// holds every inbox message up to it.
+    pub async fn login_since(&mut self, id: i64, password: &str, since: i64) -> LoginAck {
+        let request = Request::Login(Login {
+            since: Some(since),
+            ..Login::with_password(id, password)
+        });
+        let ack = match self.call(&request).await {
+            Reply::LoginOk(ack) => *ack,
+            other => panic!("login {id}: {other:?}"),
+        };
+        self.collect_backlog(ack).await
+    }
+
+    /// LOGIN with a token (and `since`), as [`login`](Client::login).
+    pub async fn login_with_token(&mut self, id: i64, token: &str, since: Option<i64>) -> LoginAck {
+        let request = Request::Login(Login {
+            id,
+            credential: Credential::Token(token.into()),
+            since,
+        });
+        let ack = match self.call(&request).await {
+            Reply::LoginOk(ack) => *ack,
+            other => panic!("token login {id}: {other:?}"),
+        };
+        self.collect_backlog(ack).await
+    }
+
+    async fn collect_backlog(&mut self, mut ack: LoginAck) -> LoginAck {
+        let upto = ack.seq.unwrap_or(0);
+        self.call(&req::ping()).await;
+        let mut rest = VecDeque::new();
+        for frame in std::mem::take(&mut self.pending) {
+            match typed(&frame).frame {
+                ServerFrame::Chat(chat) if chat.seq.is_some_and(|seq| seq <= upto) => {
+                    ack.offline.push(chat)
+                }
+                _ => rest.push_back(frame),
+            }
         }
+        self.pending = rest;
+        if let Some(last) = ack.offline.last().and_then(|chat| chat.seq) {
+            self.delivered(last).await;
+        }
+        ack
+    }
+
+    /// DELIVERED up to `seq` (no reply unless refused).
+    pub async fn delivered(&mut self, seq: i64) {
+        self.send_v2(&Request::Delivered(Delivered { seq })).await;
     }
 
     /// ONE_CHAT through v2, asserting success; returns its `mid`.

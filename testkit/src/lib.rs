@@ -22,6 +22,7 @@ pub mod fake_server;
 pub mod lb;
 pub mod nginx;
 pub mod redis;
+pub mod resume;
 pub mod run;
 #[cfg(feature = "chatserver")]
 pub mod server;

@@ -162,6 +162,24 @@ impl ChatServer {
         count
     }
 
+    /// Waits (within [`WAIT`](crate::WAIT)) until `sql`'s count is
+    /// `expected`: for rows the server changes after it replied, such as
+    /// inbox rows removed once DELIVERED is written.
+    pub async fn count_becomes(&self, sql: &str, expected: i64) {
+        let deadline = tokio::time::Instant::now() + crate::WAIT;
+        loop {
+            let count = self.count(sql).await;
+            if count == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sql}: {count}, expected {expected}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Clean shutdown: stops listening (new connects are refused), closes
     /// its sessions, records their users offline; bounded.
     pub async fn stop(mut self) {

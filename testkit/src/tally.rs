@@ -9,6 +9,7 @@ use protocol::Chat;
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
     counts: BTreeMap<u32, u32>,
+    last_seq: i64,
 }
 
 impl Tally {
@@ -19,6 +20,12 @@ impl Tally {
     /// Counts one copy of `chat`; panics if its text is not a number.
     pub fn add(&mut self, chat: &Chat) {
         *self.counts.entry(number(chat)).or_default() += 1;
+        self.last_seq = self.last_seq.max(chat.seq.unwrap_or(0));
+    }
+
+    /// The highest inbox `seq` seen: what a resuming client sends as `since`.
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
     }
 
     pub fn add_all<'a>(&mut self, chats: impl IntoIterator<Item = &'a Chat>) {

@@ -126,7 +126,7 @@ pub async fn run(bench: &Bench, members: usize) -> anyhow::Result<Vec<RunReport>
 
 /// Creates the group over a v2 connection as its first member (v1 gives no
 /// group id back) and logs out again.
-async fn create_group(bench: &Bench, users: &[User]) -> anyhow::Result<i64> {
+pub(crate) async fn create_group(bench: &Bench, users: &[User]) -> anyhow::Result<i64> {
     let limit = bench.common.timeout.max(Duration::from_secs(30));
     let mut admin = Conn::connect(bench.server(0), bench.source(0), Version::V2).await?;
     admin

@@ -1,6 +1,7 @@
 //! Offline delivery: M messages sent back to back to a user who is not
-//! logged in, then that user logs in; the messages in its LOGIN_ACK (and
-//! any pushed right after) are counted and their order checked.
+//! logged in, then that user logs in; the messages in its LOGIN_ACK (v1)
+//! and those pushed right after it (v2: all of them) are counted and their
+//! order checked.
 
 use std::time::Duration;
 
@@ -64,18 +65,30 @@ pub async fn run(bench: &Bench, messages: usize) -> anyhow::Result<Vec<RunReport
         let cpu = bench.used_since(&start);
         let mut seqs: Vec<u64> = offline_seqs(&ack, &mut errors);
         let in_ack = seqs.len();
+        // v2: the inbox follows the LOGIN_ACK as pushes; confirmed at the end.
+        let mut inbox_seq = 0;
         loop {
             match receiver.recv_timeout(AFTER_LOGIN).await {
-                Ok(frame) => match chat_seq(&frame) {
-                    Ok(seq) => seqs.extend(seq),
-                    Err(e) => errors.add(e.kind()),
-                },
+                Ok(frame) => {
+                    if let Ok(ServerFrame::Chat(chat)) = parse(&frame) {
+                        inbox_seq = inbox_seq.max(chat.seq.unwrap_or(0));
+                    }
+                    match chat_seq(&frame) {
+                        Ok(seq) => seqs.extend(seq),
+                        Err(e) => errors.add(e.kind()),
+                    }
+                }
                 Err(BenchError::Timeout) => break,
                 Err(e) => {
                     errors.add(e.kind());
                     break;
                 }
             }
+        }
+        if inbox_seq > 0 {
+            receiver
+                .send(&Request::Delivered(protocol::Delivered { seq: inbox_seq }))
+                .await?;
         }
         receiver.logout(receiver_user.id, limit).await?;
         drop(receiver);

@@ -43,21 +43,15 @@ impl Bus {
         }
     }
 
-    /// Hands a push to the servers holding `users`; returns those nobody took.
-    pub async fn hand_off(&self, users: &[i64], pushed: &Pushed) -> Vec<i64> {
-        match self {
-            Bus::Redis(redis) if !users.is_empty() => {
-                redis.hand_off(users, pushed.mid(), pushed.payload()).await
+    /// Tells the servers holding these (receiver, seq) pairs of a stored
+    /// message. Best effort: a receiver not reached reads its inbox later.
+    pub async fn notify(&self, deliveries: &[(i64, i64)], pushed: &Pushed) {
+        if let Bus::Redis(redis) = self {
+            if !deliveries.is_empty() {
+                redis
+                    .hand_off(deliveries, pushed.mid(), pushed.payload())
+                    .await;
             }
-            _ => users.to_vec(),
-        }
-    }
-
-    /// Asks the servers holding `users` to read their offline messages again.
-    pub async fn request_sweep(&self, users: &[i64]) -> Result<(), BusError> {
-        match self {
-            Bus::Redis(redis) if !users.is_empty() => redis.request_sweep(users).await,
-            _ => Ok(()),
         }
     }
 

@@ -9,9 +9,12 @@
 //!   after the server's last heartbeat, so a killed server's users are free
 //!   again within a lease, and a user key whose owner is not alive is free.
 //! - `node:{n}` leases the server number used in message ids.
-//! - channel `server:{token}` carries pushes (`P {mid} {ids}\n{json}`) and
-//!   offline-sweep requests (`S {ids}`) to one server; channel `cluster`
-//!   carries group-membership changes (`G {group id}`) to all.
+//! - channel `server:{token}` carries notifications of stored messages
+//!   (`P {mid} {user}:{seq},...\n{json}`) to one server; channel `cluster`
+//!   carries group-membership changes (`G {group id}`) to all. Both are only
+//!   notifications: the messages are in the database, and a server that
+//!   may have missed some (its subscription was cut) has its sessions read
+//!   their inboxes.
 //!
 //! The token is the server name plus a random suffix, so a server restarted
 //! under the same name never mistakes its predecessor's keys for its own.
@@ -31,9 +34,9 @@ use crate::mid::MAX_NODE;
 /// Every Redis call is bounded: a hung Redis must not hang a request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a user's server, learned from a hand-off, is trusted without a
-/// new lookup. A stale entry costs only time: the server that gets a push
-/// for a user it no longer holds stores it and asks for a sweep, so the
-/// message still arrives once.
+/// new lookup. A stale entry costs nothing: the message is in the user's
+/// inbox, and a server that no longer holds the user ignores the
+/// notification.
 const LOCATION_TTL: Duration = Duration::from_secs(5);
 /// Known locations kept before the cache is emptied and refilled.
 const LOCATION_CACHE_MAX: usize = 200_000;
@@ -316,15 +319,17 @@ impl RedisBus {
             .collect())
     }
 
-    /// Hands a push to the servers holding `users`; returns those no live
-    /// server took (logged in nowhere, their server unreachable, or Redis
-    /// away). Users whose server is known from a recent hand-off get a plain
-    /// PUBLISH to it; the others go through the lookup script.
-    pub async fn hand_off(&self, users: &[i64], mid: i64, payload: &str) -> Vec<i64> {
+    /// Publishes a notification to the servers holding these receivers.
+    /// Receivers whose server is known from a recent hand-off get a plain
+    /// PUBLISH to it; the others go through the lookup script. Receivers no
+    /// server took are logged out or unreachable: their inbox has the message.
+    pub async fn hand_off(&self, deliveries: &[(i64, i64)], mid: i64, payload: &str) {
         let head = format!("P {mid}");
-        let (known, mut unknown) = self.recent_locations(users);
+        let seqs: HashMap<i64, i64> = deliveries.iter().copied().collect();
+        let users: Vec<i64> = deliveries.iter().map(|(user, _)| *user).collect();
+        let (known, mut unknown) = self.recent_locations(&users);
         for (server, ids) in known {
-            let frame = format!("{head} {}\n{}", join_ids(&ids), payload);
+            let frame = format!("{head} {}\n{}", join_deliveries(&ids, &seqs), payload);
             let mut conn = self.conn();
             let channel = format!("{}server:{server}", self.prefix);
             let published = self
@@ -339,27 +344,26 @@ impl RedisBus {
             }
         }
         if unknown.is_empty() {
-            return Vec::new();
+            return;
         }
-        match self.fan_out_frame(&unknown, &head, payload).await {
+        let labels: Vec<String> = unknown
+            .iter()
+            .map(|user| format!("{user}:{}", seqs.get(user).copied().unwrap_or(0)))
+            .collect();
+        match self.fan_out_frame(&unknown, &labels, &head, payload).await {
             Ok(servers) => {
-                let mut not_taken = Vec::new();
                 let mut locations = self.locations.lock().expect("locations lock");
                 if locations.len() > LOCATION_CACHE_MAX {
                     locations.clear();
                 }
                 for (user, server) in unknown.into_iter().zip(servers) {
-                    if server.is_empty() {
-                        not_taken.push(user);
-                    } else {
+                    if !server.is_empty() {
                         locations.insert(user, (server.into(), Instant::now()));
                     }
                 }
-                not_taken
             }
             Err(error) => {
-                tracing::warn!(%error, "cluster unavailable; storing messages for other servers' users");
-                unknown
+                tracing::debug!(%error, "cluster unavailable; receivers elsewhere read their inboxes later");
             }
         }
     }
@@ -391,27 +395,26 @@ impl RedisBus {
         }
     }
 
-    /// Asks the servers holding `users` to read their offline messages again.
-    pub async fn request_sweep(&self, users: &[i64]) -> Result<(), BusError> {
-        self.fan_out_frame(users, "S", "").await.map(drop)
-    }
-
     /// Per user, the server that took the frame ("" when none did).
+    /// `labels` are what the frame lists for each user.
     async fn fan_out_frame(
         &self,
         users: &[i64],
+        labels: &[String],
         head: &str,
         body: &str,
     ) -> Result<Vec<String>, BusError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        self.guarded(self.fan_out_now(users, head, body)).await
+        self.guarded(self.fan_out_now(users, labels, head, body))
+            .await
     }
 
     async fn fan_out_now(
         &self,
         users: &[i64],
+        labels: &[String],
         head: &str,
         body: &str,
     ) -> Result<Vec<String>, BusError> {
@@ -420,8 +423,8 @@ impl RedisBus {
             invocation.key(self.user_key(*user));
         }
         invocation.arg(&self.prefix).arg(head).arg(body);
-        for user in users {
-            invocation.arg(*user);
+        for label in labels {
+            invocation.arg(label);
         }
         let mut conn = self.conn();
         bounded(async move { invocation.invoke_async(&mut conn).await }).await
@@ -468,25 +471,32 @@ pub(crate) async fn bounded<T>(
 /// One frame of the cluster protocol described in the module docs.
 #[derive(Debug, PartialEq)]
 pub(crate) enum BusFrame<'a> {
+    /// A stored message: each receiver with its seq.
     Push {
         mid: i64,
-        users: Vec<i64>,
+        deliveries: Vec<(i64, i64)>,
         payload: &'a str,
-    },
-    Sweep {
-        users: Vec<i64>,
     },
     GroupChanged {
         group: i64,
     },
 }
 
-fn join_ids(ids: &[i64]) -> String {
-    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+fn join_deliveries(users: &[i64], seqs: &HashMap<i64, i64>) -> String {
+    users
+        .iter()
+        .map(|user| format!("{user}:{}", seqs.get(user).copied().unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-fn parse_ids(text: &str) -> Option<Vec<i64>> {
-    text.split(',').map(|id| id.parse().ok()).collect()
+fn parse_deliveries(text: &str) -> Option<Vec<(i64, i64)>> {
+    text.split(',')
+        .map(|pair| {
+            let (user, seq) = pair.split_once(':')?;
+            Some((user.parse().ok()?, seq.parse().ok()?))
+        })
+        .collect()
 }
 
 pub(crate) fn parse_bus_frame(bytes: &[u8]) -> Option<BusFrame<'_>> {
@@ -496,11 +506,8 @@ pub(crate) fn parse_bus_frame(bytes: &[u8]) -> Option<BusFrame<'_>> {
     match words.next()? {
         "P" => Some(BusFrame::Push {
             mid: words.next()?.parse().ok()?,
-            users: parse_ids(words.next()?)?,
+            deliveries: parse_deliveries(words.next()?)?,
             payload: body,
-        }),
-        "S" => Some(BusFrame::Sweep {
-            users: parse_ids(words.next()?)?,
         }),
         "G" => Some(BusFrame::GroupChanged {
             group: words.next()?.parse().ok()?,
@@ -516,23 +523,20 @@ mod tests {
     #[test]
     fn cluster_frames_parse() {
         assert_eq!(
-            parse_bus_frame(b"P 42 1,2,3\n{\"msg\":\"a\nb\"}"),
+            parse_bus_frame(b"P 42 1:5,2:1,3:9\n{\"msg\":\"a\nb\"}"),
             Some(BusFrame::Push {
                 mid: 42,
-                users: vec![1, 2, 3],
+                deliveries: vec![(1, 5), (2, 1), (3, 9)],
                 payload: "{\"msg\":\"a\nb\"}"
             })
         );
-        assert_eq!(
-            parse_bus_frame(b"S 7"),
-            Some(BusFrame::Sweep { users: vec![7] })
-        );
+        assert_eq!(parse_bus_frame(b"P 42 1,2\n{}"), None, "seq missing");
         assert_eq!(
             parse_bus_frame(b"G 9"),
             Some(BusFrame::GroupChanged { group: 9 })
         );
         assert_eq!(parse_bus_frame(b"P x 1\n{}"), None);
-        assert_eq!(parse_bus_frame(b"S 1,a"), None);
+        assert_eq!(parse_bus_frame(b"S 1"), None);
         assert_eq!(parse_bus_frame(b"Z"), None);
     }
 }

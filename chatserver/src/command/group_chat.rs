@@ -1,11 +1,13 @@
-//! GROUP_CHAT: one message, serialized once, to every other member.
+//! GROUP_CHAT: one message, stored once, referenced from every other
+//! member's inbox.
 
 use protocol::{Errno, MsgId, Reply, SendChat};
 
-use super::{refuse, send_chat, server_error, User};
+use super::{logged_in, refuse, send_chat, server_error, SessionState};
 use crate::context::Context;
 
-pub async fn apply(ctx: &Context, user: &User, group: i64, chat: SendChat) -> Reply {
+pub async fn apply(ctx: &Context, session: &SessionState, group: i64, chat: SendChat) -> Reply {
+    let user = logged_in(session);
     let members = match ctx.directory.group_members(group).await {
         Ok(Some(members)) => members,
         Ok(None) => return refuse(MsgId::GroupChat, Errno::NotFound, "no such group"),
@@ -23,5 +25,5 @@ pub async fn apply(ctx: &Context, user: &User, group: i64, chat: SendChat) -> Re
         .copied()
         .filter(|&id| id != user.id)
         .collect();
-    send_chat(ctx, user, chat, &receivers).await
+    send_chat(ctx, session, user, chat, receivers).await
 }

@@ -1,15 +1,11 @@
-//! LOGIN: check the password, claim the user on this server, and answer
-//! with friends, groups and the offline messages.
+//! LOGIN: check the password or token, claim the user on this server, and
+//! answer with friends and groups; then the session streams the inbox.
 //!
-//! Exactly-once delivery around a login: the session is registered *before*
-//! the offline messages are read, so a message sent after that is pushed
-//! into the mailbox (and written after the LOGIN_ACK, since the session
-//! writes the ACK before it reads its mailbox again). A sender that found
-//! the user offline stores the message and then looks again; if the user is
-//! registered by then it asks the session for a second read
-//! (`Outbound::SweepOffline`). Rows are deleted only after they were written,
-//! and reads and deletes run one after another in the session, so no row is
-//! written twice.
+//! Exactly once around a login: the session is registered (here and in the
+//! cluster) *before* the inbox counters are read, so a message stored after
+//! that read is also pushed to the session's mailbox, and one stored before
+//! it is read from the inbox. The session drops pushes at or below what it
+//! has written (`seq`), and reads the inbox again when it sees a gap.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,13 +16,14 @@ use protocol::{
     Version, MAX_PASSWORD_BYTES, V1_READ_SIZE,
 };
 
-use super::{refuse, server_error, AfterWrite, Outcome, SessionState, User};
+use super::{refuse, server_error, AfterWrite, InboxCursor, Outcome, SessionState, User};
 use crate::context::Context;
 use crate::error::Unavailable;
 use crate::mailbox::mailbox;
 use crate::rate_limit::PER_CONNECTION;
 use crate::refusals::Refusal;
 use crate::store::GroupMemberRow;
+use crate::tokens::{new_token, token_hash};
 
 pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> Outcome {
     let id = login.id;
@@ -47,7 +44,11 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
         ctx.refusals.note(Refusal::LoginRate, session.peer_ip);
         return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
     };
-    let name = match check_password(ctx, id, login.credential).await {
+    let presented_token = match &login.credential {
+        Credential::Token(token) => Some(token.clone()),
+        Credential::Password(_) => None,
+    };
+    let name = match authenticate(ctx, id, login.credential).await {
         Ok(Some(name)) => {
             ctx.guard.logins.succeeded(attempt).await;
             name
@@ -59,7 +60,11 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
         }
         Err(error) => return server_error(MsgId::Login, error).into(),
     };
-    let (handle, mailbox) = mailbox(session.conn_id, ctx.limits.outbound_queue);
+    let (handle, mailbox) = mailbox(
+        session.conn_id,
+        ctx.limits.outbound_queue,
+        ctx.limits.outbound_queue_bytes,
+    );
     if !ctx.registry.claim(id, handle) {
         return Reply::error(Some(MsgId::Login), Errno::AlreadyLoggedIn).into();
     }
@@ -77,8 +82,21 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
         ctx.registry.release(id, session.conn_id);
         return Reply::error(Some(MsgId::Login), errno).into();
     }
-    let login = match load_login(ctx, id, name.clone()).await {
-        Ok(login) => login,
+    let version = session.version;
+    let loaded = async {
+        let mut ack = load_login(ctx, id, name.clone()).await?;
+        let token = match (version, presented_token) {
+            (Version::V1, _) => None,
+            (Version::V2, Some(token)) => Some(token),
+            (Version::V2, None) => Some(issue_token(ctx, id).await?),
+        };
+        let cursor = read_inbox_start(ctx, id, version, login.since, &mut ack).await?;
+        ack.token = token;
+        Ok::<_, Unavailable>((ack, cursor))
+    }
+    .await;
+    let (ack, cursor) = match loaded {
+        Ok(loaded) => loaded,
         Err(error) => {
             ctx.registry.release(id, session.conn_id);
             ctx.bus.release(id).await;
@@ -88,35 +106,90 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
     ctx.directory.remember_name(id, name.clone());
     session.user = Some(User { id, name });
     session.mailbox = Some(mailbox);
+    session.inbox = cursor;
+    session.token_hash = ack.token.as_deref().map(token_hash);
     tracing::Span::current().record("user", id);
     tracing::info!("logged in");
-    let (mut ack, mut row_ids) = login;
-    let after_write = if session.version == Version::V1 {
-        // The original client reads 1024 bytes at most: what does not fit
-        // stays stored and is pushed right after the ACK, paced.
-        let pushed_after = ack.fit_v1(V1_READ_SIZE);
-        if pushed_after.is_empty() {
-            AfterWrite::DeleteOffline(row_ids)
-        } else {
-            row_ids.truncate(ack.offline.len());
-            AfterWrite::DeleteOfflineThenSweep(row_ids)
-        }
-    } else {
-        AfterWrite::DeleteOffline(row_ids)
-    };
     Outcome {
         reply: Reply::LoginOk(Box::new(ack)),
-        after_write,
+        after_write: AfterWrite::ReadInbox,
     }
 }
 
-/// Everything the LOGIN_ACK carries, and the offline rows it includes.
-async fn load_login(
+/// Inbox messages a v1 LOGIN_ACK may carry (it must stay under 1024 bytes,
+/// so a few at most); the rest follow as paced pushes.
+const V1_ACK_MESSAGES: u32 = 16;
+
+/// Where the session starts in the inbox. v2: after `since` (which also
+/// confirms everything up to it) or after the confirmed cursor; the ACK
+/// carries the newest seq. v1: the first messages go in the ACK's
+/// `offlinemsg`, as many as fit in one read of the original client.
+async fn read_inbox_start(
     ctx: &Context,
     id: i64,
-    name: Arc<str>,
-) -> Result<(LoginAck, Vec<i64>), Unavailable> {
-    ctx.store.set_online(&[id], true).await?;
+    version: Version,
+    since: Option<i64>,
+    ack: &mut LoginAck,
+) -> Result<InboxCursor, Unavailable> {
+    let counters = ctx.store.inbox_counters(id).await?;
+    match version {
+        Version::V2 => {
+            let held = since.unwrap_or(0).clamp(
+                counters.delivered_seq,
+                counters.last_seq.max(counters.delivered_seq),
+            );
+            if held > counters.delivered_seq {
+                ctx.writer.confirm(id, held).await;
+            }
+            ack.seq = Some(counters.last_seq);
+            Ok(InboxCursor {
+                written: held,
+                confirmed: held,
+            })
+        }
+        Version::V1 => {
+            let first = ctx
+                .store
+                .inbox_after(id, counters.delivered_seq, V1_ACK_MESSAGES)
+                .await?;
+            let mut seqs = Vec::with_capacity(first.len());
+            for stored in first {
+                match Chat::from_json(&stored.body) {
+                    Ok(chat) => {
+                        seqs.push(stored.seq);
+                        ack.offline.push(chat);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, seq = stored.seq, "unreadable inbox message left out")
+                    }
+                }
+            }
+            ack.fit_v1(V1_READ_SIZE);
+            let written = match ack.offline.len() {
+                0 => counters.delivered_seq,
+                n => seqs[n - 1],
+            };
+            Ok(InboxCursor {
+                written,
+                confirmed: counters.delivered_seq,
+            })
+        }
+    }
+}
+
+/// A new token for a v2 login, stored hashed.
+async fn issue_token(ctx: &Context, id: i64) -> Result<String, Unavailable> {
+    let token = new_token();
+    let expires_at = chrono::Utc::now().timestamp_millis() + ctx.token_ttl.as_millis() as i64;
+    ctx.store
+        .insert_token(&token_hash(&token), id, expires_at)
+        .await?;
+    Ok(token)
+}
+
+/// Friends and groups with presence; the inbox is read separately.
+async fn load_login(ctx: &Context, id: i64, name: Arc<str>) -> Result<LoginAck, Unavailable> {
+    ctx.writer.presence(id, true).await;
     let friends = ctx.store.friends(id).await?;
     let members = ctx.store.groups_of(id).await?;
     let mut ids: Vec<i64> = friends.iter().map(|(id, _)| *id).collect();
@@ -141,32 +214,16 @@ async fn load_login(
         })
         .collect();
     let groups = group_entries(members, presence);
-    let mut row_ids = Vec::new();
-    let mut offline = Vec::new();
-    for stored in ctx.store.offline_messages(id).await? {
-        match Chat::from_json(&stored.payload) {
-            Ok(chat) => {
-                row_ids.push(stored.row_id);
-                offline.push(chat);
-            }
-            // Only our own JSON is stored; a row that does not read back
-            // stays stored (and logged) rather than be deleted unseen.
-            Err(error) => {
-                tracing::error!(%error, row = stored.row_id, "unreadable offline message")
-            }
-        }
-    }
-    let login = LoginAck {
+    Ok(LoginAck {
         id,
         name: name.to_string(),
         friends,
         groups,
-        offline,
+        offline: Vec::new(),
         skipped: 0,
         seq: None,
         token: None,
-    };
-    Ok((login, row_ids))
+    })
 }
 
 /// Folds one row per (group, member) into groups with their member lists.
@@ -189,15 +246,32 @@ fn group_entries(rows: Vec<GroupMemberRow>, presence: impl Fn(i64) -> Presence) 
     groups.into_values().collect()
 }
 
-/// The user's name when the password is right.
-async fn check_password(
+/// The user's name when the password or token is right. A token costs no
+/// password hashing; it must belong to `id` and not have expired.
+async fn authenticate(
     ctx: &Context,
     id: i64,
     credential: Credential,
 ) -> Result<Option<Arc<str>>, Unavailable> {
-    let Credential::Password(password) = credential else {
-        return Ok(None);
-    };
+    match credential {
+        Credential::Password(password) => check_password(ctx, id, password).await,
+        Credential::Token(token) => {
+            let now = chrono::Utc::now().timestamp_millis();
+            match ctx.store.token_owner(&token_hash(&token)).await? {
+                Some((owner, expires_at)) if owner == id && expires_at > now => {
+                    Ok(ctx.store.user_name(id).await?.map(Into::into))
+                }
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
+async fn check_password(
+    ctx: &Context,
+    id: i64,
+    password: String,
+) -> Result<Option<Arc<str>>, Unavailable> {
     if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
         return Ok(None);
     }

@@ -4,34 +4,35 @@ use protocol::Reply;
 
 use super::SessionState;
 use crate::context::Context;
-use crate::delivery::store_for_later;
 
+/// LOGOUT ends the login and revokes the session's token: a client that
+/// logs out means to need the password next time.
 pub async fn apply(ctx: &Context, session: &mut SessionState) -> Reply {
+    if let Some(hash) = session.token_hash.take() {
+        if let Err(error) = ctx.store.delete_token(&hash).await {
+            tracing::warn!(%error, "could not revoke the session's token");
+        }
+    }
     end_login(ctx, session).await;
     Reply::DONE
 }
 
-/// Takes the user off this server: unregisters the session so new messages
-/// go to storage, stores what was queued but never written, and records the
-/// user offline. Used by LOGOUT, disconnects, slow receivers and shutdown.
+/// Takes the user off this server: unregisters the session and records the
+/// user offline. What was queued but not written stays in the user's inbox
+/// (messages are stored before they are queued). Used by LOGOUT,
+/// disconnects and shutdown.
 pub async fn end_login(ctx: &Context, session: &mut SessionState) {
     let Some(user) = session.user.take() else {
         return;
     };
+    if let Some(mut mailbox) = session.mailbox.take() {
+        mailbox.close();
+    }
+    // The session's DELIVERED confirmations (and its presence) are
+    // committed before the login is free again, so the user's next login
+    // starts after them.
+    ctx.writer.presence(user.id, false).await;
+    ctx.writer.flush().await;
     ctx.registry.release(user.id, session.conn_id);
     ctx.bus.release(user.id).await;
-    if let Some(mailbox) = session.mailbox.take() {
-        let undelivered = mailbox.close_and_drain();
-        if let Err(error) = store_for_later(ctx, &[user.id], &undelivered).await {
-            tracing::error!(%error, lost = undelivered.len(), "could not store undelivered messages");
-        } else if !undelivered.is_empty() {
-            tracing::info!(
-                stored = undelivered.len(),
-                "undelivered messages stored offline"
-            );
-        }
-    }
-    if let Err(error) = ctx.store.set_online(&[user.id], false).await {
-        tracing::warn!(%error, "could not record the user offline");
-    }
 }

@@ -5,10 +5,11 @@
 mod add_friend;
 mod add_group;
 mod create_group;
+mod delivered;
 mod group_chat;
+mod history;
 mod login;
 mod logout;
-pub mod offline;
 mod one_chat;
 mod register;
 
@@ -19,10 +20,13 @@ use std::sync::Arc;
 use protocol::{Ack, Chat, ChatTarget, Errno, MsgId, Reply, Request, SendChat, Version};
 
 use crate::context::Context;
-use crate::delivery::deliver;
+use crate::delivery::notify;
 use crate::error::Unavailable;
 use crate::mailbox::{Mailbox, Pushed};
 use crate::rate_limit::Failures;
+use crate::refusals::Refusal;
+use crate::store::NewMessage;
+use crate::writer::{SendJob, SendOutcome};
 
 pub use logout::end_login;
 
@@ -44,6 +48,21 @@ pub struct SessionState {
     /// Present while logged in: where other sessions' messages arrive.
     pub mailbox: Option<Mailbox>,
     pub login_failures: Failures,
+    /// Where this session is in its user's inbox.
+    pub inbox: InboxCursor,
+    /// The hash of the token this login holds, revoked by LOGOUT.
+    pub token_hash: Option<String>,
+}
+
+/// A session's position in its user's inbox.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InboxCursor {
+    /// Highest seq written to the socket (or held by the client at login):
+    /// a push at or below it is a duplicate, one above `written + 1` means a
+    /// gap to read from the inbox.
+    pub written: i64,
+    /// Highest seq confirmed to the writer.
+    pub confirmed: i64,
 }
 
 impl SessionState {
@@ -55,6 +74,8 @@ impl SessionState {
             user: None,
             mailbox: None,
             login_failures: Failures::default(),
+            inbox: InboxCursor::default(),
+            token_hash: None,
         }
     }
 }
@@ -64,11 +85,10 @@ impl SessionState {
 pub enum AfterWrite {
     #[default]
     Nothing,
-    /// Offline messages that were written: remove them from storage.
-    DeleteOffline(Vec<i64>),
-    /// Offline messages in the reply were written: remove them, then push
-    /// the ones that did not fit in it (a v1 LOGIN_ACK stays under 1024 bytes).
-    DeleteOfflineThenSweep(Vec<i64>),
+    /// The LOGIN_ACK is written: confirm the inbox up to the cursor's
+    /// `written` (v1 carries the first messages in the ACK), then stream
+    /// the rest of the inbox.
+    ReadInbox,
 }
 
 #[derive(Debug)]
@@ -115,6 +135,10 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) 
     }
     match request {
         Request::Login(login) => login::apply(ctx, session, login).await,
+        Request::Delivered(delivered) => delivered::apply(ctx, session, delivered.seq).await.into(),
+        Request::History(history) => history::apply(ctx, logged_in(session), history)
+            .await
+            .into(),
         Request::Register(register) => register::apply(ctx, register.name, register.password)
             .await
             .into(),
@@ -125,10 +149,8 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) 
         .into(),
         Request::Logout(_) => logout::apply(ctx, session).await.into(),
         Request::Chat(chat) => match chat.target {
-            ChatTarget::User(to) => one_chat::apply(ctx, logged_in(session), to, chat).await,
-            ChatTarget::Group(group) => {
-                group_chat::apply(ctx, logged_in(session), group, chat).await
-            }
+            ChatTarget::User(to) => one_chat::apply(ctx, session, to, chat).await,
+            ChatTarget::Group(group) => group_chat::apply(ctx, session, group, chat).await,
         }
         .into(),
         Request::AddFriend(add) => add_friend::apply(ctx, logged_in(session), add.friend)
@@ -142,9 +164,6 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) 
         Request::AddGroup(add) => add_group::apply(ctx, logged_in(session), add.group)
             .await
             .into(),
-        Request::Delivered(_) | Request::History(_) => {
-            refuse(msgid, Errno::BadRequest, "not supported yet").into()
-        }
     }
 }
 
@@ -156,15 +175,23 @@ fn logged_in(session: &SessionState) -> &User {
         .expect("apply() refuses these requests before login")
 }
 
-/// Stamps a chat message (id, server time), serializes it once and
-/// delivers it to `receivers`; the v2 ACK carries its `mid`.
+/// Stamps a chat message (id, server time), serializes it once, stores it
+/// in every receiver's inbox and only then tells them; the ACK carries its
+/// `mid` and `ts`. A repeated `cid` gets the first message's ACK.
 pub(crate) async fn send_chat(
     ctx: &Context,
+    session: &SessionState,
     user: &User,
     chat: SendChat,
-    receivers: &[i64],
+    receivers: Vec<i64>,
 ) -> Reply {
+    let msgid = chat.target.msgid();
+    let (conversation, refuse_when_full) = match chat.target {
+        ChatTarget::User(to) => (format!("u:{}:{}", user.id.min(to), user.id.max(to)), true),
+        ChatTarget::Group(group) => (format!("g:{group}"), false),
+    };
     let mid = ctx.mids.next();
+    let ts = chrono::Utc::now().timestamp_millis();
     let time = chat
         .time
         .unwrap_or_else(|| chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string());
@@ -175,15 +202,53 @@ pub(crate) async fn send_chat(
         msg: chat.msg,
         time,
         mid: Some(mid),
-        ts: Some(chrono::Utc::now().timestamp_millis()),
+        ts: Some(ts),
         seq: None,
     };
     let pushed = Pushed::new(&push);
-    match deliver(ctx, receivers, &pushed).await {
-        Ok(()) => Reply::Done(Ack {
+    let job = SendJob {
+        message: NewMessage {
+            mid,
+            sender_id: user.id,
+            conversation,
+            cid: chat.cid,
+            body: pushed.payload().clone(),
+        },
+        receivers,
+        refuse_when_full,
+    };
+    match ctx.writer.send(job).await {
+        Ok(SendOutcome::Stored {
+            deliveries,
+            skipped_full,
+        }) => {
+            if !skipped_full.is_empty() {
+                ctx.refusals.note(Refusal::InboxFull, session.peer_ip);
+                tracing::warn!(
+                    skipped = ?skipped_full,
+                    "group message not stored for members whose inbox is full"
+                );
+            }
+            notify(ctx, &pushed, &deliveries).await;
+            Reply::Done(Ack {
+                mid: Some(mid),
+                ts: Some(ts),
+                ..Ack::default()
+            })
+        }
+        Ok(SendOutcome::Duplicate { mid, body }) => Reply::Done(Ack {
             mid: Some(mid),
+            ts: Chat::from_json(&body).ok().and_then(|chat| chat.ts),
             ..Ack::default()
         }),
-        Err(error) => server_error(chat.target.msgid(), error),
+        Ok(SendOutcome::InboxFull) => {
+            ctx.refusals.note(Refusal::InboxFull, session.peer_ip);
+            refuse(
+                msgid,
+                Errno::RateLimited,
+                "the receiver has too many undelivered messages",
+            )
+        }
+        Err(error) => server_error(msgid, error),
     }
 }

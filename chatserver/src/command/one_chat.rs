@@ -1,11 +1,11 @@
-//! ONE_CHAT: a message to one user, pushed now or stored for their next login.
+//! ONE_CHAT: a message to one user, stored in their inbox, then pushed.
 
 use protocol::{Errno, MsgId, Reply, SendChat};
 
-use super::{refuse, send_chat, server_error, User};
+use super::{logged_in, refuse, send_chat, server_error, SessionState};
 use crate::context::Context;
 
-pub async fn apply(ctx: &Context, user: &User, to: i64, chat: SendChat) -> Reply {
+pub async fn apply(ctx: &Context, session: &SessionState, to: i64, chat: SendChat) -> Reply {
     if !ctx.registry.is_online(to) {
         match ctx.directory.user_name(to).await {
             Ok(Some(_)) => {}
@@ -13,5 +13,5 @@ pub async fn apply(ctx: &Context, user: &User, to: i64, chat: SendChat) -> Reply
             Err(error) => return server_error(MsgId::OneChat, error),
         }
     }
-    send_chat(ctx, user, chat, &[to]).await
+    send_chat(ctx, session, logged_in(session), chat, vec![to]).await
 }

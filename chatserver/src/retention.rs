@@ -1,0 +1,103 @@
+//! The background purge: messages older than the retention period leave
+//! history, undelivered inbox rows of that age leave the inbox (their
+//! receivers' counters shrink with them), expired tokens go. Work is done
+//! in small chunks with a pause between them, so the purge never holds the
+//! database for long and never blocks traffic.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::StoreError;
+use crate::mid::first_mid_at;
+use crate::store::Store;
+
+/// Rows per statement.
+const CHUNK: u32 = 500;
+/// Pause between chunks.
+const BREATHER: Duration = Duration::from_millis(50);
+/// How often the purge runs.
+const PERIOD: Duration = Duration::from_secs(600);
+
+/// Runs until `stop`: once soon after start, then every `PERIOD`.
+pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {
+    let mut wait = Duration::from_secs(2);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = PERIOD;
+        match purge(&store, retention, &stop).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "retention purge done"),
+            Err(error) => tracing::warn!(%error, "retention purge failed; retried later"),
+        }
+    }
+}
+
+/// One full pass; returns the rows removed.
+pub async fn purge(
+    store: &Store,
+    retention: Duration,
+    stop: &CancellationToken,
+) -> Result<u64, StoreError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let cutoff = first_mid_at(now - retention.as_millis() as i64);
+    let mut removed = 0;
+    loop {
+        let rows = store.expired_inbox_rows(cutoff, CHUNK).await?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut freed: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        for row in &rows {
+            let entry = freed.entry(row.user_id).or_default();
+            entry.0 += 1;
+            entry.1 += row.size;
+        }
+        let users: Vec<i64> = freed.keys().copied().collect();
+        let mut tx = store.begin_writes().await?;
+        let mut counters = tx.lock_inboxes(&users).await?;
+        tx.delete_inbox_rows(&rows).await?;
+        let changed: Vec<_> = freed
+            .iter()
+            .filter_map(|(user, (count, bytes))| {
+                let c = counters.get_mut(user)?;
+                c.pending_count = (c.pending_count - count).max(0);
+                c.pending_bytes = (c.pending_bytes - bytes).max(0);
+                Some((*user, *c))
+            })
+            .collect();
+        tx.save_counters(&changed).await?;
+        tx.commit().await?;
+        removed += rows.len() as u64;
+        if pause(stop).await {
+            return Ok(removed);
+        }
+    }
+    loop {
+        let n = store.purge_messages(cutoff, CHUNK).await?;
+        removed += n;
+        if n == 0 || pause(stop).await {
+            break;
+        }
+    }
+    loop {
+        let n = store.purge_tokens(now, CHUNK).await?;
+        removed += n;
+        if n == 0 || pause(stop).await {
+            break;
+        }
+    }
+    Ok(removed)
+}
+
+/// Sleeps between chunks; `true` when the server is stopping.
+async fn pause(stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(BREATHER) => false,
+    }
+}

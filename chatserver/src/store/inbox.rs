@@ -1,0 +1,445 @@
+//! The delivery tables (see migrations/*/0002_inbox.sql): message bodies
+//! stored once, per-receiver inbox rows numbered by `seq`, each user's
+//! counters, and login tokens (stored as hashes).
+//!
+//! Writes that assign `seq` go through [`WriteTx`], one transaction per
+//! batch of the writer task: on MySQL the counters rows are locked in user
+//! order (`FOR UPDATE`), so servers writing to the same inboxes wait for
+//! each other instead of deadlocking, and `seq` stays gap-free across a
+//! cluster; SQLite has one writer at a time anyway.
+
+use std::collections::HashMap;
+
+use sqlx::{Any, QueryBuilder, Row, Transaction};
+
+use super::{is_unique_violation, long_text, placeholders, Dialect, Store, INSERT_CHUNK};
+use crate::error::StoreError;
+
+/// A message to store: its body once, whoever receives it.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub mid: i64,
+    pub sender_id: i64,
+    pub conversation: String,
+    pub cid: Option<String>,
+    /// The v2 JSON text of the push, without `seq`.
+    pub body: std::sync::Arc<str>,
+}
+
+/// One receiver's reference to a stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxRow {
+    pub user_id: i64,
+    pub seq: i64,
+    pub mid: i64,
+    pub size: i64,
+}
+
+/// A user's inbox counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// The seq of the newest message; the next one gets `last_seq + 1`.
+    pub last_seq: i64,
+    /// Everything up to here is confirmed and gone from `inbox`.
+    pub delivered_seq: i64,
+    /// Rows still in `inbox` and their bodies' bytes: what the inbox limit bounds.
+    pub pending_count: i64,
+    pub pending_bytes: i64,
+}
+
+/// An inbox message read back for delivery.
+#[derive(Debug, Clone)]
+pub struct StoredPush {
+    pub seq: i64,
+    pub mid: i64,
+    pub body: String,
+}
+
+/// One transaction of the writer task.
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    dialect: Dialect,
+}
+
+impl Store {
+    pub async fn begin_writes(&self) -> Result<WriteTx, StoreError> {
+        Ok(WriteTx {
+            tx: self.pool.begin().await?,
+            dialect: self.dialect,
+        })
+    }
+
+    /// The user's counters (zero for a user who never received anything).
+    pub async fn inbox_counters(&self, user_id: i64) -> Result<Counters, StoreError> {
+        let row = sqlx::query(
+            "SELECT last_seq, delivered_seq, pending_count, pending_bytes FROM inboxes WHERE user_id = ?",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|row| counters(&row, 0))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Inbox messages after `after_seq`, oldest first, at most `limit`.
+    pub async fn inbox_after(
+        &self,
+        user_id: i64,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredPush>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT i.seq, m.mid, m.body FROM inbox i JOIN messages m ON m.mid = i.mid \
+             WHERE i.user_id = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
+        )
+        .bind(user_id)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredPush {
+                    seq: row.try_get(0)?,
+                    mid: row.try_get(1)?,
+                    body: long_text(row, 2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A conversation's messages before `before_mid`, newest first; one more
+    /// than `limit` tells the caller there are more.
+    pub async fn history(
+        &self,
+        conversation: &str,
+        before_mid: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body FROM messages WHERE conversation = ? AND mid < ? ORDER BY mid DESC LIMIT ?",
+        )
+        .bind(conversation)
+        .bind(before_mid)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| long_text(row, 0).map_err(Into::into))
+            .collect()
+    }
+
+    pub async fn insert_token(
+        &self,
+        hash: &str,
+        user_id: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO tokens (hash, user_id, expires_at) VALUES (?, ?, ?)")
+            .bind(hash)
+            .bind(user_id)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The user a token hash belongs to and when it expires.
+    pub async fn token_owner(&self, hash: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        let row = sqlx::query("SELECT user_id, expires_at FROM tokens WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|row| -> Result<_, sqlx::Error> { Ok((row.try_get(0)?, row.try_get(1)?)) })
+            .transpose()?)
+    }
+
+    pub async fn delete_token(&self, hash: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM tokens WHERE hash = ?")
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes up to `chunk` expired tokens; returns how many.
+    pub async fn purge_tokens(&self, now_ms: i64, chunk: u32) -> Result<u64, StoreError> {
+        let hashes: Vec<String> =
+            sqlx::query_scalar("SELECT hash FROM tokens WHERE expires_at < ? LIMIT ?")
+                .bind(now_ms)
+                .bind(i64::from(chunk))
+                .fetch_all(&self.pool)
+                .await?;
+        if hashes.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "DELETE FROM tokens WHERE hash IN ({})",
+            placeholders(hashes.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for hash in &hashes {
+            query = query.bind(hash);
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
+    }
+
+    /// Deletes up to `chunk` messages older than `cutoff_mid`; returns how many.
+    pub async fn purge_messages(&self, cutoff_mid: i64, chunk: u32) -> Result<u64, StoreError> {
+        let mids: Vec<i64> =
+            sqlx::query_scalar("SELECT mid FROM messages WHERE mid < ? ORDER BY mid LIMIT ?")
+                .bind(cutoff_mid)
+                .bind(i64::from(chunk))
+                .fetch_all(&self.pool)
+                .await?;
+        if mids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "DELETE FROM messages WHERE mid IN ({})",
+            placeholders(mids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for mid in &mids {
+            query = query.bind(*mid);
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
+    }
+
+    /// Up to `chunk` undelivered inbox rows older than `cutoff_mid`.
+    pub async fn expired_inbox_rows(
+        &self,
+        cutoff_mid: i64,
+        chunk: u32,
+    ) -> Result<Vec<InboxRow>, StoreError> {
+        let rows = sqlx::query("SELECT user_id, seq, mid, size FROM inbox WHERE mid < ? LIMIT ?")
+            .bind(cutoff_mid)
+            .bind(i64::from(chunk))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(InboxRow {
+                    user_id: row.try_get(0)?,
+                    seq: row.try_get(1)?,
+                    mid: row.try_get(2)?,
+                    size: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn counters(row: &sqlx::any::AnyRow, first: usize) -> Result<Counters, sqlx::Error> {
+    Ok(Counters {
+        last_seq: row.try_get(first)?,
+        delivered_seq: row.try_get(first + 1)?,
+        pending_count: row.try_get(first + 2)?,
+        pending_bytes: row.try_get(first + 3)?,
+    })
+}
+
+impl WriteTx {
+    /// The `mid` and body already stored under each (sender, cid).
+    pub async fn find_cids(
+        &mut self,
+        keys: &[(i64, &str)],
+    ) -> Result<HashMap<(i64, String), (i64, String)>, StoreError> {
+        let mut found = HashMap::new();
+        for &(sender, cid) in keys {
+            let row = sqlx::query("SELECT mid, body FROM messages WHERE sender_id = ? AND cid = ?")
+                .bind(sender)
+                .bind(cid)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+            if let Some(row) = row {
+                found.insert(
+                    (sender, cid.to_owned()),
+                    (row.try_get(0)?, long_text(&row, 1)?),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// The counters of `users` (sorted, distinct), locked until commit on
+    /// MySQL; rows missing (users who never received anything) are created.
+    pub async fn lock_inboxes(
+        &mut self,
+        users: &[i64],
+    ) -> Result<HashMap<i64, Counters>, StoreError> {
+        let mut found = self.select_counters(users).await?;
+        let missing: Vec<i64> = users
+            .iter()
+            .copied()
+            .filter(|user| !found.contains_key(user))
+            .collect();
+        if !missing.is_empty() {
+            for chunk in missing.chunks(INSERT_CHUNK) {
+                let mut insert = QueryBuilder::<Any>::new(format!(
+                    "{} INTO inboxes (user_id, last_seq, delivered_seq, pending_count, pending_bytes) ",
+                    self.dialect.insert_ignore()
+                ));
+                insert.push_values(chunk, |mut row, user| {
+                    row.push_bind(*user)
+                        .push_bind(0_i64)
+                        .push_bind(0_i64)
+                        .push_bind(0_i64)
+                        .push_bind(0_i64);
+                });
+                insert.build().execute(&mut *self.tx).await?;
+            }
+            found.extend(self.select_counters(&missing).await?);
+        }
+        Ok(found)
+    }
+
+    async fn select_counters(
+        &mut self,
+        users: &[i64],
+    ) -> Result<HashMap<i64, Counters>, StoreError> {
+        let lock = match self.dialect {
+            Dialect::MySql => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        };
+        let mut found = HashMap::with_capacity(users.len());
+        for chunk in users.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "SELECT user_id, last_seq, delivered_seq, pending_count, pending_bytes \
+                 FROM inboxes WHERE user_id IN ({}) ORDER BY user_id{lock}",
+                placeholders(chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for user in chunk {
+                query = query.bind(*user);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                found.insert(row.try_get::<i64, _>(0)?, counters(&row, 1)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes the user's inbox rows with `after < seq <= upto`; returns
+    /// their count and bytes.
+    pub async fn confirm(
+        &mut self,
+        user_id: i64,
+        after: i64,
+        upto: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        // SUM is DECIMAL on MySQL, which `Any` does not decode.
+        let sum = match self.dialect {
+            Dialect::MySql => "CAST(COALESCE(SUM(size), 0) AS SIGNED)",
+            Dialect::Sqlite => "COALESCE(SUM(size), 0)",
+        };
+        let sql =
+            format!("SELECT COUNT(*), {sum} FROM inbox WHERE user_id = ? AND seq > ? AND seq <= ?");
+        let row = sqlx::query(&sql)
+            .bind(user_id)
+            .bind(after)
+            .bind(upto)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        let count: i64 = row.try_get(0)?;
+        let bytes: i64 = row.try_get(1)?;
+        if count > 0 {
+            sqlx::query("DELETE FROM inbox WHERE user_id = ? AND seq > ? AND seq <= ?")
+                .bind(user_id)
+                .bind(after)
+                .bind(upto)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok((count, bytes))
+    }
+
+    /// Removes specific inbox rows (retention).
+    pub async fn delete_inbox_rows(&mut self, rows: &[InboxRow]) -> Result<(), StoreError> {
+        for row in rows {
+            sqlx::query("DELETE FROM inbox WHERE user_id = ? AND seq = ?")
+                .bind(row.user_id)
+                .bind(row.seq)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stores messages; `false` when a (sender, cid) is already taken (a
+    /// race with another batch: the caller retries and finds it).
+    pub async fn insert_messages(&mut self, messages: &[NewMessage]) -> Result<bool, StoreError> {
+        for chunk in messages.chunks(INSERT_CHUNK) {
+            let mut insert = QueryBuilder::<Any>::new(
+                "INSERT INTO messages (mid, sender_id, conversation, cid, body) ",
+            );
+            insert.push_values(chunk, |mut row, message| {
+                row.push_bind(message.mid)
+                    .push_bind(message.sender_id)
+                    .push_bind(message.conversation.clone())
+                    .push_bind(message.cid.clone())
+                    .push_bind(message.body.to_string());
+            });
+            match insert.build().execute(&mut *self.tx).await {
+                Ok(_) => {}
+                Err(error) if is_unique_violation(&error) => return Ok(false),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(true)
+    }
+
+    pub async fn insert_inbox(&mut self, rows: &[InboxRow]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut insert =
+                QueryBuilder::<Any>::new("INSERT INTO inbox (user_id, seq, mid, size) ");
+            insert.push_values(chunk, |mut row, inbox| {
+                row.push_bind(inbox.user_id)
+                    .push_bind(inbox.seq)
+                    .push_bind(inbox.mid)
+                    .push_bind(inbox.size);
+            });
+            insert.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes counters back (rows exist: `lock_inboxes` made them).
+    pub async fn save_counters(&mut self, changed: &[(i64, Counters)]) -> Result<(), StoreError> {
+        let upsert = match self.dialect {
+            Dialect::MySql => {
+                " ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq), \
+                 delivered_seq = VALUES(delivered_seq), pending_count = VALUES(pending_count), \
+                 pending_bytes = VALUES(pending_bytes)"
+            }
+            Dialect::Sqlite => {
+                " ON CONFLICT (user_id) DO UPDATE SET last_seq = excluded.last_seq, \
+                 delivered_seq = excluded.delivered_seq, pending_count = excluded.pending_count, \
+                 pending_bytes = excluded.pending_bytes"
+            }
+        };
+        for chunk in changed.chunks(INSERT_CHUNK) {
+            let mut insert = QueryBuilder::<Any>::new(
+                "INSERT INTO inboxes (user_id, last_seq, delivered_seq, pending_count, pending_bytes) ",
+            );
+            insert.push_values(chunk, |mut row, (user, c)| {
+                row.push_bind(*user)
+                    .push_bind(c.last_seq)
+                    .push_bind(c.delivered_seq)
+                    .push_bind(c.pending_count)
+                    .push_bind(c.pending_bytes);
+            });
+            insert.push(upsert);
+            insert.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
