@@ -28,6 +28,11 @@ pub const DEFAULT_V1_WRITE_GAP: Duration = Duration::from_millis(5);
 pub const DEFAULT_DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_REDIS_PREFIX: &str = "chat:";
 pub const DEFAULT_PRESENCE_LEASE: Duration = Duration::from_secs(15);
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_INBOX_LIMIT: u64 = 10_000;
+pub const DEFAULT_INBOX_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Connections served at once; beyond it new ones are refused (errno 9,
 /// closed). With the frame limit it bounds memory: about max_connections ×
 /// (max_frame + 16 KiB).
@@ -48,11 +53,6 @@ pub const DEFAULT_REGISTER_PER_ADDRESS: usize = 5;
 pub const DEFAULT_CREATE_GROUP_PER_USER: usize = 10;
 /// Groups one user may have created, in all.
 pub const DEFAULT_MAX_GROUPS_PER_USER: usize = 100;
-pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 4 * 1024 * 1024;
-pub const DEFAULT_INBOX_LIMIT: u64 = 10_000;
-pub const DEFAULT_INBOX_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The ChatChat chat server.
 ///

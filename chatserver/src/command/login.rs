@@ -40,21 +40,33 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
         ctx.refusals.note(Refusal::LoginRate, session.peer_ip);
         return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
     }
-    let Some(attempt) = ctx.guard.logins.admit(id, session.peer_ip).await else {
-        ctx.refusals.note(Refusal::LoginRate, session.peer_ip);
-        return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
-    };
     let presented_token = match &login.credential {
         Credential::Token(token) => Some(token.clone()),
         Credential::Password(_) => None,
     };
+    // Guessing limits apply to passwords: a token has 256 random bits, so a
+    // token login (even a wrong one) guesses nothing and is never hashed.
+    let attempt = match presented_token {
+        Some(_) => None,
+        None => match ctx.guard.logins.admit(id, session.peer_ip).await {
+            Some(attempt) => Some(attempt),
+            None => {
+                ctx.refusals.note(Refusal::LoginRate, session.peer_ip);
+                return Reply::error(Some(MsgId::Login), Errno::RateLimited).into();
+            }
+        },
+    };
     let name = match authenticate(ctx, id, login.credential).await {
         Ok(Some(name)) => {
-            ctx.guard.logins.succeeded(attempt).await;
+            if let Some(attempt) = attempt {
+                ctx.guard.logins.succeeded(attempt).await;
+            }
             name
         }
         Ok(None) => {
-            ctx.guard.logins.failed(attempt);
+            if let Some(attempt) = attempt {
+                ctx.guard.logins.failed(attempt);
+            }
             session.login_failures.record(now);
             tracing::info!(user = id, "login refused: bad credentials");
             return Reply::error(Some(MsgId::Login), Errno::BadCredentials).into();
