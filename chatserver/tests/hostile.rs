@@ -340,6 +340,65 @@ async fn a_gibibyte_of_whitespace_is_refused_at_the_frame_limit() {
     server.assert_logged("frame_too_large");
 }
 
+/// Eight receivers that never read while 60 KB messages pour in for them:
+/// each connection queues at most `--outbound-queue-bytes` (4 MiB) and the
+/// rest waits in the database, so memory stays bounded (on main before the
+/// delivery work, 8 such receivers cost 460 MB); bystanders keep chatting,
+/// and a sleeper that wakes up gets everything, in seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_of_big_pushes_cost_bounded_memory() {
+    const SLEEPERS: usize = 8;
+    const EACH: i64 = 100;
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let server = Server::start(&[]);
+    let mut bystanders = Bystanders::new(server.addr).await;
+    let mut sleepers = Vec::new();
+    for i in 0..SLEEPERS {
+        let name = format!("sleeper-{i}-{}", testkit::run::unique());
+        sleepers.push(Client::user(server.addr, &name).await);
+    }
+    let (mut sender, _) =
+        Client::user(server.addr, &format!("flood-{}", testkit::run::unique())).await;
+    let before = server.rss_kib();
+    let body = "s".repeat(60_000);
+    let ids: Vec<i64> = sleepers.iter().map(|(_, id)| *id).collect();
+    let mut peak = before;
+    let flood = async {
+        for _ in 0..EACH {
+            for id in &ids {
+                sender.call_ok(&req::chat(*id, &body)).await;
+            }
+        }
+    };
+    bystanders
+        .keep_chatting_until(async {
+            tokio::pin!(flood);
+            loop {
+                tokio::select! {
+                    _ = &mut flood => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        peak = peak.max(server.rss_kib());
+                    }
+                }
+            }
+        })
+        .await;
+    peak = peak.max(server.rss_kib());
+    let growth = peak.saturating_sub(before);
+    println!(
+        "{} MB sent to {SLEEPERS} receivers that do not read: RSS growth {growth} KiB",
+        EACH as usize * SLEEPERS * body.len() / 1_000_000
+    );
+    // 8 × the 4 MiB queue, plus write buffers and allocator slack.
+    assert!(growth < 64 * 1024, "RSS grew {growth} KiB");
+    bystanders.assert_p99_under(bystander_p99());
+    let (mut first, _) = sleepers.remove(0);
+    for seq in 1..=EACH {
+        let chat = first.recv_chat().await;
+        assert_eq!(chat.seq, Some(seq), "every message, in order");
+    }
+}
+
 /// Blanks trickled in: errno 8 once the limit is passed, read in time
 /// linear in the bytes (the 65 KiB arrive in small writes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
