@@ -1,4 +1,4 @@
-//! The background purge: messages older than the retention period leave
+//! Background upkeep of the database. The purge: messages older than the retention period leave
 //! history, undelivered inbox rows of that age leave the inbox (their
 //! receivers' counters shrink with them), expired tokens go. Work is done
 //! in small chunks with a pause between them, so the purge never holds the
@@ -19,6 +19,24 @@ const CHUNK: u32 = 500;
 const BREATHER: Duration = Duration::from_millis(50);
 /// How often the purge runs.
 const PERIOD: Duration = Duration::from_secs(600);
+
+/// How often the SQLite WAL is checkpointed (see `Store::checkpoint`).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Checkpoints the SQLite WAL every second until `stop`, and once more at
+/// the end.
+pub async fn checkpoints(store: Store, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        if let Err(error) = store.checkpoint().await {
+            tracing::warn!(%error, "WAL checkpoint failed; retried in a second");
+        }
+    }
+    let _ = store.checkpoint().await;
+}
 
 /// Runs until `stop`: once soon after start, then every `PERIOD`.
 pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {

@@ -160,6 +160,7 @@ impl Server {
             self.retention,
             stop.clone(),
         ));
+        background.spawn(retention::checkpoints(self.ctx.store.clone(), stop.clone()));
         let mut next_conn_id: u64 = 0;
         let mut backoff = AcceptBackoff::default();
         tokio::pin!(shutdown);
