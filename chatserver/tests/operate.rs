@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use testkit::backend::http_get;
 use testkit::bin::{run_to_exit, Process, CHEAP_HASHING, GENEROUS_LIMITS};
 use testkit::prelude::*;
+use testkit::relay::mariadb_relay;
 use testkit::run::temp_dir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -296,4 +297,32 @@ async fn a_connection_end_is_one_json_line() {
     assert!(fields["duration_ms"].is_u64());
     assert!(fields["bytes_in"].as_u64().unwrap() > 0);
     assert!(fields["bytes_out"].as_u64().unwrap() > 0);
+}
+
+/// `/readyz` answers 503 naming the database while MariaDB is cut off, and
+/// 200 again once it is back; `/healthz` stays 200 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_database() {
+    let dir = temp_dir("op-ready");
+    let (relay, url) = mariadb_relay().await;
+    let (_child, _addr, admin) = start_with_admin(&dir, &["--database-url", &url]);
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    relay.cut();
+    wait_for_ready(admin, 503, "database").await;
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    relay.restore();
+    wait_for_ready(admin, 200, "ready").await;
+}
+
+/// Polls `/readyz` (within 20 s) until it answers `code` with `needle` in the body.
+async fn wait_for_ready(admin: SocketAddr, code: u16, needle: &str) {
+    let deadline = Deadline::after(Duration::from_secs(20));
+    loop {
+        let (got, body) = http_get(admin, "/readyz").await;
+        if got == code && body.contains(needle) {
+            return;
+        }
+        assert!(!deadline.passed(), "/readyz still {got} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
