@@ -73,6 +73,10 @@ fn help_names_every_option() {
         "--name",
         "--worker-threads",
         "--log-format",
+        "--admin",
+        "--admin-token",
+        "--drain-period",
+        "--check",
     ] {
         assert!(help.contains(option), "--help lacks {option}");
     }
