@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use adminhttp::AdminCounters;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -101,6 +102,8 @@ pub struct Metrics {
     unavailable: Family<SystemLabel, Counter>,
     /// Given to the password hasher at start-up.
     pub hash: HashMetrics,
+    /// What the admin server turned away.
+    pub admin: Arc<AdminCounters>,
 }
 
 impl fmt::Debug for Metrics {
@@ -204,6 +207,8 @@ impl Metrics {
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         registry.register_collector(Box::new(RefusalCollector(refusals)));
+        let admin = Arc::new(AdminCounters::default());
+        registry.register_collector(Box::new(AdminCollector(admin.clone())));
         Metrics {
             registry,
             connections,
@@ -214,6 +219,7 @@ impl Metrics {
             deliveries,
             unavailable,
             hash,
+            admin,
         }
     }
 
@@ -358,6 +364,41 @@ impl Collector for RefusalCollector {
         for kind in Refusal::ALL {
             let labels = [("kind", kind.name())];
             ConstCounter::new(self.0.count(kind)).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the admin server's own refusals at scrape time.
+struct AdminCollector(Arc<AdminCounters>);
+
+impl fmt::Debug for AdminCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminCollector")
+    }
+}
+
+impl Collector for AdminCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        for (name, help, value) in [
+            (
+                "admin_refused",
+                "Admin connections closed at once because 32 were open",
+                &self.0.refused,
+            ),
+            (
+                "admin_unauthorized",
+                "Admin requests without the right bearer token",
+                &self.0.unauthorized,
+            ),
+        ] {
+            let counter = ConstCounter::new(value.load(std::sync::atomic::Ordering::Relaxed));
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
         }
         Ok(())
     }

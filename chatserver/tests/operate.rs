@@ -137,6 +137,22 @@ async fn metrics_count_a_scripted_session() {
 
 /// Sends `GET path` with an optional bearer token; returns the status code.
 async fn get_status(admin: SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    get_raw(admin, path, token)
+        .await
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The body of `GET path` with the bearer `token`.
+async fn get_body(admin: SocketAddr, path: &str, token: &str) -> String {
+    let raw = get_raw(admin, path, Some(token)).await;
+    raw.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+async fn get_raw(admin: SocketAddr, path: &str, token: Option<&str>) -> String {
     let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -152,7 +168,7 @@ async fn get_status(admin: SocketAddr, path: &str, token: Option<&str>) -> u16 {
         .await
         .expect("admin answers")
         .unwrap();
-    text.split_whitespace().nth(1).unwrap().parse().unwrap()
+    text
 }
 
 /// With a token, requests without it get 401; a non-loopback admin address
@@ -165,6 +181,11 @@ async fn the_admin_token_is_required_and_public_addresses_need_one() {
     assert_eq!(get_status(admin, "/readyz", Some("wrong")).await, 401);
     assert_eq!(get_status(admin, "/metrics", Some("s3cret")).await, 200);
     assert_eq!(get_status(admin, "/readyz", Some("s3cret")).await, 200);
+    let text = get_body(admin, "/metrics", "s3cret").await;
+    assert!(
+        text.contains("chatserver_admin_unauthorized_total 2"),
+        "{text}"
+    );
 
     let exit = run_to_exit(
         chatserver(&dir, &["--admin", "0.0.0.0:0"]),
