@@ -347,3 +347,31 @@ async fn wait_for_ready(admin: SocketAddr, code: u16, needle: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// In cluster mode `/readyz` also needs Redis: 503 naming it once the
+/// heartbeat finds it gone, 200 again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_redis_in_cluster_mode() {
+    let dir = temp_dir("op-ready-redis");
+    let port = free_port();
+    let mut redis = testkit::redis::RedisServer::start(port);
+    let url = testkit::run::fresh_mariadb_url();
+    let (_child, _addr, admin) = start_with_admin(
+        &dir,
+        &[
+            "--database-url",
+            &url,
+            "--redis-url",
+            &redis.url(),
+            "--redis-prefix",
+            &testkit::run::redis_prefix(),
+            "--presence-lease",
+            "1500ms",
+        ],
+    );
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    redis.kill();
+    wait_for_ready(admin, 503, "redis").await;
+    let _redis = testkit::redis::RedisServer::start(port);
+    wait_for_ready(admin, 200, "ready").await;
+}
