@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ConfigError;
+use crate::store::SqliteSync;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://chat.db?mode=rwc";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
@@ -130,6 +131,11 @@ pub struct Args {
     /// before the background purge removes them [default 30days]
     #[arg(long, env = "CHAT_RETENTION", value_name = "DURATION")]
     pub retention: Option<String>,
+    /// SQLite only: normal (a commit survives a crash of the server, not a
+    /// power loss) or full (fsync at every commit: survives a power loss,
+    /// costs throughput) [default normal]
+    #[arg(long, env = "CHAT_SQLITE_SYNCHRONOUS", value_name = "normal|full")]
+    pub sqlite_synchronous: Option<String>,
     /// How long a login token stays valid [default 7days]
     #[arg(long, env = "CHAT_TOKEN_TTL", value_name = "DURATION")]
     pub token_ttl: Option<String>,
@@ -328,6 +334,7 @@ pub struct Config {
     pub inbox_limit_bytes: u64,
     pub retention: Duration,
     pub token_ttl: Duration,
+    pub sqlite_synchronous: SqliteSync,
     pub v1_write_gap: Duration,
     pub db_connect_timeout: Duration,
     /// `Some` turns on cluster mode.
@@ -383,6 +390,7 @@ impl std::fmt::Debug for Config {
             .field("inbox_limit_bytes", &self.inbox_limit_bytes)
             .field("retention", &self.retention)
             .field("token_ttl", &self.token_ttl)
+            .field("sqlite_synchronous", &self.sqlite_synchronous)
             .field("v1_write_gap", &self.v1_write_gap)
             .field("redis_url", &self.redis_url.as_deref().map(mask_url))
             .field("redis_prefix", &self.redis_prefix)
@@ -416,6 +424,7 @@ impl Default for Config {
             inbox_limit_bytes: DEFAULT_INBOX_LIMIT_BYTES,
             retention: DEFAULT_RETENTION,
             token_ttl: DEFAULT_TOKEN_TTL,
+            sqlite_synchronous: SqliteSync::default(),
             v1_write_gap: DEFAULT_V1_WRITE_GAP,
             db_connect_timeout: DEFAULT_DB_CONNECT_TIMEOUT,
             redis_url: None,
@@ -484,6 +493,16 @@ impl Config {
             inbox_limit_bytes: args.inbox_limit_bytes.unwrap_or(defaults.inbox_limit_bytes),
             retention: duration("retention", args.retention, defaults.retention)?,
             token_ttl: duration("token-ttl", args.token_ttl, defaults.token_ttl)?,
+            sqlite_synchronous: match args.sqlite_synchronous.as_deref() {
+                None | Some("normal") => SqliteSync::Normal,
+                Some("full") => SqliteSync::Full,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        option: "sqlite-synchronous",
+                        message: format!("{other:?} is not normal or full"),
+                    })
+                }
+            },
             v1_write_gap: duration("v1-write-gap", args.v1_write_gap, defaults.v1_write_gap)?,
             db_connect_timeout: duration(
                 "db-connect-timeout",

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::AbuseLimits;
+use crate::rate_limit::address_key;
 
 pub struct ConnectionLimits {
     max: usize,
@@ -69,7 +70,7 @@ impl ConnectionLimits {
 
     /// A slot of `ip`'s, or `None` when it holds `--max-connections-per-ip`.
     pub fn open_ip(&self, ip: IpAddr) -> Option<IpSlot> {
-        let ip = ip.to_canonical();
+        let ip = address_key(ip);
         let mut by_ip = self.by_ip.lock().expect("connection table lock");
         let count = by_ip.entry(ip).or_default();
         if *count >= self.per_ip {

@@ -9,9 +9,11 @@
 //!   [`KNOWN_FOR`]). In cluster mode it is counted in Redis, so it holds
 //!   across servers; while Redis is away each server counts alone.
 //!
-//! Attempts are counted when admitted, before the password is checked, and
-//! taken back when it was right: concurrent guesses cannot all slip under a
-//! limit while their hashes are computed.
+//! The first two count failures: many users behind one NAT logging in at
+//! once never trip them. The account ceiling counts attempts when admitted,
+//! before the password is checked, and takes them back when it was right:
+//! guesses from many addresses at once cannot all slip under it while their
+//! hashes are computed.
 //!
 //! Redis keys (under the cluster prefix): `login:tries:{id}` counts a
 //! minute of attempts at account `id` (it expires at the end of that
@@ -28,7 +30,7 @@ use redis::Script;
 use crate::bus::redis::{bounded, RedisBus};
 use crate::config::AbuseLimits;
 use crate::error::BusError;
-use crate::rate_limit::{Table, WINDOW};
+use crate::rate_limit::{address_key, Table, WINDOW};
 
 /// How long an address that logged into an account stays exempt from that
 /// account's ceiling.
@@ -75,7 +77,8 @@ enum Counted {
     InRedis,
 }
 
-/// An admitted attempt; [`LoginLimiter::succeeded`] takes it back.
+/// An admitted attempt, settled by [`LoginLimiter::succeeded`] or
+/// [`LoginLimiter::failed`].
 #[derive(Debug)]
 pub struct Attempt {
     account: i64,
@@ -112,6 +115,7 @@ impl LoginLimiter {
     /// Counts an attempt at `account` from `address`; `None` when a limit
     /// is reached (answer errno 9, without checking the password).
     pub async fn admit(&self, account: i64, address: IpAddr) -> Option<Attempt> {
+        let address = address_key(address);
         let now = Instant::now();
         if self
             .account_address
@@ -135,8 +139,6 @@ impl LoginLimiter {
                 }
             }
         };
-        self.account_address.record((account, address), now);
-        self.address.record(address, now);
         Some(Attempt {
             account,
             address,
@@ -144,16 +146,23 @@ impl LoginLimiter {
         })
     }
 
-    /// The password was right: the attempt is taken back and the address
-    /// is known for this account from now on.
+    /// The password was wrong: a failure of the address, at the account
+    /// and in all.
+    pub fn failed(&self, attempt: Attempt) {
+        let now = Instant::now();
+        self.account_address
+            .record((attempt.account, attempt.address), now);
+        self.address.record(attempt.address, now);
+    }
+
+    /// The password was right: the attempt is taken back from the account
+    /// and the address is known for this account from now on.
     pub async fn succeeded(&self, attempt: Attempt) {
         let Attempt {
             account,
             address,
             counted,
         } = attempt;
-        self.account_address.forget_one((account, address));
-        self.address.forget_one(address);
         if counted == Counted::Here {
             self.account.forget_one(account);
         }
@@ -204,7 +213,7 @@ impl LoginLimiter {
         match result {
             Ok(n) => Ok(Some(n)),
             Err(error) => {
-                tracing::warn!(%error, "redis unavailable: counting login attempts on this server alone");
+                tracing::debug!(%error, "redis unavailable: counting login attempts on this server alone");
                 Err(error)
             }
         }
@@ -251,20 +260,31 @@ mod tests {
         IpAddr::from([10, 0, 0, last])
     }
 
+    /// A wrong password.
+    async fn guess(limits: &LoginLimiter, account: i64, address: IpAddr) -> bool {
+        match limits.admit(account, address).await {
+            Some(attempt) => {
+                limits.failed(attempt);
+                true
+            }
+            None => false,
+        }
+    }
+
     #[tokio::test]
     async fn each_counter_stops_its_guesser() {
         let limits = limiter();
-        // Per (account, address): two guesses at account 1 from .1.
-        assert!(limits.admit(1, ip(1)).await.is_some());
-        assert!(limits.admit(1, ip(1)).await.is_some());
-        assert!(limits.admit(1, ip(1)).await.is_none());
-        // Per address: .1 may try one more account, then nothing.
-        assert!(limits.admit(2, ip(1)).await.is_some());
-        assert!(limits.admit(3, ip(1)).await.is_none());
+        // Per (account, address): two failures at account 1 from .1.
+        assert!(guess(&limits, 1, ip(1)).await);
+        assert!(guess(&limits, 1, ip(1)).await);
+        assert!(!guess(&limits, 1, ip(1)).await);
+        // Per address: .1 may fail at one more account, then nothing.
+        assert!(guess(&limits, 2, ip(1)).await);
+        assert!(!guess(&limits, 3, ip(1)).await);
         // Per account: account 1 had 2 attempts; two more addresses, then no.
-        assert!(limits.admit(1, ip(2)).await.is_some());
-        assert!(limits.admit(1, ip(3)).await.is_some());
-        assert!(limits.admit(1, ip(4)).await.is_none());
+        assert!(guess(&limits, 1, ip(2)).await);
+        assert!(guess(&limits, 1, ip(3)).await);
+        assert!(!guess(&limits, 1, ip(4)).await);
     }
 
     #[tokio::test]
@@ -273,7 +293,7 @@ mod tests {
         let owner = limits.admit(1, ip(9)).await.unwrap();
         limits.succeeded(owner).await;
         for last in 1..=10 {
-            let _ = limits.admit(1, ip(last)).await;
+            guess(&limits, 1, ip(last)).await;
         }
         assert!(limits.admit(1, ip(11)).await.is_none(), "ceiling reached");
         assert!(
@@ -283,12 +303,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_right_password_is_taken_back() {
+    async fn logins_in_flight_from_one_address_are_not_failures() {
         let limits = limiter();
+        let mut in_flight = Vec::new();
+        for account in 0..50 {
+            in_flight.push(limits.admit(account, ip(1)).await.expect("admitted"));
+        }
+        for attempt in in_flight {
+            limits.succeeded(attempt).await;
+        }
         for _ in 0..5 {
             let attempt = limits.admit(1, ip(1)).await.unwrap();
             limits.succeeded(attempt).await;
         }
-        assert!(limits.admit(1, ip(1)).await.is_some());
+        assert!(guess(&limits, 1, ip(1)).await);
     }
 }

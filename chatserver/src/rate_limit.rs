@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,19 @@ pub const PER_CONNECTION: usize = 5;
 /// Addresses tracked before stale ones are swept, so a scan of many
 /// addresses cannot grow the table without bound.
 const SWEEP_ABOVE: usize = 10_000;
+
+/// The key under which an address is limited: an IPv4 address (mapped or
+/// not) as itself, an IPv6 address by its /64 network, since one client
+/// commonly holds a whole /64.
+pub fn address_key(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
 
 /// Failure times within the window, oldest first.
 #[derive(Debug, Default, Clone)]
@@ -112,6 +126,14 @@ mod tests {
         assert!(failures.exceeded(PER_CONNECTION, start + Duration::from_secs(30)));
         // The first failure leaves the window at 60 s.
         assert!(!failures.exceeded(PER_CONNECTION, start + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn addresses_are_keyed_by_v4_address_or_v6_network() {
+        let key = |text: &str| address_key(text.parse().unwrap()).to_string();
+        assert_eq!(key("10.0.0.1"), "10.0.0.1");
+        assert_eq!(key("::ffff:10.0.0.1"), "10.0.0.1");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::");
     }
 
     #[test]

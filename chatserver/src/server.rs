@@ -70,18 +70,25 @@ pub struct Server {
 impl Server {
     /// Connects storage. `local_addr` names the server when no name is set.
     pub async fn start(config: &Config, local_addr: SocketAddr) -> Result<Server, StartError> {
-        let store = Store::connect(&config.database_url, config.db_connect_timeout)
-            .await
-            .map_err(StartError::Database)?;
+        let store = Store::connect(
+            &config.database_url,
+            config.db_connect_timeout,
+            config.sqlite_synchronous,
+        )
+        .await
+        .map_err(StartError::Database)?;
         match store.durability().await {
             Ok(Durability::PowerLoss) => {
                 tracing::info!("acknowledged messages are flushed to disk at commit")
             }
-            Ok(durability) => tracing::warn!(
-                ?durability,
-                "the database does not flush each commit to disk \
-                 (innodb_flush_log_at_trx_commit is not 1): a crash of the \
-                 database host may lose acknowledged messages"
+            Ok(Durability::DatabaseCrash) => tracing::info!(
+                "acknowledged messages survive a crash of the server or the database, \
+                 not of the host (SQLite synchronous=NORMAL, or MySQL \
+                 innodb_flush_log_at_trx_commit=2)"
+            ),
+            Ok(Durability::Nothing) => tracing::warn!(
+                "the database does not write each commit (innodb_flush_log_at_trx_commit=0): \
+                 a crash of the database may lose acknowledged messages"
             ),
             Err(error) => tracing::warn!(%error, "cannot read the database's durability setting"),
         }

@@ -12,7 +12,7 @@ use protocol::{Errno, Reply, Request};
 use crate::command::SessionState;
 use crate::config::AbuseLimits;
 use crate::context::Context;
-use crate::rate_limit::Table;
+use crate::rate_limit::{address_key, Table};
 use crate::refusals::Refusal;
 
 pub struct SignupLimiter {
@@ -51,10 +51,11 @@ impl SignupLimiter {
         let now = Instant::now();
         let (kind, message) = match request {
             Request::Register(_) => {
-                if self
-                    .registers
-                    .try_record(session.peer_ip, self.register_per_address, now)
-                {
+                if self.registers.try_record(
+                    address_key(session.peer_ip),
+                    self.register_per_address,
+                    now,
+                ) {
                     return None;
                 }
                 (

@@ -1,6 +1,7 @@
-//! The one task that writes messages and inbox cursors, with group commit:
+//! The tasks that write messages and inbox cursors, with group commit:
 //! whatever requests queue while a transaction runs go into the next one,
-//! so durability costs a commit per batch, not per message.
+//! so durability costs a commit per batch, not per message. One task on
+//! SQLite (one writer at a time anyway), a few on MySQL.
 //!
 //! Queue policy: bounded; a full queue makes senders wait (each sender is
 //! waiting for its ACK anyway), so a slow disk slows senders instead of
@@ -72,21 +73,32 @@ enum Job {
 /// The handle commands use; cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
-    jobs: mpsc::Sender<Job>,
+    /// One queue per writer task. A sender's messages always go to the same
+    /// task, so they are stored (and numbered) in the order they were sent.
+    shards: Vec<mpsc::Sender<Job>>,
 }
 
 impl Writer {
-    /// Starts the writer task; it ends when every handle is dropped.
+    /// Starts the writer tasks; they end when every handle is dropped.
     pub fn spawn(store: Store, limits: InboxLimits) -> Writer {
-        let (jobs, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, limits, rx));
-        Writer { jobs }
+        let shards = (0..store.writer_shards())
+            .map(|_| {
+                let (jobs, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(run(store.clone(), limits, rx));
+                jobs
+            })
+            .collect();
+        Writer { shards }
+    }
+
+    fn shard(&self, user: i64) -> &mpsc::Sender<Job> {
+        &self.shards[user.unsigned_abs() as usize % self.shards.len()]
     }
 
     /// Stores a message; the outcome says what was committed.
     pub async fn send(&self, job: SendJob) -> Result<SendOutcome, StoreError> {
         let (reply, outcome) = oneshot::channel();
-        self.jobs
+        self.shard(job.message.sender_id)
             .send(Job::Send(job, reply))
             .await
             .map_err(|_| StoreError::WriterStopped)?;
@@ -97,19 +109,21 @@ impl Writer {
     /// crash only means the messages are offered again, and seq lets the
     /// client drop them).
     pub async fn confirm(&self, user: i64, upto: i64) {
-        let _ = self.jobs.send(Job::Confirm { user, upto }).await;
+        let _ = self.shard(user).send(Job::Confirm { user, upto }).await;
     }
 
     /// Records a user online or offline, in the next batch.
     pub async fn presence(&self, user: i64, online: bool) {
-        let _ = self.jobs.send(Job::Presence { user, online }).await;
+        let _ = self.shard(user).send(Job::Presence { user, online }).await;
     }
 
     /// Waits until everything queued so far is written.
     pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.jobs.send(Job::Flush(done)).await.is_ok() {
-            let _ = wait.await;
+        for shard in &self.shards {
+            let (done, wait) = oneshot::channel();
+            if shard.send(Job::Flush(done)).await.is_ok() {
+                let _ = wait.await;
+            }
         }
     }
 }
@@ -148,6 +162,7 @@ async fn run(store: Store, limits: InboxLimits, mut rx: mpsc::Receiver<Job>) {
                 }
             }
         }
+        let started = std::time::Instant::now();
         let mut result = Err(StoreError::WriterStopped);
         for attempt in 1..=ATTEMPTS {
             result = write_batch(&store, limits, &sends, &confirms).await;
@@ -162,6 +177,12 @@ async fn run(store: Store, limits: InboxLimits, mut rx: mpsc::Receiver<Job>) {
                 }
             }
         }
+        tracing::debug!(
+            sends = sends.len(),
+            confirms = confirms.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "batch written"
+        );
         match result {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {

@@ -318,7 +318,7 @@ async fn retention_purges_old_messages_and_their_inbox_rows(storage: Storage) {
     server.stop().await;
     // A message from long ago (mid 1 is from 2024), still undelivered.
     sqlx::query(
-        "INSERT INTO messages (mid, sender_id, conversation, cid, body) VALUES (1, 1, 'u:1:2', NULL, '{\"msgid\":6,\"id\":1,\"name\":\"alice\",\"toid\":2,\"msg\":\"ancient\",\"time\":\"t\",\"mid\":1}')",
+        "INSERT INTO messages (mid, sender_id, conversation, body) VALUES (1, 1, 'u:1:2', '{\"msgid\":6,\"id\":1,\"name\":\"alice\",\"toid\":2,\"msg\":\"ancient\",\"time\":\"t\",\"mid\":1}')",
     )
     .execute(&pool)
     .await

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use testkit::bin::{Process, CHEAP_HASHING};
+use testkit::bin::{Process, CHEAP_HASHING, GENEROUS_LIMITS};
 use testkit::prelude::*;
 use testkit::redis::RedisServer;
 use testkit::resume::ResumingClient;
@@ -25,6 +25,7 @@ async fn start_binary(cluster: &Cluster, port: u16, lease: &str) -> (Process, So
         .args(["--redis-prefix", &cluster.prefix])
         .args(["--presence-lease", lease])
         .args(CHEAP_HASHING)
+        .args(GENEROUS_LIMITS)
         .env("RUST_LOG", "warn");
     tokio::task::spawn_blocking(move || Process::start_listening(&mut command))
         .await
@@ -244,9 +245,7 @@ async fn a_thousand_token_reconnects_need_no_password() {
     let server = ChatServer::start(Storage::Sqlite).await;
     let addr = server.addr;
     let mut tokens = Vec::with_capacity(USERS);
-    // 20 at a time: password logins in flight count against the per-address
-    // guessing limit (30) until they succeed.
-    for chunk in (0..USERS).collect::<Vec<_>>().chunks(20) {
+    for chunk in (0..USERS).collect::<Vec<_>>().chunks(50) {
         let logins = chunk.iter().map(|i| async move {
             let mut client = Client::connect(addr).await;
             let id = client.register(&format!("u{i}"), "pw").await;

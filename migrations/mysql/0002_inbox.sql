@@ -11,12 +11,20 @@ CREATE TABLE IF NOT EXISTS messages (
     sender_id    BIGINT      NOT NULL,
     -- 'u:LOW:HIGH' for the two users of a 1:1 chat, 'g:GROUP' for a group.
     conversation VARCHAR(48) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-    cid          VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NULL,
     -- The v2 JSON text of the push (with mid and ts, without seq).
     body         MEDIUMTEXT  CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
     PRIMARY KEY (mid),
-    UNIQUE KEY messages_sender_cid (sender_id, cid),
     KEY messages_conversation (conversation, mid)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
+
+-- Client message ids of the messages sent with one: a table of their own,
+-- so that messages without one write no index entry for it.
+CREATE TABLE IF NOT EXISTS message_cids (
+    sender_id BIGINT      NOT NULL,
+    cid       VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+    mid       BIGINT      NOT NULL,
+    PRIMARY KEY (sender_id, cid),
+    KEY message_cids_mid (mid)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 CREATE TABLE IF NOT EXISTS inbox (
@@ -48,7 +56,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 
 -- Offline messages stored by earlier versions move into the inbox, in the
 -- order they would have been delivered.
-INSERT IGNORE INTO messages (mid, sender_id, conversation, cid, body)
+INSERT IGNORE INTO messages (mid, sender_id, conversation, body)
 SELECT mid,
        COALESCE(JSON_VALUE(payload, '$.id'), 0),
        CASE WHEN JSON_VALUE(payload, '$.msgid') = 10
@@ -56,7 +64,6 @@ SELECT mid,
             ELSE CONCAT('u:', LEAST(CAST(JSON_VALUE(payload, '$.id') AS SIGNED), CAST(JSON_VALUE(payload, '$.toid') AS SIGNED)),
                         ':', GREATEST(CAST(JSON_VALUE(payload, '$.id') AS SIGNED), CAST(JSON_VALUE(payload, '$.toid') AS SIGNED)))
        END,
-       NULL,
        payload
 FROM offline_messages;
 

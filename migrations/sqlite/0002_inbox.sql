@@ -10,12 +10,20 @@ CREATE TABLE IF NOT EXISTS messages (
     sender_id    INTEGER NOT NULL,
     -- 'u:LOW:HIGH' for the two users of a 1:1 chat, 'g:GROUP' for a group.
     conversation TEXT    NOT NULL,
-    cid          TEXT,
     -- The v2 JSON text of the push (with mid and ts, without seq).
     body         TEXT    NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS messages_sender_cid ON messages (sender_id, cid);
 CREATE INDEX IF NOT EXISTS messages_conversation ON messages (conversation, mid);
+
+-- Client message ids of the messages sent with one: a table of their own,
+-- so that messages without one write no index entry for it.
+CREATE TABLE IF NOT EXISTS message_cids (
+    sender_id INTEGER NOT NULL,
+    cid       TEXT    NOT NULL,
+    mid       INTEGER NOT NULL,
+    PRIMARY KEY (sender_id, cid)
+);
+CREATE INDEX IF NOT EXISTS message_cids_mid ON message_cids (mid);
 
 CREATE TABLE IF NOT EXISTS inbox (
     user_id INTEGER NOT NULL,
@@ -44,7 +52,7 @@ CREATE INDEX IF NOT EXISTS tokens_expiry ON tokens (expires_at);
 
 -- Offline messages stored by earlier versions move into the inbox, in the
 -- order they would have been delivered.
-INSERT OR IGNORE INTO messages (mid, sender_id, conversation, cid, body)
+INSERT OR IGNORE INTO messages (mid, sender_id, conversation, body)
 SELECT mid,
        COALESCE(json_extract(payload, '$.id'), 0),
        CASE WHEN json_extract(payload, '$.msgid') = 10
@@ -52,7 +60,6 @@ SELECT mid,
             ELSE 'u:' || MIN(json_extract(payload, '$.id'), json_extract(payload, '$.toid'))
                  || ':' || MAX(json_extract(payload, '$.id'), json_extract(payload, '$.toid'))
        END,
-       NULL,
        payload
 FROM offline_messages;
 

@@ -64,6 +64,9 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
             name
         }
         Ok(None) => {
+            if let Some(attempt) = attempt {
+                ctx.guard.logins.failed(attempt);
+            }
             session.login_failures.record(now);
             tracing::info!(user = id, "login refused: bad credentials");
             return Reply::error(Some(MsgId::Login), Errno::BadCredentials).into();

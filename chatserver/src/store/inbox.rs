@@ -64,7 +64,7 @@ pub struct WriteTx {
 impl Store {
     pub async fn begin_writes(&self) -> Result<WriteTx, StoreError> {
         Ok(WriteTx {
-            tx: self.pool.begin().await?,
+            tx: self.writes.begin().await?,
             dialect: self.dialect,
         })
     }
@@ -198,15 +198,19 @@ impl Store {
         if mids.is_empty() {
             return Ok(0);
         }
-        let sql = format!(
-            "DELETE FROM messages WHERE mid IN ({})",
-            placeholders(mids.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for mid in &mids {
-            query = query.bind(*mid);
+        let mut removed = 0;
+        for table in ["message_cids", "messages"] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE mid IN ({})",
+                placeholders(mids.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for mid in &mids {
+                query = query.bind(*mid);
+            }
+            removed = query.execute(&self.pool).await?.rows_affected();
         }
-        Ok(query.execute(&self.pool).await?.rows_affected())
+        Ok(removed)
     }
 
     /// Up to `chunk` undelivered inbox rows older than `cutoff_mid`.
@@ -250,11 +254,14 @@ impl WriteTx {
     ) -> Result<HashMap<(i64, String), (i64, String)>, StoreError> {
         let mut found = HashMap::new();
         for &(sender, cid) in keys {
-            let row = sqlx::query("SELECT mid, body FROM messages WHERE sender_id = ? AND cid = ?")
-                .bind(sender)
-                .bind(cid)
-                .fetch_optional(&mut *self.tx)
-                .await?;
+            let row = sqlx::query(
+                "SELECT m.mid, m.body FROM message_cids c JOIN messages m ON m.mid = c.mid \
+                 WHERE c.sender_id = ? AND c.cid = ?",
+            )
+            .bind(sender)
+            .bind(cid)
+            .fetch_optional(&mut *self.tx)
+            .await?;
             if let Some(row) = row {
                 found.insert(
                     (sender, cid.to_owned()),
@@ -374,14 +381,27 @@ impl WriteTx {
     pub async fn insert_messages(&mut self, messages: &[NewMessage]) -> Result<bool, StoreError> {
         for chunk in messages.chunks(INSERT_CHUNK) {
             let mut insert = QueryBuilder::<Any>::new(
-                "INSERT INTO messages (mid, sender_id, conversation, cid, body) ",
+                "INSERT INTO messages (mid, sender_id, conversation, body) ",
             );
             insert.push_values(chunk, |mut row, message| {
                 row.push_bind(message.mid)
                     .push_bind(message.sender_id)
                     .push_bind(message.conversation.clone())
-                    .push_bind(message.cid.clone())
                     .push_bind(message.body.to_string());
+            });
+            insert.build().execute(&mut *self.tx).await?;
+        }
+        let with_cid: Vec<(&NewMessage, &str)> = messages
+            .iter()
+            .filter_map(|m| Some((m, m.cid.as_deref()?)))
+            .collect();
+        for chunk in with_cid.chunks(INSERT_CHUNK) {
+            let mut insert =
+                QueryBuilder::<Any>::new("INSERT INTO message_cids (sender_id, cid, mid) ");
+            insert.push_values(chunk, |mut row, (message, cid)| {
+                row.push_bind(message.sender_id)
+                    .push_bind(cid.to_string())
+                    .push_bind(message.mid);
             });
             match insert.build().execute(&mut *self.tx).await {
                 Ok(_) => {}

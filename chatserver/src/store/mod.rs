@@ -19,6 +19,9 @@ pub use inbox::{Counters, InboxRow, NewMessage, StoredPush, WriteTx};
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 
+/// Writer tasks on MySQL (see `Store::writer_shards`).
+const WRITER_SHARDS_MYSQL: usize = 4;
+
 /// Rows per multi-row INSERT: far below both engines' bind-variable limits.
 const INSERT_CHUNK: usize = 500;
 
@@ -68,8 +71,10 @@ pub struct GroupMemberRow {
 pub enum Durability {
     /// Flushed to disk at commit: power loss and OS crash included.
     PowerLoss,
-    /// MySQL's `innodb_flush_log_at_trx_commit = 2`: a database process
-    /// crash, not an OS crash or power loss (up to about a second lost).
+    /// Written at commit, flushed later: a crash of the server or database
+    /// process loses nothing, an OS crash or power loss may lose the last
+    /// commits (SQLite `synchronous = NORMAL`, MySQL
+    /// `innodb_flush_log_at_trx_commit = 2`).
     DatabaseCrash,
     /// `innodb_flush_log_at_trx_commit = 0`: up to about a second of
     /// commits lost even when only the database process crashes.
@@ -80,7 +85,24 @@ pub enum Durability {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// One connection, for the transactions of the writer task.
+    writes: AnyPool,
     dialect: Dialect,
+    sync: SqliteSync,
+}
+
+/// SQLite's `synchronous` setting (in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSync {
+    /// A commit is in the WAL file, fsynced at checkpoints: it survives a
+    /// crash (SIGKILL) of the server, not an OS crash or power loss, which
+    /// may undo the last commits. The default: one fsync per commit costs
+    /// more than the rest of a message's path.
+    #[default]
+    Normal,
+    /// The WAL is fsynced at each commit: a power loss loses nothing
+    /// acknowledged.
+    Full,
 }
 
 fn now_ms() -> i64 {
@@ -101,7 +123,11 @@ impl Store {
     /// Connects (retrying until `patience` runs out, since the database may
     /// still be starting), creates a missing MySQL database when allowed, and
     /// applies the migrations of the engine.
-    pub async fn connect(url: &str, patience: Duration) -> Result<Store, StoreError> {
+    pub async fn connect(
+        url: &str,
+        patience: Duration,
+        sync: SqliteSync,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("mysql:") {
             Dialect::MySql
@@ -111,7 +137,7 @@ impl Store {
         let deadline = Instant::now() + patience;
         let mut backoff = Duration::from_millis(100);
         loop {
-            match Self::try_connect(url, dialect).await {
+            match Self::try_connect(url, dialect, sync).await {
                 Ok(store) => return Ok(store),
                 Err(error) if Instant::now() < deadline => {
                     tracing::warn!(url = %mask_url(url), %error, "database not ready, retrying");
@@ -124,38 +150,62 @@ impl Store {
         }
     }
 
-    async fn try_connect(url: &str, dialect: Dialect) -> Result<Store, StoreError> {
+    async fn try_connect(
+        url: &str,
+        dialect: Dialect,
+        sync: SqliteSync,
+    ) -> Result<Store, StoreError> {
         if dialect == Dialect::MySql && !Any::database_exists(url).await? {
             Any::create_database(url).await?;
         }
-        let options = AnyPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(5))
-            .max_connections(match dialect {
-                Dialect::MySql => 16,
-                Dialect::Sqlite => 8,
-            });
-        let options = if dialect == Dialect::Sqlite {
-            options.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    use sqlx::Executor;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    // FULL: a commit is on disk before it returns, so an
-                    // acknowledged message survives a power loss too. The
-                    // writer's group commit pays one fsync per batch.
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    Ok(())
-                })
-            })
-        } else {
-            options
-        };
-        let pool = options.connect(url).await?;
+        let pool = Self::pool_options(dialect, sync, 16, 8)
+            .connect(url)
+            .await?;
         match dialect {
             Dialect::MySql => MYSQL_MIGRATIONS.run(&pool).await?,
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Store { pool, dialect })
+        // The writer tasks' own connections: their transactions never wait
+        // for a pooled one, and on SQLite the one writer's page cache stays
+        // warm (a pooled connection's cache is dropped whenever another one
+        // wrote).
+        let writes = Self::pool_options(dialect, sync, WRITER_SHARDS_MYSQL as u32, 1)
+            .connect(url)
+            .await?;
+        Ok(Store {
+            pool,
+            writes,
+            dialect,
+            sync,
+        })
+    }
+
+    fn pool_options(dialect: Dialect, sync: SqliteSync, mysql: u32, sqlite: u32) -> AnyPoolOptions {
+        let options = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(match dialect {
+                Dialect::MySql => mysql,
+                Dialect::Sqlite => sqlite,
+            });
+        if dialect == Dialect::MySql {
+            return options;
+        }
+        options.after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                use sqlx::Executor;
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                // See `SqliteSync` for what each setting survives.
+                conn.execute(match sync {
+                    SqliteSync::Normal => "PRAGMA synchronous = NORMAL",
+                    SqliteSync::Full => "PRAGMA synchronous = FULL",
+                })
+                .await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                // 16 MiB of page cache (the default is 2 MiB).
+                conn.execute("PRAGMA cache_size = -16384").await?;
+                Ok(())
+            })
+        })
     }
 
     /// What a committed transaction survives on this engine, for the
@@ -163,7 +213,10 @@ impl Store {
     /// depends on the server's `innodb_flush_log_at_trx_commit`.
     pub async fn durability(&self) -> Result<Durability, StoreError> {
         match self.dialect {
-            Dialect::Sqlite => Ok(Durability::PowerLoss),
+            Dialect::Sqlite => Ok(match self.sync {
+                SqliteSync::Full => Durability::PowerLoss,
+                SqliteSync::Normal => Durability::DatabaseCrash,
+            }),
             Dialect::MySql => {
                 let setting: i64 =
                     sqlx::query_scalar("SELECT CAST(@@innodb_flush_log_at_trx_commit AS SIGNED)")
@@ -184,7 +237,18 @@ impl Store {
         Ok(())
     }
 
+    /// How many writer tasks may commit at once: SQLite has one writer at
+    /// a time; on MySQL concurrent transactions share the redo log's fsync
+    /// (InnoDB group commit) and lock only the inboxes they write.
+    pub fn writer_shards(&self) -> usize {
+        match self.dialect {
+            Dialect::MySql => WRITER_SHARDS_MYSQL,
+            Dialect::Sqlite => 1,
+        }
+    }
+
     pub async fn close(&self) {
+        self.writes.close().await;
         self.pool.close().await;
     }
 

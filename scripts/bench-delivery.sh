@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The figures of the delivery issue (docs/BENCHMARKS.md, "Stored before
+# acknowledged"): this build, which stores every message before its ACK,
+# against a reference build that does not (BASE_BIN, e.g. main before the
+# change), in the same run, rounds interleaved so that load from elsewhere
+# hits both alike. JSON lines go to $OUT; a summary (medians, ratios) to
+# stdout.
+#
+#   git worktree add /tmp/base 2d4e36f && (cd /tmp/base && cargo build --release -p chatserver)
+#   BASE_BIN=/tmp/base/target/release/chatserver scripts/bench-delivery.sh
+#
+# Environment: BASE_BIN (required), ROUNDS (3), DURATION (5s), WARMUP (2s),
+# MYSQL_URL (mysql://root@127.0.0.1:3306; a fresh database per server),
+# GROUP_MEMBERS (5000), GROUP_MESSAGES (3: the reference stores a copy per
+# member, 300 MB per message), OUT (bench-delivery.jsonl).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+: "${BASE_BIN:?set BASE_BIN to the reference chatserver binary}"
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-5s}"
+WARMUP="${WARMUP:-2s}"
+MYSQL_URL="${MYSQL_URL:-mysql://root@127.0.0.1:3306}"
+GROUP_MEMBERS="${GROUP_MEMBERS:-5000}"
+GROUP_MESSAGES="${GROUP_MESSAGES:-3}"
+OUT="${OUT:-$PWD/bench-delivery.jsonl}"
+
+(cd "$ROOT" && cargo build --release -p chatbench -p chatserver)
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+HEAD_BIN="$TARGET/release/chatserver"
+BENCH_BIN="$TARGET/release/chatbench"
+
+WORK="$(mktemp -d -t bench-delivery.XXXXXX)"
+PID=""
+ADDR=""
+DATABASES=()
+stop_server() {
+    if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then
+        kill -TERM "$PID"
+        for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$PID" 2>/dev/null || true
+        wait "$PID" 2>/dev/null || true
+    fi
+    PID=""
+}
+cleanup() {
+    stop_server
+    for db in "${DATABASES[@]}"; do mysql -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS \`$db\`" || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# start BIN NAME DATABASE_URL [options...]: a fresh server in $WORK/NAME.
+start() {
+    local bin="$1" name="$2" url="$3"; shift 3
+    local dir="$WORK/$name"
+    mkdir -p "$dir"
+    (cd "$dir" && exec env RUST_LOG=warn "$bin" 127.0.0.1 0 --database-url "$url" \
+        --hash-memory-kib 64 --hash-iterations 1 --worker-threads 1 "$@" >stdout 2>stderr) &
+    PID=$!
+    for _ in $(seq 600); do
+        ADDR="$(sed -n 's/^listening on //p' "$dir/stdout" 2>/dev/null || true)"
+        [[ -n "$ADDR" ]] && return 0
+        kill -0 "$PID" 2>/dev/null || { cat "$dir/stderr" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "$name did not start" >&2; exit 1
+}
+# The limits this build has against abusive clients would refuse a load
+# generator that registers and logs in everyone from 127.0.0.1.
+LIFT=(--register-per-address 1000000 --create-group-per-user 1000000 --max-groups-per-user 1000000
+      --login-failures-per-address 1000000 --login-failures-per-account-address 1000000
+      --login-failures-per-account 1000000 --max-connections 1000000 --max-connections-per-ip 1000000)
+sqlite_url() { echo "sqlite://$WORK/$1.db?mode=rwc"; }
+mysql_url() {
+    local db="bench_delivery_$1_$$"
+    DATABASES+=("$db")
+    echo "$MYSQL_URL/$db"
+}
+bench() {
+    local label="$1"; shift
+    echo "# $label: chatbench $*" >&2
+    "$BENCH_BIN" --server "$ADDR" --server-pid "$PID" --json "$@" \
+        | sed "s/^{/{\"label\":\"$label\",/" | tee -a "$OUT"
+}
+
+echo "# $(date -u +%FT%TZ) $(nproc) cpus, $(uptime)" >&2
+for round in $(seq "$ROUNDS"); do
+    start "$BASE_BIN" "base-$round" "$(sqlite_url "base-$round")"
+    bench base-sqlite --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs 100
+    bench base-fanout --runs 1 --warmup "$WARMUP" --duration "$DURATION" fanout --members 50
+    stop_server
+    start "$HEAD_BIN" "head-$round" "$(sqlite_url "head-$round")" "${LIFT[@]}"
+    bench head-sqlite --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs 100
+    bench head-fanout --runs 1 --warmup "$WARMUP" --duration "$DURATION" fanout --members 50
+    stop_server
+    start "$HEAD_BIN" "head-mysql-$round" "$(mysql_url "$round")" "${LIFT[@]}"
+    bench head-mariadb --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs 100
+    stop_server
+done
+
+# Token logins (no password hashing), SQLite.
+start "$HEAD_BIN" tokens "$(sqlite_url tokens)" "${LIFT[@]}"
+bench head-tokens --runs "$ROUNDS" --duration "$DURATION" tokens --users 2000 --workers 32
+stop_server
+
+# Group messages of 60 KB to offline members: time per message, and the
+# database's growth per message (SQLite file with its WAL, checkpointed at
+# the server's exit).
+for build in base head; do
+    bin="$BASE_BIN"; extra=()
+    [[ $build == head ]] && { bin="$HEAD_BIN"; extra=("${LIFT[@]}"); }
+    name="groupstore-$build"
+    start "$bin" "$name" "$(sqlite_url "$name")" "${extra[@]}"
+    # Registers the members once (kept in a users file), so that the
+    # measured run below adds only the group, its joins and the messages.
+    bench "$build-groupstore-setup" --runs 1 --users-file "$WORK/$name.users" groupstore \
+        --members "$GROUP_MEMBERS" --messages 1 --size 10 >/dev/null
+    stop_server
+    before=$(stat -c %s "$WORK/$name.db")
+    start "$bin" "$name" "$(sqlite_url "$name")" "${extra[@]}"
+    bench "$build-groupstore" --runs 1 --users-file "$WORK/$name.users" groupstore \
+        --members "$GROUP_MEMBERS" --messages "$GROUP_MESSAGES" --size 60000 || true
+    stop_server
+    after=$(stat -c %s "$WORK/$name.db")
+    echo "{\"label\":\"$build-groupstore-bytes\",\"members\":$GROUP_MEMBERS,\"messages\":$GROUP_MESSAGES,\"db_bytes_per_message\":$(( (after - before) / GROUP_MESSAGES ))}" | tee -a "$OUT"
+done
