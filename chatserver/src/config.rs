@@ -392,6 +392,7 @@ impl std::fmt::Debug for Config {
             .field("token_ttl", &self.token_ttl)
             .field("sqlite_synchronous", &self.sqlite_synchronous)
             .field("v1_write_gap", &self.v1_write_gap)
+            .field("db_connect_timeout", &self.db_connect_timeout)
             .field("redis_url", &self.redis_url.as_deref().map(mask_url))
             .field("redis_prefix", &self.redis_prefix)
             .field("presence_lease", &self.presence_lease)
