@@ -43,3 +43,8 @@ ensure_nginx() {
         apt_install nginx libnginx-mod-stream
     fi
 }
+
+# `systemd-analyze verify` checks the unit files in config/systemd.
+ensure_systemd() {
+    command -v systemd-analyze >/dev/null || apt_install systemd
+}

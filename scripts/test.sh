@@ -87,6 +87,7 @@ clean_up() {
 [ -n "${CHAT_TEST_MYSQL_URL:-}" ] || ensure_mariadb
 ensure_redis
 ensure_nginx
+ensure_systemd
 trap clean_up EXIT
 
 log "cargo fmt --check"

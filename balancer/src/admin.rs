@@ -1,12 +1,13 @@
 //! The admin HTTP server: `/metrics` in Prometheus text and `/status` in JSON.
 //!
-//! It faces whoever can reach its port, so every peer is bounded: headers
-//! must arrive within [`HEADER_TIMEOUT`], a connection serves one request
-//! and lives at most [`CONNECTION_LIFETIME`], at most [`MAX_CONNECTIONS`]
-//! are open (more are closed at once, counted), and with `admin_token` set
-//! every request needs `Authorization: Bearer TOKEN`. A few descriptors are
-//! held in reserve so `/status` and `/metrics` still answer when the data
-//! path has run the process out of them.
+//! It faces whoever can reach its port, so every peer is bounded by the
+//! accept loop shared with the chat server's admin server ([`adminhttp`]):
+//! headers must arrive within [`HEADER_TIMEOUT`], a connection serves one
+//! request and lives at most [`CONNECTION_LIFETIME`], at most
+//! [`MAX_CONNECTIONS`] are open (more are closed at once, counted), and with
+//! `admin_token` set every request needs `Authorization: Bearer TOKEN`. A few
+//! descriptors are held in reserve so `/status` and `/metrics` still answer
+//! when the data path has run the process out of them.
 //!
 //! Metrics are read from the backends' own atomic counters at scrape time by
 //! a `prometheus-client` collector, so the data path never touches a metrics
@@ -16,17 +17,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-
+pub use adminhttp::{CONNECTION_LIFETIME, HEADER_TIMEOUT, MAX_CONNECTIONS};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -34,8 +31,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::{debug, info};
 
 use crate::shared::Shared;
 use crate::status::{BackendStatus, Status};
@@ -49,37 +44,8 @@ struct AdminState {
     registry: Arc<Registry>,
 }
 
-/// Time a client gets to send its request line and headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest life of one admin connection, request and response included.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(15);
-/// Admin connections open at once; more are closed on accept.
-pub const MAX_CONNECTIONS: usize = 32;
-/// Descriptors held back for the admin server when the process runs out.
-const RESERVED_FDS: usize = 2;
-/// Pause after an accept error that the reserve could not help with.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
-
-/// Spare descriptors (`/dev/null` opened read-only): closing one makes room
-/// to accept an admin connection when the data path used up the rest.
-struct Reserve(Vec<std::fs::File>);
-
-impl Reserve {
-    fn fill(&mut self) {
-        while self.0.len() < RESERVED_FDS {
-            match std::fs::File::open("/dev/null") {
-                Ok(f) => self.0.push(f),
-                Err(_) => return,
-            }
-        }
-    }
-}
-
-fn out_of_fds(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-}
-
-/// Serves the admin endpoints on `listener` until the task is aborted.
+/// Serves the admin endpoints on `listener` until the task is aborted,
+/// under the shared limits of [`adminhttp`].
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BalancerCollector {
@@ -94,79 +60,18 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         .route("/status", get(status))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin server listening");
-    }
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut reserve = Reserve(Vec::new());
-    reserve.fill();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) if out_of_fds(&e) && !reserve.0.is_empty() => {
-                // Make room for this one; refilled once descriptors free up.
-                reserve.0.pop();
-                continue;
-            }
-            Err(e) => {
-                debug!(error = %e, "admin accept failed");
-                tokio::time::sleep(ACCEPT_PAUSE).await;
-                reserve.fill();
-                continue;
-            }
-        };
-        reserve.fill();
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            shared.admin.refused.fetch_add(1, Ordering::Relaxed);
-            drop(stream);
-            continue;
-        };
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(false)
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
-            drop(slot);
-        });
-    }
+    adminhttp::serve(listener, app, shared.admin.clone()).await
 }
 
 /// With `admin_token` configured, lets only requests bearing it through.
 /// The token is read from the running config, so a reload changes it.
 async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
     let config = state.shared.snapshot().config.clone();
-    if let Some(token) = &config.admin_token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same(given.as_bytes(), token.expose().as_bytes()) {
-            state
-                .shared
-                .admin
-                .unauthorized
-                .fetch_add(1, Ordering::Relaxed);
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "a valid bearer token is required\n",
-            )
-                .into_response();
-        }
+    let token = config.admin_token.as_ref().map(|t| t.expose());
+    if let Some(refused) = adminhttp::bearer_refusal(&request, token, &state.shared.admin) {
+        return refused;
     }
     next.run(request).await
-}
-
-/// Compares in time independent of where the inputs differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 async fn status(State(state): State<AdminState>) -> Json<Status> {

@@ -19,6 +19,11 @@ struct Args {
     /// The TOML config file; watched and re-read on change and on SIGHUP.
     #[arg(short, long, env = "BALANCER_CONFIG", default_value = "config/lb.toml")]
     config: PathBuf,
+    /// Validate the config (and the TLS certificate and key), print the
+    /// effective settings with secrets masked, and exit: 0 when valid, 1
+    /// otherwise. Nothing is bound.
+    #[arg(long)]
+    check: bool,
 }
 
 #[tokio::main]
@@ -38,6 +43,12 @@ async fn main() -> anyhow::Result<()> {
     // plaintext where TLS was asked for.
     if let Some(tls) = &config.tls {
         balancer::tls::load(tls).context("loading the [tls] certificate and key")?;
+    }
+    if args.check {
+        // Like `nginx -t`: what would run, the admin token masked by its Debug.
+        println!("{config:#?}");
+        eprintln!("balancer: {} is valid", args.config.display());
+        return Ok(());
     }
 
     let listener = TcpListener::bind(&config.listen)

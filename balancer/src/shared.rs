@@ -4,6 +4,7 @@
 //! Only data and small accessors live here; the modules that change it
 //! (reload application, the data path) and read it (status) sit above.
 
+pub use adminhttp::AdminCounters;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +41,7 @@ pub struct Shared {
     /// How late the runtime runs: a timeout during a stall is not the backend's fault.
     pub lag: Lag,
     pub reloads: ReloadCounters,
-    pub admin: AdminCounters,
+    pub admin: Arc<AdminCounters>,
     /// With `[tls]`: the acceptor in use and the TLS counters.
     pub tls: Option<TlsState>,
     /// When the balancer was built; `/status` reports the uptime.
@@ -75,7 +76,7 @@ impl Shared {
             clients: ClientCounters::default(),
             lag: Lag::default(),
             reloads: ReloadCounters::default(),
-            admin: AdminCounters::default(),
+            admin: Arc::default(),
             tls: tls.map(TlsState::new),
             started: Instant::now(),
             listen_addr: OnceLock::new(),
@@ -110,15 +111,6 @@ pub struct ClientCounters {
     pub rejected: AtomicU64,
     /// Failed `accept` calls (EMFILE and the like), each followed by a pause.
     pub accept_errors: AtomicU64,
-}
-
-/// What the admin server turned away.
-#[derive(Debug, Default)]
-pub struct AdminCounters {
-    /// Connections closed on accept because the cap was reached.
-    pub refused: AtomicU64,
-    /// Requests without the right bearer token.
-    pub unauthorized: AtomicU64,
 }
 
 /// Outcomes of config reloads, for `/status` and `/metrics`.

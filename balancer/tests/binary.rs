@@ -88,3 +88,56 @@ async fn binary_logs_without_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(err.contains("watching the config file"), "{err}");
     assert!(!err.contains('\x1b'), "colour codes in a pipe: {err:?}");
 }
+
+/// `--check`: a valid file prints the effective config with the admin
+/// token masked and exits 0 without binding; a bad one exits 1 naming the
+/// line.
+#[test]
+fn check_prints_the_effective_config_and_exits_0_or_1() {
+    let dir = run::temp_dir("lb-check");
+    let good = dir.join("good.toml");
+    // A port that is taken: --check must not try to bind it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        &good,
+        format!(
+            "listen = \"{}\"\nadmin_token = \"a-very-secret-token-1234\"\n[[backend]]\naddress = \"127.0.0.1:1\"\n",
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(BIN);
+    command.arg("--check").arg("--config").arg(&good);
+    let exit = run_to_exit(command, WAIT);
+    assert_eq!(exit.code, 0, "{}", exit.stderr);
+    assert!(exit.stdout.contains("127.0.0.1:1"), "{}", exit.stdout);
+    assert!(exit.stdout.contains("connect_timeout"), "{}", exit.stdout);
+    assert!(
+        !exit.stdout.contains("a-very-secret-token-1234"),
+        "{}",
+        exit.stdout
+    );
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"127.0.0.1:0\"\n[[backend]]\naddres = \"x\"\n",
+    )
+    .unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .arg("--check")
+        .arg("--config")
+        .arg(&bad)
+        .env("RUST_BACKTRACE", "0");
+    let exit = run_to_exit(command, WAIT);
+    assert_eq!(exit.code, 1);
+    assert!(exit.stderr.contains("line 3"), "{}", exit.stderr);
+
+    // The shipped sample checks.
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/lb.toml");
+    let mut command = Command::new(BIN);
+    command.arg("--check").arg("--config").arg(sample);
+    let exit = run_to_exit(command, WAIT);
+    assert_eq!(exit.code, 0, "{}", exit.stderr);
+}

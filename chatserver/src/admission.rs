@@ -13,7 +13,6 @@ use protocol::{Errno, Reply, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::proxy_header::{read_header, starts_with_header, HEADER_TIMEOUT};
@@ -30,7 +29,7 @@ pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
-    shutdown: CancellationToken,
+    shutdown: session::Shutdown,
 ) {
     let connected = Instant::now();
     let guard = &ctx.guard;
@@ -41,7 +40,7 @@ pub async fn serve(
     };
     let (client, _ip_slot) = if guard.proxy.trusts(peer.ip()) {
         let header = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.drain.cancelled() => return,
             header = tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut stream, peer)) => header,
         };
         let client = match header {
@@ -83,7 +82,7 @@ pub async fn serve(
         // Clients speak first: wait for their first bytes, within the login
         // idle timeout, to turn away a PROXY header nobody may send here.
         let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.drain.cancelled() => return,
             first = tokio::time::timeout_at(connected + ctx.limits.login_idle_timeout, starts_with_header(&stream)) => first,
         };
         match first {

@@ -54,6 +54,8 @@ pub const DEFAULT_REGISTER_PER_ADDRESS: usize = 5;
 pub const DEFAULT_CREATE_GROUP_PER_USER: usize = 10;
 /// Groups one user may have created, in all.
 pub const DEFAULT_MAX_GROUPS_PER_USER: usize = 100;
+/// Time a shutdown spreads GOAWAY to v2 sessions over, before v1 sessions close.
+pub const DEFAULT_DRAIN_PERIOD: Duration = Duration::from_secs(10);
 
 /// The ChatChat chat server.
 ///
@@ -201,6 +203,22 @@ pub struct Args {
     /// Log format: text or json (level from RUST_LOG, default info) [default text]
     #[arg(long, env = "CHAT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Admin HTTP server (/metrics, /healthz, /readyz) on IP:PORT; only on a
+    /// loopback address unless --admin-token is set [default: off]
+    #[arg(long, env = "CHAT_ADMIN", value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// Bearer token every admin request must carry [default: none]
+    #[arg(long, env = "CHAT_ADMIN_TOKEN", value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+    /// At SIGTERM: time over which v2 sessions get GOAWAY (spread, so they
+    /// reconnect elsewhere in waves); v1 sessions are closed at its end [default 10s]
+    #[arg(long, env = "CHAT_DRAIN_PERIOD", value_name = "DURATION")]
+    pub drain_period: Option<String>,
+    /// Validate the settings, print the effective config (secrets masked)
+    /// and exit: 0 when valid, 1 otherwise. Nothing is opened or bound.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check: bool,
 }
 
 /// Flags (and environment) over the file: every setting given in `flags`
@@ -226,6 +244,27 @@ fn merge(file: Args, flags: Args) -> Result<Args, ConfigError> {
     args.port = flags.port;
     args.config = flags.config;
     Ok(args)
+}
+
+/// A value that never reaches a log or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The value itself, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,6 +348,10 @@ pub struct Config {
     pub abuse: AbuseLimits,
     /// Proxies trusted to send a PROXY header; empty: none.
     pub proxy_protocol_from: Vec<IpNet>,
+    /// Where the admin HTTP server listens; `None`: off.
+    pub admin: Option<SocketAddr>,
+    pub admin_token: Option<Secret>,
+    pub drain_period: Duration,
 }
 
 /// The database URL without its password, for logs and `Debug`.
@@ -349,6 +392,7 @@ impl std::fmt::Debug for Config {
             .field("token_ttl", &self.token_ttl)
             .field("sqlite_synchronous", &self.sqlite_synchronous)
             .field("v1_write_gap", &self.v1_write_gap)
+            .field("db_connect_timeout", &self.db_connect_timeout)
             .field("redis_url", &self.redis_url.as_deref().map(mask_url))
             .field("redis_prefix", &self.redis_prefix)
             .field("presence_lease", &self.presence_lease)
@@ -356,6 +400,10 @@ impl std::fmt::Debug for Config {
             .field("name", &self.name)
             .field("abuse", &self.abuse)
             .field("proxy_protocol_from", &self.proxy_protocol_from)
+            .field("log_format", &self.log_format)
+            .field("admin", &self.admin)
+            .field("admin_token", &self.admin_token)
+            .field("drain_period", &self.drain_period)
             .finish()
     }
 }
@@ -388,6 +436,9 @@ impl Default for Config {
             log_format: LogFormat::Text,
             abuse: AbuseLimits::default(),
             proxy_protocol_from: Vec::new(),
+            admin: None,
+            admin_token: None,
+            drain_period: DEFAULT_DRAIN_PERIOD,
         }
     }
 }
@@ -496,6 +547,15 @@ impl Config {
                 None => Vec::new(),
                 Some(list) => parse_cidrs(list)?,
             },
+            admin: match args.admin.as_deref() {
+                None => None,
+                Some(text) => Some(text.parse().map_err(|_| ConfigError::Invalid {
+                    option: "admin",
+                    message: format!("{text:?} is not IP:PORT"),
+                })?),
+            },
+            admin_token: args.admin_token.filter(|t| !t.is_empty()).map(Secret::new),
+            drain_period: duration("drain-period", args.drain_period, defaults.drain_period)?,
             log_format: match args.log_format.as_deref() {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,
@@ -569,6 +629,12 @@ impl Config {
         }
         if self.presence_lease < Duration::from_secs(1) {
             return invalid("presence-lease", "must be at least 1s");
+        }
+        if self
+            .admin
+            .is_some_and(|addr| !addr.ip().is_loopback() && self.admin_token.is_none())
+        {
+            return invalid("admin", "a non-loopback admin address needs --admin-token");
         }
         if self.listen.parse::<SocketAddr>().is_err() {
             return invalid("listen", &format!("{:?} is not IP:PORT", self.listen));

@@ -1,12 +1,15 @@
 //! Everything a command may use, built once at start-up and shared by all
 //! sessions through an `Arc`. No globals.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bus::Bus;
 use crate::directory::Directory;
 use crate::guard::Guard;
 use crate::hasher::PasswordHasher;
+use crate::metrics::Metrics;
 use crate::mid::MidGenerator;
 use crate::refusals::Refusals;
 use crate::registry::Registry;
@@ -24,6 +27,8 @@ pub struct Limits {
     pub frame_stall_timeout: Duration,
     /// Least time between two frames written to a v1 connection.
     pub v1_write_gap: Duration,
+    /// At shutdown, v2 sessions get GOAWAY at a random point of this period.
+    pub drain_period: Duration,
 }
 
 pub struct Context {
@@ -40,7 +45,11 @@ pub struct Context {
     /// Connection, login and signup limits, and the PROXY policy.
     pub guard: Guard,
     /// Every limit's refusals, counted and log-throttled.
-    pub refusals: Refusals,
+    pub refusals: Arc<Refusals>,
+    /// Counters and gauges behind the admin server's `/metrics`.
+    pub metrics: Metrics,
+    /// Set at SIGTERM: `/readyz` answers 503 from then on.
+    pub shutting_down: AtomicBool,
     pub mids: MidGenerator,
     /// Other servers: Redis in cluster mode (`--redis-url`), else local only.
     pub bus: Bus,

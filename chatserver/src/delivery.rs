@@ -4,8 +4,10 @@
 //! does not arrive (queue full, receiver gone, Redis away) only delays it:
 //! the receiver's session reads its inbox.
 
+use crate::bus::Bus;
 use crate::context::Context;
 use crate::mailbox::{Outbound, Pushed};
+use crate::metrics::DeliveryPath;
 
 /// Offers `pushed` to each (receiver, seq) online here and hands the rest
 /// to the cluster.
@@ -21,6 +23,12 @@ pub async fn notify(ctx: &Context, pushed: &Pushed, deliveries: &[(i64, i64)]) {
             }
             None => elsewhere.push((receiver, seq)),
         }
+    }
+    let metrics = &ctx.metrics;
+    metrics.delivered(DeliveryPath::Stored, deliveries.len());
+    metrics.delivered(DeliveryPath::Local, deliveries.len() - elsewhere.len());
+    if matches!(ctx.bus, Bus::Redis(_)) {
+        metrics.delivered(DeliveryPath::Cluster, elsewhere.len());
     }
     ctx.bus.notify(&elsewhere, pushed).await;
 }

@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::config::HashCost;
 use crate::error::HashError;
+use crate::metrics::HashMetrics;
 
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
@@ -25,6 +26,8 @@ pub struct PasswordHasher {
     /// so the job queue never holds more than the threads can take.
     permits: Arc<Semaphore>,
     jobs: mpsc::Sender<Job>,
+    /// Queue length and times, for `/metrics`.
+    metrics: Option<HashMetrics>,
 }
 
 impl PasswordHasher {
@@ -55,7 +58,14 @@ impl PasswordHasher {
             decoy: Arc::default(),
             permits: Arc::new(Semaphore::new(threads)),
             jobs,
+            metrics: None,
         }
+    }
+
+    /// Reports queue length and times to `metrics`.
+    pub fn observed(mut self, metrics: HashMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// A PHC string (`$argon2id$v=19$m=...`) for a new password.
@@ -98,11 +108,12 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce(&mut Vec<Block>) -> Result<T, HashError> + Send + 'static,
     ) -> Result<T, HashError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| HashError("hasher closed".into()))?;
+        let asked = std::time::Instant::now();
+        let queued = Queued::enter(self.metrics.as_ref());
+        let permit = self.permits.acquire().await;
+        drop(queued);
+        let _permit = permit.map_err(|_| HashError("hasher closed".into()))?;
+        let started = std::time::Instant::now();
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |memory| {
             let _ = done.send(work(memory));
@@ -110,9 +121,34 @@ impl PasswordHasher {
         self.jobs
             .send(job)
             .map_err(|_| HashError("hashing threads are gone".into()))?;
-        result
+        let result = result
             .await
-            .map_err(|_| HashError("hashing thread failed".into()))?
+            .map_err(|_| HashError("hashing thread failed".into()))?;
+        if let Some(m) = &self.metrics {
+            m.observe(started - asked, started.elapsed());
+        }
+        result
+    }
+}
+
+/// Counts a job in the queue gauge while it waits, even if its future is
+/// dropped while waiting.
+struct Queued<'a>(Option<&'a HashMetrics>);
+
+impl<'a> Queued<'a> {
+    fn enter(metrics: Option<&'a HashMetrics>) -> Self {
+        if let Some(m) = metrics {
+            m.queued.inc();
+        }
+        Queued(metrics)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            m.queued.dec();
+        }
     }
 }
 

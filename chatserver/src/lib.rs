@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod admission;
 pub mod bus;
 pub mod command;
@@ -17,6 +18,7 @@ pub mod hasher;
 mod inbound;
 pub mod login_limit;
 pub mod mailbox;
+pub mod metrics;
 pub mod mid;
 pub mod proxy_header;
 pub mod rate_limit;

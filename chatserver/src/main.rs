@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    let check = args.check;
     let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(error) => {
@@ -34,6 +35,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    if check {
+        // Like `nginx -t`: the settings as they would run, secrets masked.
+        println!("{config:#?}");
+        eprintln!("chatserver: configuration is valid");
+        return ExitCode::SUCCESS;
+    }
     init_tracing(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads)
@@ -81,6 +88,16 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_CANNOT_BIND);
         }
     };
+    let admin = match config.admin {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                eprintln!("chatserver: cannot listen on {addr} (--admin): {error}");
+                return ExitCode::from(EXIT_CANNOT_BIND);
+            }
+        },
+        None => None,
+    };
     tracing::info!(database = %mask_url(&config.database_url), "starting");
     let server = match Server::start(&config, local_addr).await {
         Ok(server) => server,
@@ -88,6 +105,10 @@ async fn serve(config: Config) -> ExitCode {
             eprintln!("chatserver: {error}");
             return ExitCode::from(EXIT_DATABASE);
         }
+    };
+    let server = match admin {
+        Some(listener) => server.with_admin(listener),
+        None => server,
     };
     println!("listening on {local_addr}");
     let shutdown = CancellationToken::new();
@@ -112,7 +133,9 @@ async fn watch_signals(shutdown: CancellationToken) {
             _ = terminate.recv() => {}
         }
         if round == 0 {
-            tracing::info!("signal received, shutting down (send again to exit at once)");
+            tracing::info!(
+                "signal received, draining then shutting down (send again to exit at once)"
+            );
             shutdown.cancel();
         }
     }

@@ -11,16 +11,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::{Bus, RedisBus};
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::context::{Context, Limits};
 use crate::directory::Directory;
 use crate::error::StartError;
 use crate::guard::Guard;
 use crate::hasher::PasswordHasher;
 use crate::inbound;
+use crate::metrics::Metrics;
 use crate::mid::MidGenerator;
+use crate::refusals::Refusals;
 use crate::registry::Registry;
 use crate::retention;
+use crate::session;
 use crate::store::{Durability, Store};
 use crate::writer::{InboxLimits, Writer};
 use crate::{admission, connection_limits::AcceptBackoff};
@@ -60,6 +63,8 @@ async fn connect_cluster(config: &Config, url: &str, name: &str) -> Result<Redis
 pub struct Server {
     ctx: Arc<Context>,
     retention: Duration,
+    admin_token: Option<Secret>,
+    admin: Option<TcpListener>,
 }
 
 impl Server {
@@ -105,6 +110,8 @@ impl Server {
         // Cached memberships expire in a cluster, in case a join announced
         // on another server is missed during a Redis outage.
         let group_ttl = matches!(bus, Bus::Redis(_)).then_some(GROUP_CACHE_TTL);
+        let refusals = Arc::new(Refusals::default());
+        let metrics = Metrics::new(refusals.clone());
         let ctx = Context {
             server_name,
             limits: Limits {
@@ -115,6 +122,7 @@ impl Server {
                 v2_idle_timeout: config.v2_idle_timeout,
                 frame_stall_timeout: config.frame_stall_timeout,
                 v1_write_gap: config.v1_write_gap,
+                drain_period: config.drain_period,
             },
             directory: Directory::new(store.clone(), group_ttl),
             writer: Writer::spawn(
@@ -127,7 +135,8 @@ impl Server {
             token_ttl: config.token_ttl,
             store,
             registry: Registry::default(),
-            hasher: PasswordHasher::new(config.hash_cost, config.hash_threads),
+            hasher: PasswordHasher::new(config.hash_cost, config.hash_threads)
+                .observed(metrics.hash.clone()),
             guard: Guard::new(
                 config,
                 match &bus {
@@ -135,19 +144,41 @@ impl Server {
                     Bus::Local => None,
                 },
             ),
-            refusals: Default::default(),
+            refusals,
+            metrics,
+            shutting_down: Default::default(),
             mids: MidGenerator::new(bus.node()),
             bus,
         };
         Ok(Server {
             ctx: Arc::new(ctx),
             retention: config.retention,
+            admin_token: config.admin_token.clone(),
+            admin: None,
         })
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets sessions
-    /// flush and log out, and records their users offline.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    /// Serves the admin endpoints on `listener` too, from [`serve`](Self::serve)
+    /// until the process ends (they answer during the drain).
+    pub fn with_admin(mut self, listener: TcpListener) -> Self {
+        self.admin = Some(listener);
+        self
+    }
+
+    /// Serves until `shutdown` completes, then drains: stops accepting,
+    /// answers `/readyz` 503, closes connections not logged in, sends
+    /// GOAWAY to v2 sessions spread over the drain period, closes v1
+    /// sessions at its end (or when every session is gone), records the
+    /// users still here offline.
+    pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let admin = self.admin.take().map(|listener| {
+            tokio::spawn(crate::admin::serve(
+                self.ctx.clone(),
+                listener,
+                self.admin_token.clone(),
+            ))
+        });
+        let drain = CancellationToken::new();
         let stop = CancellationToken::new();
         let sessions = TaskTracker::new();
         // The bus's heartbeat and subscriber, and the retention purge.
@@ -177,7 +208,10 @@ impl Server {
                             stream,
                             peer,
                             next_conn_id,
-                            stop.child_token(),
+                            session::Shutdown {
+                                drain: drain.child_token(),
+                                stop: stop.child_token(),
+                            },
                         ));
                     }
                     Err(error) => {
@@ -190,9 +224,23 @@ impl Server {
             }
         }
         drop(listener);
-        tracing::info!(sessions = sessions.len(), "shutting down");
-        stop.cancel();
+        self.ctx
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let drain_period = self.ctx.limits.drain_period;
+        tracing::info!(
+            sessions = sessions.len(),
+            ?drain_period,
+            "shutting down: draining"
+        );
+        drain.cancel();
         sessions.close();
+        let _ = tokio::time::timeout(drain_period, sessions.wait()).await;
+        tracing::info!(
+            sessions = sessions.len(),
+            "drain period over, closing the rest"
+        );
+        stop.cancel();
         if tokio::time::timeout(SESSION_DRAIN, sessions.wait())
             .await
             .is_err()
@@ -215,6 +263,9 @@ impl Server {
             self.ctx.store.close().await;
         };
         let _ = tokio::time::timeout(FINAL_STORAGE_UPDATE, final_update).await;
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         tracing::info!("stopped");
     }
 }

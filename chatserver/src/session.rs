@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use protocol::{parse_frame, Errno, FrameCodec, FrameError, Reply, Version};
+use protocol::{parse_frame, Credential, Errno, FrameCodec, FrameError, Reply, Request, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::command::{self, AfterWrite, SessionState};
 use crate::context::Context;
 use crate::mailbox::{v1_frame, v2_frame_into, Outbound, Pushed};
+use crate::metrics::ConnState;
 use crate::refusals::Refusal;
 
 /// A write that makes no progress this long means the peer stopped reading.
@@ -36,6 +37,18 @@ const READ_CHUNK: usize = 4096;
 
 /// The timeout that closes a connection not logged in.
 const LOGIN_IDLE: &str = "not logged in within the login idle timeout";
+/// The "timeout" at which a draining v2 session gets its GOAWAY.
+const GOAWAY_DUE: &str = "goaway";
+
+/// The two stages of a server shutdown, as a session sees them.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// Draining starts: connections not logged in close now, v2 sessions
+    /// get GOAWAY at a random point of the drain period.
+    pub drain: CancellationToken,
+    /// The drain period is over: whoever is left (v1 sessions) closes.
+    pub stop: CancellationToken,
+}
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +81,7 @@ pub fn serve(
     peer: SocketAddr,
     conn_id: u64,
     connected: Instant,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> impl std::future::Future<Output = ()> {
     let span =
         tracing::info_span!("conn", conn = conn_id, peer = %peer, user = tracing::field::Empty);
@@ -83,6 +96,11 @@ pub fn serve(
         anonymous_since: connected,
         last_write: None,
         partial_since: None,
+        goaway_at: None,
+        conn_state: ConnState::PreLogin,
+        connected,
+        bytes_in: 0,
+        bytes_out: 0,
     };
     connection.run(shutdown)
 }
@@ -104,40 +122,65 @@ struct Connection {
     last_write: Option<Instant>,
     /// When the bytes of the current unfinished frame started arriving.
     partial_since: Option<Instant>,
+    /// While draining, when this v2 session gets its GOAWAY.
+    goaway_at: Option<Instant>,
+    /// What the `connections` gauge counts this connection as.
+    conn_state: ConnState,
+    connected: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl Connection {
-    async fn run(mut self, shutdown: CancellationToken) {
+    async fn run(mut self, shutdown: Shutdown) {
         self.span.in_scope(|| tracing::debug!("connected"));
+        self.ctx.metrics.connection(None, Some(self.conn_state));
         let reason = self.serve(&shutdown).await;
         let span = self.span.clone();
         Box::pin(async move {
             if matches!(reason, Closing::Shutdown) && self.state.version == Version::V2 {
                 self.go_away().await;
             }
+            let user = self.state.user.as_ref().map(|u| u.id);
             command::end_login(&self.ctx, &mut self.state).await;
+            self.ctx.metrics.connection(Some(self.conn_state), None);
             let _ = tokio::time::timeout(Duration::from_millis(200), self.stream.shutdown()).await;
+            // One line per connection end, with what an operator asks first.
+            let address = self.state.peer_ip;
+            let duration_ms = self.connected.elapsed().as_millis() as u64;
+            let (bytes_in, bytes_out) = (self.bytes_in, self.bytes_out);
+            macro_rules! closed {
+                ($level:ident) => {
+                    tracing::$level!(
+                        user,
+                        %address,
+                        duration_ms,
+                        bytes_in,
+                        bytes_out,
+                        %reason,
+                        "connection closed"
+                    )
+                };
+            }
             match reason {
-                Closing::PeerClosed | Closing::Shutdown => {
-                    tracing::info!(%reason, "connection closed")
-                }
+                Closing::PeerClosed | Closing::Shutdown => closed!(info),
                 // Limits: counted, and logged once a minute per address by
                 // `refusals`, so a flood of them cannot flood the log.
                 Closing::Idle(LOGIN_IDLE) => {
                     self.ctx
                         .refusals
                         .note(Refusal::LoginIdle, self.state.peer_ip);
-                    tracing::debug!(%reason, "connection closed")
+                    closed!(debug)
                 }
-                Closing::FrameTooLarge => tracing::debug!(%reason, "connection closed"),
-                _ => tracing::warn!(%reason, "connection closed"),
+                Closing::FrameTooLarge => closed!(debug),
+                _ => closed!(warn),
             }
         })
         .instrument(span)
         .await;
     }
 
-    async fn serve(&mut self, shutdown: &CancellationToken) -> Closing {
+    async fn serve(&mut self, shutdown: &Shutdown) -> Closing {
         // One timer for all timeouts, re-armed only when it fires early or
         // must fire sooner: no timer work per frame.
         let timer = tokio::time::sleep(Duration::ZERO);
@@ -168,7 +211,21 @@ impl Connection {
             };
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Closing::Shutdown,
+                _ = shutdown.stop.cancelled() => return Closing::Shutdown,
+                _ = shutdown.drain.cancelled(), if self.goaway_at.is_none() => {
+                    if self.state.user.is_none() {
+                        return Closing::Shutdown;
+                    }
+                    // v1 sessions wait for `stop`: their clients cannot
+                    // reconnect by themselves, so they go last.
+                    self.goaway_at = Some(match self.state.version {
+                        Version::V2 => {
+                            let period = self.ctx.limits.drain_period;
+                            Instant::now() + period.mul_f64(rand::random::<f64>())
+                        }
+                        Version::V1 => Instant::now() + Duration::from_secs(365 * 24 * 3600),
+                    });
+                }
                 _ = async { match evict { Some(token) => token.cancelled().await, None => std::future::pending().await } } => {
                     return Closing::Evicted;
                 }
@@ -185,6 +242,9 @@ impl Connection {
                     armed_for = None;
                     if let Some((at, why)) = self.deadline() {
                         if Instant::now() >= at {
+                            if why == GOAWAY_DUE {
+                                return Closing::Shutdown;
+                            }
                             return Closing::Idle(why);
                         }
                     }
@@ -198,9 +258,12 @@ impl Connection {
                     self.buf.reserve(READ_CHUNK);
                     match self.stream.try_read_buf(&mut self.buf) {
                         Ok(0) => return self.eof(),
-                        Ok(_) => if let Err(reason) = self.frames().await {
-                            return reason;
-                        },
+                        Ok(n) => {
+                            self.bytes_in += n as u64;
+                            if let Err(reason) = self.frames().await {
+                                return reason;
+                            }
+                        }
                         Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(error) => return Closing::ReadFailed(error),
                     }
@@ -226,7 +289,11 @@ impl Connection {
         let stall = self
             .partial_since
             .map(|since| (since + limits.frame_stall_timeout, "frame stalled half-way"));
-        [login, v2, stall]
+        let goaway = self
+            .goaway_at
+            .filter(|_| self.state.version == Version::V2)
+            .map(|at| (at, GOAWAY_DUE));
+        [login, v2, stall, goaway]
             .into_iter()
             .flatten()
             .min_by_key(|(at, _)| *at)
@@ -280,6 +347,14 @@ impl Connection {
         if parsed.version == Some(Version::V2) {
             self.state.version = Version::V2;
         }
+        let msgid = match &parsed.request {
+            Ok(request) => Some(request.msgid()),
+            Err(bad) => bad.msgid,
+        };
+        let by_token = matches!(
+            &parsed.request,
+            Ok(Request::Login(login)) if matches!(login.credential, Credential::Token(_))
+        );
         let was_logged_in = self.state.user.is_some();
         let outcome = match parsed.request {
             Ok(request) => command::apply(&self.ctx, &mut self.state, request).await,
@@ -291,6 +366,16 @@ impl Connection {
         if was_logged_in && self.state.user.is_none() {
             self.anonymous_since = Instant::now();
         }
+        self.ctx.metrics.request(msgid, &outcome.reply, by_token);
+        let conn_state = match (&self.state.user, self.state.version) {
+            (None, _) => ConnState::PreLogin,
+            (Some(_), Version::V1) => ConnState::V1,
+            (Some(_), Version::V2) => ConnState::V2,
+        };
+        self.ctx
+            .metrics
+            .connection(Some(self.conn_state), Some(conn_state));
+        self.conn_state = conn_state;
         self.reply(outcome.reply, parsed.rid.as_ref()).await?;
         self.after_write(outcome.after_write).await
     }
@@ -443,7 +528,11 @@ impl Connection {
             retry_ms: GOAWAY_RETRY_MS,
         }
         .frame();
-        let _ = tokio::time::timeout(SHUTDOWN_WRITE, self.stream.write_all(&frame)).await;
+        if let Ok(Ok(())) =
+            tokio::time::timeout(SHUTDOWN_WRITE, self.stream.write_all(&frame)).await
+        {
+            self.bytes_out += frame.len() as u64;
+        }
     }
 
     /// One frame per write call, and on v1 connections frames spaced by
@@ -469,7 +558,10 @@ impl Connection {
     ) -> Result<(), Closing> {
         tokio::select! {
             written = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.stream.write_all(bytes)) => match written {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => {
+                    self.bytes_out += bytes.len() as u64;
+                    Ok(())
+                }
                 Ok(Err(error)) => Err(Closing::WriteFailed(error)),
                 Err(_) => Err(Closing::WriteStalled),
             },

@@ -15,6 +15,8 @@ fn chatserver(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command
         .args(args)
+        // A short drain: these tests time the whole shutdown.
+        .args(["--drain-period", "1s"])
         .current_dir(dir)
         .env_remove("CHAT_DATABASE_URL")
         .env_remove("CHAT_CONFIG")
@@ -71,6 +73,10 @@ fn help_names_every_option() {
         "--name",
         "--worker-threads",
         "--log-format",
+        "--admin",
+        "--admin-token",
+        "--drain-period",
+        "--check",
     ] {
         assert!(help.contains(option), "--help lacks {option}");
     }

@@ -3,84 +3,15 @@
 //! acknowledged) get errno 10 with nothing half-written, requests that do
 //! not keep working, and the server recovers by itself.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use testkit::prelude::*;
-use testkit::run::{fresh_mariadb_url, mysql_base_url};
+use testkit::relay::mariadb_relay;
 use testkit::server::{config_on, ChatServer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-
-/// Forwards connections to MariaDB until cut; while cut it refuses new
-/// connections (accepts and closes them) and has closed the open ones.
-struct Relay {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    cut: Arc<std::sync::Mutex<CancellationToken>>,
-}
-
-impl Relay {
-    async fn start(target: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
-        let (task_up, task_cut) = (up.clone(), cut.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if !task_up.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is closed at once
-                }
-                let token = task_cut.lock().unwrap().clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = token.cancelled() => {}
-                    }
-                });
-            }
-        });
-        Relay { addr, up, cut }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        let mut token = self.cut.lock().unwrap();
-        token.cancel();
-        *token = CancellationToken::new();
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_gives_errno_10_and_the_server_recovers() {
-    let base = mysql_base_url();
-    let host_port = base.rsplit('@').next().unwrap().to_owned();
-    let target: SocketAddr = tokio::net::lookup_host(host_port.as_str())
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let relay = Relay::start(target).await;
-    let direct_url = fresh_mariadb_url();
-    let database = direct_url.rsplit('/').next().unwrap();
-    let relayed_url = format!(
-        "{}@{}/{database}",
-        base.rsplit_once('@').unwrap().0,
-        relay.addr
-    );
+    let (relay, relayed_url) = mariadb_relay().await;
     let server = ChatServer::start_with(config_on(relayed_url)).await;
 
     let (mut alice, _) = server.user("alice").await;

@@ -22,6 +22,7 @@ pub mod fake_server;
 pub mod lb;
 pub mod nginx;
 pub mod redis;
+pub mod relay;
 pub mod resume;
 pub mod run;
 #[cfg(feature = "chatserver")]

@@ -60,6 +60,8 @@ pub fn config_on(database_url: String) -> Config {
         },
         db_connect_timeout: Duration::from_secs(5),
         name: Some("test-server".into()),
+        // Shut down at once, as tests stopping servers expect.
+        drain_period: Duration::ZERO,
         ..Config::default()
     }
 }

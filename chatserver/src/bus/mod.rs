@@ -62,6 +62,14 @@ impl Bus {
         }
     }
 
+    /// False while Redis is known to be away (a single server: always true).
+    pub fn reachable(&self) -> bool {
+        match self {
+            Bus::Local => true,
+            Bus::Redis(redis) => redis.reachable.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     /// The server number for message ids.
     pub fn node(&self) -> u64 {
         match self {

@@ -16,10 +16,10 @@ pub async fn apply(ctx: &Context, user: &User, friend: i64) -> Reply {
     match ctx.directory.user_name(friend).await {
         Ok(Some(_)) => {}
         Ok(None) => return refuse(MsgId::AddFriend, Errno::NotFound, "no such user"),
-        Err(error) => return server_error(MsgId::AddFriend, error),
+        Err(error) => return server_error(ctx, MsgId::AddFriend, error),
     }
     match ctx.store.add_friends(user.id, friend).await {
         Ok(()) => Reply::DONE,
-        Err(error) => server_error(MsgId::AddFriend, error),
+        Err(error) => server_error(ctx, MsgId::AddFriend, error),
     }
 }

@@ -13,6 +13,6 @@ pub async fn apply(ctx: &Context, user: &User, group: i64) -> Reply {
             Reply::DONE
         }
         Ok(false) => refuse(MsgId::AddGroup, Errno::NotFound, "no such group"),
-        Err(error) => server_error(MsgId::AddGroup, error),
+        Err(error) => server_error(ctx, MsgId::AddGroup, error),
     }
 }

@@ -34,6 +34,6 @@ pub async fn apply(ctx: &Context, user: &User, name: &str, desc: &str) -> Reply 
             Errno::GroupNameTaken,
             "group name is taken",
         ),
-        Err(error) => server_error(MsgId::CreateGroup, error),
+        Err(error) => server_error(ctx, MsgId::CreateGroup, error),
     }
 }

@@ -11,7 +11,7 @@ pub async fn apply(ctx: &Context, session: &SessionState, group: i64, chat: Send
     let members = match ctx.directory.group_members(group).await {
         Ok(Some(members)) => members,
         Ok(None) => return refuse(MsgId::GroupChat, Errno::NotFound, "no such group"),
-        Err(error) => return server_error(MsgId::GroupChat, error),
+        Err(error) => return server_error(ctx, MsgId::GroupChat, error),
     };
     if members.binary_search(&user.id).is_err() {
         return refuse(

@@ -11,7 +11,7 @@ pub async fn apply(ctx: &Context, user: &User, history: History) -> Reply {
             match ctx.directory.user_name(with).await {
                 Ok(Some(_)) => {}
                 Ok(None) => return refuse(MsgId::History, Errno::NotFound, "no such user"),
-                Err(error) => return server_error(MsgId::History, error),
+                Err(error) => return server_error(ctx, MsgId::History, error),
             }
             format!("u:{}:{}", user.id.min(with), user.id.max(with))
         }
@@ -26,7 +26,7 @@ pub async fn apply(ctx: &Context, user: &User, history: History) -> Reply {
                     )
                 }
                 Ok(None) => return refuse(MsgId::History, Errno::NotFound, "no such group"),
-                Err(error) => return server_error(MsgId::History, error),
+                Err(error) => return server_error(ctx, MsgId::History, error),
             }
             format!("g:{group}")
         }
@@ -38,7 +38,7 @@ pub async fn apply(ctx: &Context, user: &User, history: History) -> Reply {
         .await
     {
         Ok(bodies) => bodies,
-        Err(error) => return server_error(MsgId::History, error),
+        Err(error) => return server_error(ctx, MsgId::History, error),
     };
     let more = bodies.len() > history.limit as usize;
     let messages = bodies

@@ -71,7 +71,7 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
             tracing::info!(user = id, "login refused: bad credentials");
             return Reply::error(Some(MsgId::Login), Errno::BadCredentials).into();
         }
-        Err(error) => return server_error(MsgId::Login, error).into(),
+        Err(error) => return server_error(ctx, MsgId::Login, error).into(),
     };
     let (handle, mailbox) = mailbox(
         session.conn_id,
@@ -113,7 +113,7 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
         Err(error) => {
             ctx.registry.release(id, session.conn_id);
             ctx.bus.release(id).await;
-            return server_error(MsgId::Login, error).into();
+            return server_error(ctx, MsgId::Login, error).into();
         }
     };
     ctx.directory.remember_name(id, name.clone());

@@ -112,8 +112,9 @@ pub(crate) fn refuse(request: MsgId, errno: Errno, message: impl Into<Cow<'stati
 }
 
 /// Storage failed: log it and answer errno 10.
-pub(crate) fn server_error(request: MsgId, error: impl Into<Unavailable>) -> Reply {
+pub(crate) fn server_error(ctx: &Context, request: MsgId, error: impl Into<Unavailable>) -> Reply {
     let error = error.into();
+    ctx.metrics.unavailable(&error);
     tracing::error!(%error, request = ?request, "request failed: storage, hashing or cluster unavailable");
     Reply::error(Some(request), Errno::ServerError)
 }
@@ -249,6 +250,6 @@ pub(crate) async fn send_chat(
                 "the receiver has too many undelivered messages",
             )
         }
-        Err(error) => server_error(msgid, error),
+        Err(error) => server_error(ctx, msgid, error),
     }
 }

@@ -10,7 +10,7 @@ pub async fn apply(ctx: &Context, session: &SessionState, to: i64, chat: SendCha
         match ctx.directory.user_name(to).await {
             Ok(Some(_)) => {}
             Ok(None) => return refuse(MsgId::OneChat, Errno::NotFound, "no such user"),
-            Err(error) => return server_error(MsgId::OneChat, error),
+            Err(error) => return server_error(ctx, MsgId::OneChat, error),
         }
     }
     send_chat(ctx, session, logged_in(session), chat, vec![to]).await

@@ -22,7 +22,7 @@ pub async fn apply(ctx: &Context, name: String, password: String) -> Reply {
     }
     let hash = match ctx.hasher.hash(password).await {
         Ok(hash) => hash,
-        Err(error) => return server_error(MsgId::Register, error),
+        Err(error) => return server_error(ctx, MsgId::Register, error),
     };
     match ctx.store.create_user(&name, &hash).await {
         Ok(Some(id)) => {
@@ -30,6 +30,6 @@ pub async fn apply(ctx: &Context, name: String, password: String) -> Reply {
             Reply::RegisterOk { id }
         }
         Ok(None) => refuse(MsgId::Register, Errno::BadCredentials, "name is taken"),
-        Err(error) => server_error(MsgId::Register, error),
+        Err(error) => server_error(ctx, MsgId::Register, error),
     }
 }

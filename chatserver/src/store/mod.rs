@@ -247,6 +247,12 @@ impl Store {
         Ok(())
     }
 
+    /// One round trip to the database, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// How many writer tasks may commit at once: SQLite has one writer at
     /// a time; on MySQL concurrent transactions share the redo log's fsync
     /// (InnoDB group commit) and lock only the inboxes they write.

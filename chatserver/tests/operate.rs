@@ -1,0 +1,377 @@
+//! Operating the `chatserver` binary: the admin server (`/metrics`,
+//! `/healthz`, `/readyz`, its token), the drain at SIGTERM, `--check`, and
+//! the log line at each connection end.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::backend::http_get;
+use testkit::bin::{run_to_exit, Process, CHEAP_HASHING, GENEROUS_LIMITS};
+use testkit::prelude::*;
+use testkit::relay::mariadb_relay;
+use testkit::run::temp_dir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_chatserver");
+
+fn chatserver(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["127.0.0.1", "0"])
+        .args(CHEAP_HASHING)
+        .args(GENEROUS_LIMITS)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CHAT_DATABASE_URL")
+        .env_remove("CHAT_CONFIG")
+        .env("RUST_LOG", std::env::var("OP_LOG").unwrap_or("warn".into()));
+    command
+}
+
+/// Starts with `--admin` on a free port; returns (process, chat address, admin address).
+fn start_with_admin(dir: &Path, args: &[&str]) -> (Process, SocketAddr, SocketAddr) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut command = chatserver(dir, args);
+    command
+        .args(["--admin", &admin.to_string()])
+        .stderr(Stdio::inherit());
+    let (process, addr) = Process::start_listening(&mut command);
+    (process, addr, admin)
+}
+
+/// `/metrics` as a map from `name{labels}` to value.
+async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
+    let (code, body) = http_get(admin, "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn moved(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {
+    let get = |m: &HashMap<String, f64>| m.get(key).copied().unwrap_or(0.0);
+    assert!(after.contains_key(key), "{key} missing from /metrics");
+    get(after) - get(before)
+}
+
+/// Every counter named in issue 13 moves by what a scripted session did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_scripted_session() {
+    let dir = temp_dir("op-metrics");
+    let (_child, addr, admin) = start_with_admin(&dir, &[]);
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    let (code, body) = http_get(admin, "/readyz").await;
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    let before = scrape(admin).await;
+    assert!(before.contains_key("chatserver_build_info{version=\"0.1.0\"}"));
+
+    let (mut alice, alice_id) = Client::user(addr, "alice").await; // register + login
+    let mut bob = Client::connect(addr).await;
+    let bob_id = bob.register("bob", "pw").await;
+    let ack = bob.login(bob_id, "pw").await;
+    let token = ack.token.expect("v2 login gets a token");
+    drop(bob);
+    let mut wrong = Client::connect(addr).await;
+    let refused = wrong.call(&req::login(alice_id, "nope")).await;
+    assert!(matches!(refused, Reply::Error(ref f) if f.errno == Errno::BadCredentials));
+    // A v1 client waiting, then bob back by token.
+    // Registered on another connection: a v2 frame makes a connection v2.
+    let carol_id = Client::connect(addr).await.register("carol", "pw").await;
+    let mut carol = Client::connect(addr).await;
+    carol.send_v1(&req::login(carol_id, "pw")).await;
+    carol.recv().await;
+    let mut bob = Client::connect(addr).await;
+    bob.login_with_token(bob_id, &token, None).await;
+    alice.chat(bob_id, "hi").await;
+    bob.recv_chat().await;
+    alice.chat(carol_id, "hi carol").await;
+
+    let after = scrape(admin).await;
+    let m = |key: &str| moved(&before, &after, key);
+    assert_eq!(m("chatserver_registrations_total"), 3.0);
+    assert_eq!(m("chatserver_logins_total{errno=\"0\"}"), 4.0);
+    assert_eq!(m("chatserver_logins_total{errno=\"1\"}"), 1.0);
+    assert_eq!(m("chatserver_token_logins_total"), 1.0);
+    assert_eq!(
+        m("chatserver_requests_total{msgid=\"one_chat\",errno=\"0\"}"),
+        2.0
+    );
+    assert_eq!(
+        m("chatserver_requests_total{msgid=\"register\",errno=\"0\"}"),
+        3.0
+    );
+    assert_eq!(m("chatserver_deliveries_total{path=\"stored\"}"), 2.0);
+    assert_eq!(m("chatserver_deliveries_total{path=\"local\"}"), 2.0);
+    assert_eq!(m("chatserver_deliveries_total{path=\"cluster\"}"), 0.0);
+    assert_eq!(after["chatserver_connections{state=\"v2\"}"], 2.0);
+    assert_eq!(after["chatserver_connections{state=\"v1\"}"], 1.0);
+    assert_eq!(after["chatserver_connections{state=\"pre_login\"}"], 1.0);
+    assert!(m("chatserver_hash_seconds_count") >= 5.0);
+    assert!(after.contains_key("chatserver_hash_queue"));
+    assert!(after.contains_key("chatserver_unavailable_errors_total{system=\"database\"}"));
+    assert_eq!(
+        m("chatserver_limit_refusals_total{kind=\"login_rate\"}"),
+        0.0
+    );
+    // A limit hit is counted by kind.
+    let mut big = Client::connect(addr).await;
+    big.send_raw(&vec![b'x'; 70_000]).await;
+    let _ = big.closed_within(WAIT).await;
+    let last = scrape(admin).await;
+    assert_eq!(
+        moved(
+            &after,
+            &last,
+            "chatserver_limit_refusals_total{kind=\"frame_too_large\"}"
+        ),
+        1.0
+    );
+}
+
+/// Sends `GET path` with an optional bearer token; returns the status code.
+async fn get_status(admin: SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    get_raw(admin, path, token)
+        .await
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The body of `GET path` with the bearer `token`.
+async fn get_body(admin: SocketAddr, path: &str, token: &str) -> String {
+    let raw = get_raw(admin, path, Some(token)).await;
+    raw.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+async fn get_raw(admin: SocketAddr, path: &str, token: Option<&str>) -> String {
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
+        .await
+        .expect("admin answers")
+        .unwrap();
+    text
+}
+
+/// With a token, requests without it get 401; a non-loopback admin address
+/// without a token is refused at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_is_required_and_public_addresses_need_one() {
+    let dir = temp_dir("op-token");
+    let (_child, _addr, admin) = start_with_admin(&dir, &["--admin-token", "s3cret"]);
+    assert_eq!(get_status(admin, "/metrics", None).await, 401);
+    assert_eq!(get_status(admin, "/readyz", Some("wrong")).await, 401);
+    assert_eq!(get_status(admin, "/metrics", Some("s3cret")).await, 200);
+    assert_eq!(get_status(admin, "/readyz", Some("s3cret")).await, 200);
+    let text = get_body(admin, "/metrics", "s3cret").await;
+    assert!(
+        text.contains("chatserver_admin_unauthorized_total 2"),
+        "{text}"
+    );
+
+    let exit = run_to_exit(
+        chatserver(&dir, &["--admin", "0.0.0.0:0"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(exit.code, 1, "{}", exit.stderr);
+    assert!(exit.stderr.contains("admin-token"), "{}", exit.stderr);
+}
+
+/// SIGTERM: new connections are refused, `/readyz` says 503, v2 sessions
+/// get GOAWAY spread over the drain period, the v1 session closes last, and
+/// the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_v2_sessions_with_goaway_then_closes_v1() {
+    let dir = temp_dir("op-drain");
+    let (child, addr, admin) = start_with_admin(&dir, &["--drain-period", "3s"]);
+    let mut v2 = Vec::new();
+    for i in 0..8 {
+        v2.push(Client::user(addr, &format!("v2user{i}")).await.0);
+    }
+    let v1_id = Client::connect(addr).await.register("old", "pw").await;
+    let mut v1 = Client::connect(addr).await;
+    v1.send_v1(&req::login(v1_id, "pw")).await;
+    v1.recv().await;
+
+    let stopping = Instant::now();
+    child.signal("TERM");
+    let deadline = Deadline::after(WAIT);
+    loop {
+        let (code, body) = http_get(admin, "/readyz").await;
+        if code == 503 && body.contains("shutting down") {
+            break;
+        }
+        assert!(!deadline.passed(), "/readyz still {code} {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        Client::try_connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+    let mut goaway_times = Vec::new();
+    for client in &mut v2 {
+        let frames = client.expect_closed(Duration::from_secs(6)).await;
+        assert!(
+            matches!(&frames[..], [Incoming { frame: ServerFrame::GoAway(g), .. }] if g.reason == "shutdown"),
+            "{frames:?}"
+        );
+        goaway_times.push(stopping.elapsed());
+    }
+    let v1_closed = {
+        let _ = v1.expect_closed(Duration::from_secs(6)).await;
+        stopping.elapsed()
+    };
+    let last_goaway = goaway_times.iter().max().unwrap();
+    assert!(
+        v1_closed >= Duration::from_millis(2900),
+        "v1 closed at the end of the drain, not at {v1_closed:?}"
+    );
+    assert!(v1_closed >= *last_goaway, "v1 last");
+    let (status, _) = child.wait_timeout_async(Duration::from_secs(5)).await;
+    assert_eq!(status.expect("exits after the drain").code(), Some(0));
+}
+
+/// `--check` prints the effective config with secrets masked and exits 0;
+/// an invalid one exits 1 naming the option. Nothing is bound or created.
+#[test]
+fn check_validates_and_masks_secrets() {
+    let dir = temp_dir("op-check");
+    let exit = run_to_exit(
+        chatserver(
+            &dir,
+            &[
+                "--check",
+                "--database-url",
+                "mysql://root:hunter2@127.0.0.1:3306/chat",
+                "--admin",
+                "127.0.0.1:9100",
+                "--admin-token",
+                "tok3n",
+            ],
+        ),
+        Duration::from_secs(20),
+    );
+    assert_eq!(exit.code, 0, "{}", exit.stderr);
+    assert!(
+        exit.stdout.contains("mysql://root:***@127.0.0.1:3306/chat"),
+        "{}",
+        exit.stdout
+    );
+    assert!(exit.stdout.contains("9100"), "{}", exit.stdout);
+    assert!(exit.stdout.contains("drain_period"), "{}", exit.stdout);
+    assert!(!exit.stdout.contains("hunter2") && !exit.stdout.contains("tok3n"));
+    assert!(!dir.join("chat.db").exists());
+
+    let exit = run_to_exit(
+        chatserver(&dir, &["--check", "--drain-period", "soon"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(exit.code, 1);
+    assert!(exit.stderr.contains("drain-period"), "{}", exit.stderr);
+}
+
+/// Each connection end is one JSON line with user, address, duration,
+/// bytes and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_end_is_one_json_line() {
+    let dir = temp_dir("op-log");
+    let mut command = chatserver(&dir, &["--log-format", "json"]);
+    command.env("RUST_LOG", "info").stderr(Stdio::piped());
+    let (child, addr) = Process::start_listening(&mut command);
+    let (mut alice, id) = Client::user(addr, "alice").await;
+    alice.ping().await;
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.signal("TERM");
+    let (status, mut child) = child.wait_timeout_async(Duration::from_secs(15)).await;
+    assert!(status.is_some());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let ends: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v["fields"]["message"] == "connection closed")
+        .collect();
+    assert_eq!(ends.len(), 1, "{stderr}");
+    let fields = &ends[0]["fields"];
+    assert_eq!(fields["user"], id);
+    assert_eq!(fields["address"], "127.0.0.1");
+    assert_eq!(fields["reason"], "peer closed the connection");
+    assert!(fields["duration_ms"].is_u64());
+    assert!(fields["bytes_in"].as_u64().unwrap() > 0);
+    assert!(fields["bytes_out"].as_u64().unwrap() > 0);
+}
+
+/// `/readyz` answers 503 naming the database while MariaDB is cut off, and
+/// 200 again once it is back; `/healthz` stays 200 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_database() {
+    let dir = temp_dir("op-ready");
+    let (relay, url) = mariadb_relay().await;
+    let (_child, _addr, admin) = start_with_admin(&dir, &["--database-url", &url]);
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    relay.cut();
+    wait_for_ready(admin, 503, "database").await;
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    relay.restore();
+    wait_for_ready(admin, 200, "ready").await;
+}
+
+/// Polls `/readyz` (within 20 s) until it answers `code` with `needle` in the body.
+async fn wait_for_ready(admin: SocketAddr, code: u16, needle: &str) {
+    let deadline = Deadline::after(Duration::from_secs(20));
+    loop {
+        let (got, body) = http_get(admin, "/readyz").await;
+        if got == code && body.contains(needle) {
+            return;
+        }
+        assert!(!deadline.passed(), "/readyz still {got} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// In cluster mode `/readyz` also needs Redis: 503 naming it once the
+/// heartbeat finds it gone, 200 again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_redis_in_cluster_mode() {
+    let dir = temp_dir("op-ready-redis");
+    let port = free_port();
+    let mut redis = testkit::redis::RedisServer::start(port);
+    let url = testkit::run::fresh_mariadb_url();
+    let (_child, _addr, admin) = start_with_admin(
+        &dir,
+        &[
+            "--database-url",
+            &url,
+            "--redis-url",
+            &redis.url(),
+            "--redis-prefix",
+            &testkit::run::redis_prefix(),
+            "--presence-lease",
+            "1500ms",
+        ],
+    );
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    redis.kill();
+    wait_for_ready(admin, 503, "redis").await;
+    let _redis = testkit::redis::RedisServer::start(port);
+    wait_for_ready(admin, 200, "ready").await;
+}
