@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::stream::{self, StreamExt};
 use protocol::{AddGroup, ChatTarget, Request, SendChat};
 use serde_json::json;
 
@@ -24,17 +25,25 @@ pub async fn run(
     let limit = bench.common.timeout.max(Duration::from_secs(60));
     let users = bench.users(members, "gs").await?;
     let group = create_group(bench, &users).await?;
-    let conns = bench
-        .login_all(&users[1..], |_| bench.server(0), "log in members")
-        .await?;
-    for (mut conn, user) in conns.into_iter().zip(&users[1..]) {
-        conn.send(&Request::AddGroup(AddGroup {
-            id: Some(user.id),
-            group,
-        }))
-        .await?;
-        conn.logout(user.id, limit).await?;
-    }
+    // Members join concurrently, each on its own connection that leaves
+    // right after (holding 5,000 idle connections while the others join
+    // would outlast the server's v2 idle timeout).
+    let joined: Vec<anyhow::Result<()>> = stream::iter(&users[1..])
+        .map(|user| async move {
+            let mut conn = Conn::connect(bench.server(0), bench.source(0), bench.version()).await?;
+            conn.login(user.id, &bench.common.password, limit).await?;
+            conn.send(&Request::AddGroup(AddGroup {
+                id: Some(user.id),
+                group,
+            }))
+            .await?;
+            conn.logout(user.id, limit).await?;
+            Ok(())
+        })
+        .buffer_unordered(bench.common.setup_concurrency.max(1))
+        .collect()
+        .await;
+    joined.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     let mut sender = bench
         .login_all(&users[..1], |_| bench.server(0), "log in sender")
         .await?
