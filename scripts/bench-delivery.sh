@@ -70,7 +70,8 @@ start() {
 # generator that registers and logs in everyone from 127.0.0.1.
 LIFT=(--register-per-address 1000000 --create-group-per-user 1000000 --max-groups-per-user 1000000
       --login-failures-per-address 1000000 --login-failures-per-account-address 1000000
-      --login-failures-per-account 1000000 --max-connections 1000000 --max-connections-per-ip 1000000)
+      --login-failures-per-account 1000000 --max-connections 1000000 --max-connections-per-ip 1000000
+      --drain-period 0s)
 sqlite_url() { echo "sqlite://$WORK/$1.db?mode=rwc"; }
 mysql_url() {
     local db="bench_delivery_$1_$$"
@@ -106,7 +107,7 @@ stop_server
 
 # Group messages of 60 KB to offline members: time per message, and the
 # database's growth per message (SQLite file with its WAL, checkpointed at
-# the server's exit).
+# the server's exit, then truncated with the sqlite3 shell).
 for build in base head; do
     bin="$BASE_BIN"; extra=()
     [[ $build == head ]] && { bin="$HEAD_BIN"; extra=("${LIFT[@]}"); }
@@ -117,11 +118,13 @@ for build in base head; do
     bench "$build-groupstore-setup" --runs 1 --users-file "$WORK/$name.users" groupstore \
         --members "$GROUP_MEMBERS" --messages 1 --size 10 >/dev/null
     stop_server
+    sqlite3 "$WORK/$name.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
     before=$(stat -c %s "$WORK/$name.db")
     start "$bin" "$name" "$(sqlite_url "$name")" "${extra[@]}"
     bench "$build-groupstore" --runs 1 --users-file "$WORK/$name.users" groupstore \
         --members "$GROUP_MEMBERS" --messages "$GROUP_MESSAGES" --size 60000 || true
     stop_server
+    sqlite3 "$WORK/$name.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
     after=$(stat -c %s "$WORK/$name.db")
     echo "{\"label\":\"$build-groupstore-bytes\",\"members\":$GROUP_MEMBERS,\"messages\":$GROUP_MESSAGES,\"db_bytes_per_message\":$(( (after - before) / GROUP_MESSAGES ))}" | tee -a "$OUT"
 done
