@@ -5,7 +5,7 @@
 //! connection gets one error line (errno 9 for the limits, 6 for PROXY
 //! trouble) and is closed; each refusal is counted and log-throttled.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::connection_limits::IpSlot;
 use crate::context::Context;
 use crate::proxy_header::{read_header, starts_with_header, HEADER_TIMEOUT};
 use crate::refusals::Refusal;
@@ -57,27 +58,13 @@ pub async fn serve(
                 return;
             }
         };
-        let Some(ip_slot) = guard.connections.open_ip(client.ip()) else {
-            ctx.refusals.note(Refusal::MaxConnectionsPerIp, client.ip());
-            refuse(
-                stream,
-                Errno::RateLimited,
-                "too many connections from your address",
-            )
-            .await;
-            return;
+        let Some(ip_slot) = open_ip_slot(&ctx, client.ip()) else {
+            return refuse(stream, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
         };
         (client, ip_slot)
     } else {
-        let Some(ip_slot) = guard.connections.open_ip(peer.ip()) else {
-            ctx.refusals.note(Refusal::MaxConnectionsPerIp, peer.ip());
-            refuse(
-                stream,
-                Errno::RateLimited,
-                "too many connections from your address",
-            )
-            .await;
-            return;
+        let Some(ip_slot) = open_ip_slot(&ctx, peer.ip()) else {
+            return refuse(stream, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
         };
         // Clients speak first: wait for their first bytes, within the login
         // idle timeout, to turn away a PROXY header nobody may send here.
@@ -105,6 +92,18 @@ pub async fn serve(
         (peer, ip_slot)
     };
     session::serve(ctx.clone(), stream, client, conn_id, connected, shutdown).await;
+}
+
+const TOO_MANY_FROM_ADDRESS: &str = "too many connections from your address";
+
+/// A slot under `--max-connections-per-ip` for `ip`; `None` (counted) when
+/// that address holds all it may.
+fn open_ip_slot(ctx: &Context, ip: IpAddr) -> Option<IpSlot> {
+    let slot = ctx.guard.connections.open_ip(ip);
+    if slot.is_none() {
+        ctx.refusals.note(Refusal::MaxConnectionsPerIp, ip);
+    }
+    slot
 }
 
 /// Writes one error line and closes.
