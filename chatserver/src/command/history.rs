@@ -2,35 +2,30 @@
 
 use protocol::{Chat, ChatTarget, Errno, History, HistoryPage, MsgId, Reply};
 
-use super::{refuse, server_error, User};
+use super::{conversation_key, refuse, server_error, User};
 use crate::context::Context;
 
 pub async fn apply(ctx: &Context, user: &User, history: History) -> Reply {
-    let conversation = match history.of {
-        ChatTarget::User(with) => {
-            match ctx.directory.user_name(with).await {
-                Ok(Some(_)) => {}
-                Ok(None) => return refuse(MsgId::History, Errno::NotFound, "no such user"),
-                Err(error) => return server_error(ctx, MsgId::History, error),
+    match history.of {
+        ChatTarget::User(with) => match ctx.directory.user_name(with).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return refuse(MsgId::History, Errno::NotFound, "no such user"),
+            Err(error) => return server_error(ctx, MsgId::History, error),
+        },
+        ChatTarget::Group(group) => match ctx.directory.group_members(group).await {
+            Ok(Some(members)) if members.binary_search(&user.id).is_ok() => {}
+            Ok(Some(_)) => {
+                return refuse(
+                    MsgId::History,
+                    Errno::NotMember,
+                    "you are not a member of that group",
+                )
             }
-            format!("u:{}:{}", user.id.min(with), user.id.max(with))
-        }
-        ChatTarget::Group(group) => {
-            match ctx.directory.group_members(group).await {
-                Ok(Some(members)) if members.binary_search(&user.id).is_ok() => {}
-                Ok(Some(_)) => {
-                    return refuse(
-                        MsgId::History,
-                        Errno::NotMember,
-                        "you are not a member of that group",
-                    )
-                }
-                Ok(None) => return refuse(MsgId::History, Errno::NotFound, "no such group"),
-                Err(error) => return server_error(ctx, MsgId::History, error),
-            }
-            format!("g:{group}")
-        }
-    };
+            Ok(None) => return refuse(MsgId::History, Errno::NotFound, "no such group"),
+            Err(error) => return server_error(ctx, MsgId::History, error),
+        },
+    }
+    let conversation = conversation_key(user.id, history.of);
     let before = history.before.unwrap_or(i64::MAX);
     let bodies = match ctx
         .store

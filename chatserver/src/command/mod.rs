@@ -176,6 +176,15 @@ fn logged_in(session: &SessionState) -> &User {
         .expect("apply() refuses these requests before login")
 }
 
+/// The key a conversation's messages are stored (and HISTORY read) under:
+/// `u:LOW:HIGH` for the two users of a 1:1 chat, `g:GROUP` for a group.
+pub(crate) fn conversation_key(user: i64, target: ChatTarget) -> String {
+    match target {
+        ChatTarget::User(other) => format!("u:{}:{}", user.min(other), user.max(other)),
+        ChatTarget::Group(group) => format!("g:{group}"),
+    }
+}
+
 /// Stamps a chat message (id, server time), serializes it once, stores it
 /// in every receiver's inbox and only then tells them; the ACK carries its
 /// `mid` and `ts`. A repeated `cid` gets the first message's ACK.
@@ -187,10 +196,9 @@ pub(crate) async fn send_chat(
     receivers: Vec<i64>,
 ) -> Reply {
     let msgid = chat.target.msgid();
-    let (conversation, refuse_when_full) = match chat.target {
-        ChatTarget::User(to) => (format!("u:{}:{}", user.id.min(to), user.id.max(to)), true),
-        ChatTarget::Group(group) => (format!("g:{group}"), false),
-    };
+    let conversation = conversation_key(user.id, chat.target);
+    // 1:1 chats refuse a message to a full inbox; groups skip full members.
+    let refuse_when_full = matches!(chat.target, ChatTarget::User(_));
     let mid = ctx.mids.next();
     let ts = chrono::Utc::now().timestamp_millis();
     let time = chat
