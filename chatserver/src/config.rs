@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ConfigError;
-use crate::store::SqliteSync;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://chat.db?mode=rwc";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
@@ -315,6 +314,20 @@ impl Default for AbuseLimits {
             max_groups_per_user: DEFAULT_MAX_GROUPS_PER_USER,
         }
     }
+}
+
+/// SQLite's `synchronous` setting (in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSync {
+    /// A commit is in the WAL file, fsynced at checkpoints: it survives a
+    /// crash (SIGKILL) of the server, not an OS crash or power loss, which
+    /// may undo the last commits. The default: one fsync per commit costs
+    /// more than the rest of a message's path.
+    #[default]
+    Normal,
+    /// The WAL is fsynced at each commit: a power loss loses nothing
+    /// acknowledged.
+    Full,
 }
 
 /// Validated settings.

@@ -9,7 +9,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::{Any, AnyPool, Row};
 
-use crate::config::mask_url;
+use crate::config::{mask_url, SqliteSync};
 use crate::error::StoreError;
 
 mod inbox;
@@ -89,20 +89,6 @@ pub struct Store {
     writes: AnyPool,
     dialect: Dialect,
     sync: SqliteSync,
-}
-
-/// SQLite's `synchronous` setting (in WAL mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SqliteSync {
-    /// A commit is in the WAL file, fsynced at checkpoints: it survives a
-    /// crash (SIGKILL) of the server, not an OS crash or power loss, which
-    /// may undo the last commits. The default: one fsync per commit costs
-    /// more than the rest of a message's path.
-    #[default]
-    Normal,
-    /// The WAL is fsynced at each commit: a power loss loses nothing
-    /// acknowledged.
-    Full,
 }
 
 fn now_ms() -> i64 {
