@@ -346,10 +346,7 @@ impl RedisBus {
         if unknown.is_empty() {
             return;
         }
-        let labels: Vec<String> = unknown
-            .iter()
-            .map(|user| format!("{user}:{}", seqs.get(user).copied().unwrap_or(0)))
-            .collect();
+        let labels: Vec<String> = unknown.iter().map(|user| label(*user, &seqs)).collect();
         match self.fan_out_frame(&unknown, &labels, &head, payload).await {
             Ok(servers) => {
                 let mut locations = self.locations.lock().expect("locations lock");
@@ -482,10 +479,15 @@ pub(crate) enum BusFrame<'a> {
     },
 }
 
+/// How a notification frame names a receiver: `user:seq`.
+fn label(user: i64, seqs: &HashMap<i64, i64>) -> String {
+    format!("{user}:{}", seqs.get(&user).copied().unwrap_or(0))
+}
+
 fn join_deliveries(users: &[i64], seqs: &HashMap<i64, i64>) -> String {
     users
         .iter()
-        .map(|user| format!("{user}:{}", seqs.get(user).copied().unwrap_or(0)))
+        .map(|user| label(*user, seqs))
         .collect::<Vec<_>>()
         .join(",")
 }
