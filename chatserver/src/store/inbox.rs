@@ -51,7 +51,6 @@ pub struct Counters {
 #[derive(Debug, Clone)]
 pub struct StoredPush {
     pub seq: i64,
-    pub mid: i64,
     pub body: String,
 }
 
@@ -91,7 +90,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<StoredPush>, StoreError> {
         let rows = sqlx::query(
-            "SELECT i.seq, m.mid, m.body FROM inbox i JOIN messages m ON m.mid = i.mid \
+            "SELECT i.seq, m.body FROM inbox i JOIN messages m ON m.mid = i.mid \
              WHERE i.user_id = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
         )
         .bind(user_id)
@@ -103,8 +102,7 @@ impl Store {
             .map(|row| {
                 Ok(StoredPush {
                     seq: row.try_get(0)?,
-                    mid: row.try_get(1)?,
-                    body: long_text(row, 2)?,
+                    body: long_text(row, 1)?,
                 })
             })
             .collect()
@@ -198,7 +196,7 @@ impl Store {
         if mids.is_empty() {
             return Ok(0);
         }
-        let mut removed = 0;
+        // Their cids first, so that no cid ever names a missing message.
         for table in ["message_cids", "messages"] {
             let sql = format!(
                 "DELETE FROM {table} WHERE mid IN ({})",
@@ -208,9 +206,9 @@ impl Store {
             for mid in &mids {
                 query = query.bind(*mid);
             }
-            removed = query.execute(&self.pool).await?.rows_affected();
+            query.execute(&self.pool).await?;
         }
-        Ok(removed)
+        Ok(mids.len() as u64)
     }
 
     /// Up to `chunk` undelivered inbox rows older than `cutoff_mid`.
