@@ -790,6 +790,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("database-url"), "{message}");
+        for (flag, value, option) in [
+            ("--sqlite-synchronous", "fsync", "sqlite-synchronous"),
+            ("--inbox-limit", "0", "inbox-limit"),
+            ("--retention", "10s", "retention"),
+            ("--outbound-queue-bytes", "10", "outbound-queue-bytes"),
+        ] {
+            let message = parse(&[flag, value]).unwrap_err().to_string();
+            assert!(message.contains(option), "{flag} {value}: {message}");
+        }
+        assert_eq!(
+            parse(&["--sqlite-synchronous", "full"])
+                .unwrap()
+                .sqlite_synchronous,
+            SqliteSync::Full
+        );
     }
 
     #[test]
