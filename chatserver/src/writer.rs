@@ -152,20 +152,10 @@ async fn run(store: Store, limits: InboxLimits, mut rx: mpsc::Receiver<Job>) {
                 Job::Flush(done) => flushes.push(done),
             }
         }
-        if !presence.is_empty() {
-            // Best effort: the column is informational.
-            let (online, offline): (Vec<i64>, Vec<i64>) =
-                presence.keys().partition(|user| presence[user]);
-            for (users, state) in [(online, true), (offline, false)] {
-                if let Err(error) = store.set_online(&users, state).await {
-                    tracing::warn!(%error, "could not record users' online state");
-                }
-            }
-        }
         let started = std::time::Instant::now();
         let mut result = Err(StoreError::WriterStopped);
         for attempt in 1..=ATTEMPTS {
-            result = write_batch(&store, limits, &sends, &confirms).await;
+            result = write_batch(&store, limits, &sends, &confirms, &presence).await;
             match &result {
                 Ok(_) => break,
                 Err(error) if attempt < ATTEMPTS => {
@@ -202,17 +192,25 @@ async fn run(store: Store, limits: InboxLimits, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// One transaction: confirmations first (they make room), then the sends.
+/// One transaction: presence and confirmations first (they make room),
+/// then the sends.
 async fn write_batch(
     store: &Store,
     limits: InboxLimits,
     sends: &[SendJob],
     confirms: &BTreeMap<i64, i64>,
+    presence: &BTreeMap<i64, bool>,
 ) -> Result<Vec<SendOutcome>, StoreError> {
-    if sends.is_empty() && confirms.is_empty() {
+    if sends.is_empty() && confirms.is_empty() && presence.is_empty() {
         return Ok(Vec::new());
     }
     let mut tx = store.begin_writes().await?;
+    let (online, offline): (Vec<i64>, Vec<i64>) = presence.keys().partition(|user| presence[user]);
+    for (users, state) in [(online, true), (offline, false)] {
+        if !users.is_empty() {
+            tx.set_online(&users, state).await?;
+        }
+    }
     let cids: Vec<(i64, &str)> = sends
         .iter()
         .filter_map(|s| Some((s.message.sender_id, s.message.cid.as_deref()?)))

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use sqlx::{Any, QueryBuilder, Row, Transaction};
 
-use super::{is_unique_violation, long_text, placeholders, Dialect, Store, INSERT_CHUNK};
+use super::{
+    is_unique_violation, long_text, placeholders, update_states, Dialect, Store, INSERT_CHUNK,
+};
 use crate::error::StoreError;
 
 /// A message to store: its body once, whoever receives it.
@@ -454,6 +456,11 @@ impl WriteTx {
             insert.build().execute(&mut *self.tx).await?;
         }
         Ok(())
+    }
+
+    /// `users.state` of `user_ids`, in this transaction.
+    pub async fn set_online(&mut self, user_ids: &[i64], online: bool) -> Result<(), StoreError> {
+        update_states(&mut self.tx, user_ids, online).await
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {

@@ -309,19 +309,8 @@ impl Store {
     /// Records users as online or offline (kept for operators and for the
     /// original schema's readers; presence itself lives in memory).
     pub async fn set_online(&self, user_ids: &[i64], online: bool) -> Result<(), StoreError> {
-        let state = if online { "online" } else { "offline" };
-        for chunk in user_ids.chunks(INSERT_CHUNK) {
-            let sql = format!(
-                "UPDATE users SET state = ? WHERE id IN ({})",
-                placeholders(chunk.len())
-            );
-            let mut query = sqlx::query(&sql).bind(state);
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            query.execute(&self.pool).await?;
-        }
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        update_states(&mut conn, user_ids, online).await
     }
 
     /// Marks everyone offline: a single server that starts owns every session.
@@ -452,6 +441,28 @@ impl Store {
             .collect::<Result<_, _>>()
             .map_err(Into::into)
     }
+}
+
+/// `users.state` of `user_ids`, on `conn` (a pooled connection, or the
+/// writer's transaction).
+async fn update_states(
+    conn: &mut sqlx::AnyConnection,
+    user_ids: &[i64],
+    online: bool,
+) -> Result<(), StoreError> {
+    let state = if online { "online" } else { "offline" };
+    for chunk in user_ids.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "UPDATE users SET state = ? WHERE id IN ({})",
+            placeholders(chunk.len())
+        );
+        let mut query = sqlx::query(&sql).bind(state);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// A MEDIUMTEXT column: MySQL reports it as a BLOB type, which `Any`
