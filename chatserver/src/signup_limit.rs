@@ -9,11 +9,10 @@ use std::time::Instant;
 
 use protocol::{Errno, Reply, Request};
 
-use crate::command::SessionState;
 use crate::config::AbuseLimits;
-use crate::context::Context;
 use crate::rate_limit::{address_key, Table};
-use crate::refusals::Refusal;
+use crate::refusals::{Refusal, Refusals};
+use crate::store::Store;
 
 pub struct SignupLimiter {
     register_per_address: usize,
@@ -40,22 +39,24 @@ impl SignupLimiter {
         }
     }
 
-    /// The refusal for `request` when it would pass a limit; `None` lets it
-    /// run. Every attempt counts, refused or not by the command itself.
+    /// The refusal for `request` from `peer_ip` (by `user`, when logged in)
+    /// when it would pass a limit; `None` lets it run. Every attempt counts,
+    /// refused or not by the command itself.
     pub async fn refuse(
         &self,
-        ctx: &Context,
-        session: &SessionState,
+        store: &Store,
+        refusals: &Refusals,
+        peer_ip: IpAddr,
+        user: Option<i64>,
         request: &Request,
     ) -> Option<Reply> {
         let now = Instant::now();
         let (kind, message) = match request {
             Request::Register(_) => {
-                if self.registers.try_record(
-                    address_key(session.peer_ip),
-                    self.register_per_address,
-                    now,
-                ) {
+                if self
+                    .registers
+                    .try_record(address_key(peer_ip), self.register_per_address, now)
+                {
                     return None;
                 }
                 (
@@ -64,7 +65,7 @@ impl SignupLimiter {
                 )
             }
             Request::CreateGroup(_) => {
-                let user = session.user.as_ref()?.id;
+                let user = user?;
                 if !self
                     .creates
                     .try_record(user, self.create_group_per_user, now)
@@ -74,7 +75,7 @@ impl SignupLimiter {
                         "too many new groups, try again later",
                     )
                 } else {
-                    match ctx.store.groups_created_by(user).await {
+                    match store.groups_created_by(user).await {
                         Ok(n) if n >= self.max_groups_per_user as i64 => (
                             Refusal::GroupQuota,
                             "you created as many groups as one user may",
@@ -86,7 +87,7 @@ impl SignupLimiter {
             }
             _ => return None,
         };
-        ctx.refusals.note(kind, session.peer_ip);
+        refusals.note(kind, peer_ip);
         Some(Reply::refuse(
             Some(request.msgid()),
             Errno::RateLimited,

@@ -131,7 +131,12 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) 
             }
         }
     }
-    if let Some(refused) = ctx.guard.signups.refuse(ctx, session, &request).await {
+    let user = session.user.as_ref().map(|user| user.id);
+    let signups = &ctx.guard.signups;
+    if let Some(refused) = signups
+        .refuse(&ctx.store, &ctx.refusals, session.peer_ip, user, &request)
+        .await
+    {
         return refused.into();
     }
     match request {
