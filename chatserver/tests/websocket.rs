@@ -366,7 +366,9 @@ async fn a_websocket_not_logged_in_is_closed_at_the_login_idle_timeout() {
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("login"), "{reason}");
     // An HTTP connection that never upgrades is bounded the same way.
-    let mut idle = tokio::net::TcpStream::connect(server.web).await.expect("connect");
+    let mut idle = tokio::net::TcpStream::connect(server.web)
+        .await
+        .expect("connect");
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(WAIT, idle.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
@@ -380,7 +382,9 @@ async fn connection_limits_apply_per_client_address_from_the_proxy_header() {
     config.proxy_protocol_from = chatserver::config::parse_cidrs("127.0.0.1").expect("cidr");
     let server = ChatServer::start_with(config).await;
     let behind_proxy = |source: &'static str| async move {
-        let mut stream = tokio::net::TcpStream::connect(server.web).await.expect("connect");
+        let mut stream = tokio::net::TcpStream::connect(server.web)
+            .await
+            .expect("connect");
         let header = format!("PROXY TCP4 {source} 10.9.9.9 40000 80\r\n");
         stream.write_all(header.as_bytes()).await.expect("write");
         ws::handshake(stream, server.web, None).await
@@ -395,8 +399,13 @@ async fn connection_limits_apply_per_client_address_from_the_proxy_header() {
     }
     // A PROXY header is refused from anybody the server does not trust,
     // and a trusted proxy must send one.
-    let mut stream = tokio::net::TcpStream::connect(server.web).await.expect("connect");
-    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    let mut stream = tokio::net::TcpStream::connect(server.web)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
     let mut response = String::new();
     let _ = tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await;
     assert!(response.starts_with("HTTP/1.1 400"), "{response:?}");
