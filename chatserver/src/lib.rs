@@ -6,6 +6,7 @@
 mod admin;
 mod admission;
 pub mod bus;
+pub mod calls;
 pub mod command;
 pub mod config;
 pub mod connection_limits;

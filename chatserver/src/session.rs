@@ -73,6 +73,23 @@ enum Closing {
     Shutdown,
 }
 
+impl Closing {
+    /// The `reason` label of `connection_closes_total`.
+    fn label(&self) -> &'static str {
+        match self {
+            Closing::PeerClosed => "peer_closed",
+            Closing::ClosedMidFrame(_) => "closed_mid_frame",
+            Closing::ReadFailed(_) => "read_failed",
+            Closing::WriteFailed(_) => "write_failed",
+            Closing::WriteStalled => "write_stalled",
+            Closing::FrameTooLarge => "frame_too_large",
+            Closing::Idle(_) => "idle",
+            Closing::Evicted => "evicted",
+            Closing::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// The future serving one connection. Not an `async fn`: that would keep
 /// the connection twice in the task (argument and state), 1.4 KiB each.
 pub fn serve(
@@ -144,6 +161,7 @@ impl Connection {
             let user = self.state.user.as_ref().map(|u| u.id);
             command::end_login(&self.ctx, &mut self.state).await;
             self.ctx.metrics.connection(Some(self.conn_state), None);
+            self.ctx.metrics.closed(reason.label());
             let _ = tokio::time::timeout(Duration::from_millis(200), self.stream.shutdown()).await;
             // One line per connection end, with what an operator asks first.
             let address = self.state.peer_ip;
@@ -397,7 +415,9 @@ impl Connection {
             AfterWrite::ReadInbox => {
                 self.confirm_written().await;
                 let span = self.span.clone();
-                Box::pin(self.catch_up().instrument(span)).await
+                let (messages, bytes) = Box::pin(self.catch_up().instrument(span)).await?;
+                self.ctx.metrics.replayed(messages, bytes);
+                Ok(())
             }
         }
     }
@@ -410,7 +430,8 @@ impl Connection {
                     mailbox.take_behind();
                 }
                 let span = self.span.clone();
-                Box::pin(self.catch_up().instrument(span)).await
+                Box::pin(self.catch_up().instrument(span)).await?;
+                Ok(())
             }
         }
     }
@@ -460,11 +481,12 @@ impl Connection {
 
     /// Writes every inbox message after the written cursor, a page at a
     /// time, oldest first. v1 receivers confirm as they go; v2 clients
-    /// confirm with DELIVERED.
-    async fn catch_up(&mut self) -> Result<(), Closing> {
+    /// confirm with DELIVERED. Returns how many messages and bytes went out.
+    async fn catch_up(&mut self) -> Result<(usize, usize), Closing> {
         let Some(user) = self.state.user.as_ref().map(|u| u.id) else {
-            return Ok(());
+            return Ok((0, 0));
         };
+        let (mut messages, mut bytes) = (0, 0);
         loop {
             let page = match self
                 .ctx
@@ -476,7 +498,7 @@ impl Connection {
                 Err(error) => {
                     // The messages stay stored; the next push or login reads them.
                     tracing::error!(%error, "could not read the inbox");
-                    return Ok(());
+                    return Ok((messages, bytes));
                 }
             };
             let complete = page.len() < INBOX_PAGE as usize;
@@ -487,17 +509,20 @@ impl Connection {
                     Version::V1 => out.extend_from_slice(&v1_frame(&stored.body)),
                 }
                 self.state.inbox.written = stored.seq;
+                messages += 1;
                 if self.state.version == Version::V1 || out.len() >= COALESCE_BYTES {
+                    bytes += out.len();
                     self.write(&out).await?;
                     out.clear();
                     self.confirm_written_v1().await;
                 }
             }
             if !out.is_empty() {
+                bytes += out.len();
                 self.write(&out).await?;
             }
             if complete {
-                return Ok(());
+                return Ok((messages, bytes));
             }
         }
     }
