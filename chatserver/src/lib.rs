@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod mid;
 pub mod proxy_header;
 pub mod rate_limit;
+mod readiness;
 pub mod refusals;
 pub mod registry;
 mod retention;

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use crate::hasher::PasswordHasher;
 use crate::inbound;
 use crate::metrics::Metrics;
 use crate::mid::MidGenerator;
+use crate::readiness;
 use crate::refusals::Refusals;
 use crate::registry::Registry;
 use crate::retention;
@@ -169,6 +170,7 @@ impl Server {
             refusals,
             metrics,
             shutting_down: Default::default(),
+            ready: AtomicBool::new(true),
             mids: MidGenerator::new(bus.node()),
             bus,
         };
@@ -214,6 +216,7 @@ impl Server {
             stop.clone(),
         ));
         background.spawn(retention::checkpoints(self.ctx.store.clone(), stop.clone()));
+        background.spawn(readiness::probe(self.ctx.clone(), stop.clone()));
         let mut next_conn_id: u64 = 0;
         let mut backoff = AcceptBackoff::default();
         tokio::pin!(shutdown);
