@@ -88,6 +88,9 @@ pub struct Store {
     pool: AnyPool,
     /// One connection, for the transactions of the writer task.
     writes: AnyPool,
+    /// One connection for readiness checks, so they measure the database
+    /// and not how busy the main pool is.
+    probe: AnyPool,
     dialect: Dialect,
     sync: SqliteSync,
     /// Times every call below (the metrics' database latency and errors).
@@ -161,9 +164,13 @@ impl Store {
         let writes = Self::pool_options(dialect, sync, WRITER_SHARDS_MYSQL as u32, 1)
             .connect(url)
             .await?;
+        // Readiness checks' own connection: a pool busy with a login burst
+        // is not a database that is away.
+        let probe = Self::pool_options(dialect, sync, 1, 1).connect_lazy(url)?;
         Ok(Store {
             pool,
             writes,
+            probe,
             dialect,
             sync,
             calls: CallTimer::default(),
@@ -251,7 +258,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.calls
             .time("ping", async {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                sqlx::query("SELECT 1").execute(&self.probe).await?;
                 Ok(())
             })
             .await
@@ -269,6 +276,7 @@ impl Store {
 
     pub async fn close(&self) {
         self.writes.close().await;
+        self.probe.close().await;
         self.pool.close().await;
     }
 
