@@ -161,9 +161,24 @@ impl Store {
         // for a pooled one, and on SQLite the one writer's page cache stays
         // warm (a pooled connection's cache is dropped whenever another one
         // wrote).
-        let writes = Self::pool_options(dialect, sync, WRITER_SHARDS_MYSQL as u32, 1)
-            .connect(url)
-            .await?;
+        let mut writes = Self::pool_options(dialect, sync, WRITER_SHARDS_MYSQL as u32, 1);
+        if dialect == Dialect::MySql {
+            // Row locks only: under REPEATABLE READ a confirmation's range
+            // DELETE on one user's inbox rows also locked the gap before the
+            // next user's, and deadlocked with a batch inserting that
+            // user's rows on another server (errno 10 to senders, under
+            // steady traffic with receipts). Seq assignment is serialized
+            // by the `FOR UPDATE` row locks on `inboxes`, which stay.
+            writes = writes.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let writes = writes.connect(url).await?;
         // Readiness checks' own connection: a pool busy with a login burst
         // is not a database that is away.
         let probe = Self::pool_options(dialect, sync, 1, 1).connect_lazy(url)?;
