@@ -195,8 +195,7 @@ function onFrame(frame) {
     if (added && frame.id !== model.me.id && !isWatched(conv)) conv.unread += 1;
     if (Number.isInteger(frame.seq) && frame.seq > lastSeq) lastSeq = frame.seq;
     schedulePersist();
-    renderSidebar();
-    if (conv.key === active) renderMessages();
+    scheduleRender();
   } else if (frame.msgid === MSG.NOTICE) {
     onNotice(frame);
   }
@@ -214,6 +213,19 @@ function onNotice(n) {
   }
   renderSidebar();
   renderConvHeader();
+}
+
+/** Pushes come in bursts (a backlog after a login): the page is redrawn
+ *  once per burst, not once per message. */
+let renderTimer = null;
+function scheduleRender() {
+  if (renderTimer !== null) return;
+  renderTimer = setTimeout(() => {
+    renderTimer = null;
+    if (!model) return;
+    renderSidebar();
+    renderMessages();
+  }, 30);
 }
 
 /** Confirms received messages (DELIVERED) and saves seq and unread counts,
@@ -451,40 +463,65 @@ function presenceDot(state) {
   return dot;
 }
 
-function convButton(conv, label, state) {
-  const button = el("button", "conv");
-  button.type = "button";
-  button.dataset.conv = conv.key;
+/** conversation key → its <li> in the lists, reused across renders so
+ *  that a keyboard user's focus stays on its button. */
+const convItems = new Map();
+
+function convItem(conv, label, state) {
+  let item = convItems.get(conv.key);
+  if (!item) {
+    const button = el("button", "conv");
+    button.type = "button";
+    button.dataset.conv = conv.key;
+    button.append(presenceDot("offline"), el("span", "conv-name"), el("span", "unread"));
+    item = el("li");
+    item.append(button);
+    convItems.set(conv.key, item);
+  }
+  const button = item.firstChild;
+  const [dot, name, badge] = button.children;
   if (conv.key === active) button.setAttribute("aria-current", "true");
-  if (state !== undefined) button.append(presenceDot(state));
-  button.append(el("span", "conv-name", label));
-  const badge = el("span", "unread", String(conv.unread));
+  else button.removeAttribute("aria-current");
+  dot.hidden = state === undefined;
+  const online = state === "online";
+  dot.className = `presence ${online ? "online" : "offline"}`;
+  dot.firstChild.textContent = online ? "online" : "offline";
+  name.textContent = label;
+  badge.textContent = String(conv.unread);
   badge.hidden = conv.unread === 0;
   badge.setAttribute("aria-label", `${conv.unread} unread`);
-  button.append(badge);
-  const item = el("li");
-  item.append(button);
   return item;
+}
+
+/** Puts `items` in `list` in order, moving only what moved. */
+function reconcile(list, items) {
+  let cursor = list.firstChild;
+  const keep = new Set(items);
+  for (const item of items) {
+    if (item === cursor) cursor = cursor.nextSibling;
+    else list.insertBefore(item, cursor);
+  }
+  for (const child of [...list.children]) if (!keep.has(child)) child.remove();
 }
 
 function renderSidebar() {
   if (!model) return;
   const people = [];
   for (const f of model.friends.values()) {
-    people.push(convButton(model.conv("u", f.id), `${f.name} (${f.id})`, f.state));
+    people.push(convItem(model.conv("u", f.id), `${f.name} (${f.id})`, f.state));
   }
   for (const conv of model.convs.values()) {
     if (conv.kind === "u" && !model.friends.has(conv.id) && conv.messages.size > 0) {
-      people.push(convButton(conv, `${model.title(conv)} · not a friend`));
+      people.push(convItem(conv, `${model.title(conv)} · not a friend`));
     }
   }
-  $("friend-list").replaceChildren(...people);
+  reconcile($("friend-list"), people);
   $("no-friends").hidden = people.length > 0;
   const groups = [];
   for (const g of model.groups.values()) {
-    groups.push(convButton(model.conv("g", g.id), `# ${g.name} (${g.id})`));
+    groups.push(convItem(model.conv("g", g.id), `# ${g.name} (${g.id})`));
   }
-  $("group-list").replaceChildren(...groups);
+  reconcile($("group-list"), groups);
   $("no-groups").hidden = groups.length > 0;
   let total = 0;
   for (const conv of model.convs.values()) total += conv.unread;
@@ -590,6 +627,12 @@ function showAuthView() {
   $("logout").hidden = true;
   $("whoami").hidden = true;
   $("whoami").textContent = "";
+  // Nothing of the previous user stays in the page.
+  convItems.clear();
+  $("friend-list").replaceChildren();
+  $("group-list").replaceChildren();
+  $("messages").replaceChildren();
+  delete $("messages").dataset.conv;
   document.body.classList.remove("conv-open");
   document.title = "ChatChat";
 }
