@@ -170,7 +170,6 @@ export class Connection {
     // Already logged in (the server has not yet seen our old connection
     // go) and rate limits pass with time; anything else will not.
     if (ack.errno === 2 || ack.errno === 9 || ack.errno === 10) {
-      this.failures += 1;
       ws.close();
       return;
     }
