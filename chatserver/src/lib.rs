@@ -30,6 +30,8 @@ mod session;
 pub mod signup_limit;
 pub mod store;
 pub mod tokens;
+mod transport;
+pub mod web;
 pub mod writer;
 
 pub use config::{Args, Config};

@@ -16,7 +16,7 @@ use protocol::{
     ServerFrame, Version,
 };
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Decoder;
 
@@ -166,9 +166,14 @@ impl ReplyExt for Reply {
     }
 }
 
+/// A byte stream a [`Client`] talks over: a TCP connection, or the local
+/// end of a WebSocket bridge ([`crate::ws`]).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// One connection to a chat server (or to anything in front of one).
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: BytesMut,
     codec: FrameCodec,
     /// Frames read while waiting for a particular reply, oldest first.
@@ -215,6 +220,11 @@ impl Client {
 
     fn over(stream: TcpStream) -> Client {
         stream.set_nodelay(true).expect("setting TCP_NODELAY");
+        Self::over_io(Box::new(stream))
+    }
+
+    /// A client over any byte stream of `\n`-terminated frames.
+    pub fn over_io(stream: Box<dyn Io>) -> Client {
         Client {
             stream,
             buf: BytesMut::new(),

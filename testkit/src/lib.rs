@@ -29,6 +29,7 @@ pub mod run;
 pub mod server;
 pub mod tally;
 pub mod wait;
+pub mod ws;
 
 use std::time::Duration;
 
