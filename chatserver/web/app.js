@@ -388,7 +388,12 @@ async function loadHistory(conv) {
       }
       const first = conv.more === null;
       conv.more = reply.more === true;
-      if (conv.key === active) renderMessages(first ? { toBottom: true } : { keepAnchor: true });
+      // History may have taught us names.
+      renderSidebar();
+      if (conv.key === active) {
+        renderConvHeader();
+        renderMessages(first ? { toBottom: true } : { keepAnchor: true });
+      }
     }
   } catch {
     // Disconnected: asked again after the next login, or on scroll.
@@ -467,7 +472,12 @@ function presenceDot(state) {
  *  that a keyboard user's focus stays on its button. */
 const convItems = new Map();
 
-function convItem(conv, label, state) {
+/** Puts `prefix`, `name` (isolated in a <bdi>) and `suffix` in `node`. */
+function label(node, [prefix, name, suffix]) {
+  node.replaceChildren(prefix, el("bdi", null, name), suffix);
+}
+
+function convItem(conv, parts, state) {
   let item = convItems.get(conv.key);
   if (!item) {
     const button = el("button", "conv");
@@ -486,7 +496,7 @@ function convItem(conv, label, state) {
   const online = state === "online";
   dot.className = `presence ${online ? "online" : "offline"}`;
   dot.firstChild.textContent = online ? "online" : "offline";
-  name.textContent = label;
+  label(name, parts);
   badge.textContent = String(conv.unread);
   badge.hidden = conv.unread === 0;
   badge.setAttribute("aria-label", `${conv.unread} unread`);
@@ -508,18 +518,19 @@ function renderSidebar() {
   if (!model) return;
   const people = [];
   for (const f of model.friends.values()) {
-    people.push(convItem(model.conv("u", f.id), `${f.name} (${f.id})`, f.state));
+    people.push(convItem(model.conv("u", f.id), ["", f.name, ` (${f.id})`], f.state));
   }
   for (const conv of model.convs.values()) {
-    if (conv.kind === "u" && !model.friends.has(conv.id) && conv.messages.size > 0) {
-      people.push(convItem(conv, `${model.title(conv)} · not a friend`));
+    if (conv.kind === "u" && !model.friends.has(conv.id) && (conv.messages.size > 0 || conv.unread > 0)) {
+      const [prefix, name, suffix] = model.title(conv);
+      people.push(convItem(conv, [prefix, name, `${suffix} · not a friend`]));
     }
   }
   reconcile($("friend-list"), people);
   $("no-friends").hidden = people.length > 0;
   const groups = [];
   for (const g of model.groups.values()) {
-    groups.push(convItem(model.conv("g", g.id), `# ${g.name} (${g.id})`));
+    groups.push(convItem(model.conv("g", g.id), ["# ", g.name, ` (${g.id})`]));
   }
   reconcile($("group-list"), groups);
   $("no-groups").hidden = groups.length > 0;
@@ -530,7 +541,8 @@ function renderSidebar() {
 
 function renderConvHeader() {
   const conv = activeConv();
-  $("conv-title").textContent = conv ? model.title(conv) : "Choose a conversation";
+  if (conv) label($("conv-title"), model.title(conv));
+  else $("conv-title").textContent = "Choose a conversation";
   $("composer").hidden = !conv;
   const group = conv && conv.kind === "g" ? model.groups.get(conv.id) : null;
   $("members").hidden = !group;
@@ -538,7 +550,9 @@ function renderConvHeader() {
     $("members-count").textContent = `Members (${group.members.size})`;
     const items = [...group.members.values()].map((m) => {
       const item = el("li", "member");
-      item.append(presenceDot(m.state), el("span", "member-name", `${m.name} (${m.id})`));
+      const name = el("span", "member-name");
+      label(name, ["", m.name, ` (${m.id})`]);
+      item.append(presenceDot(m.state), name);
       if (m.role === "creator") item.append(el("span", "role", "creator"));
       return item;
     });
@@ -577,7 +591,8 @@ function messageNode(msg) {
   node.dataset.state = msg.state;
   node.dataset.mid = msg.mid === null ? "" : String(msg.mid);
   const [sender, ts] = node.firstChild.children;
-  sender.textContent = mine ? "You" : `${msg.fromName || model.names.get(msg.from) || "user"} (${msg.from})`;
+  if (mine) sender.textContent = "You";
+  else label(sender, ["", msg.fromName || model.names.get(msg.from) || "user", ` (${msg.from})`]);
   ts.textContent = timeText(msg.ts);
   const text = node.children[1];
   if (text.textContent !== msg.text) text.textContent = msg.text;

@@ -197,14 +197,15 @@ export class Model {
     return conv;
   }
 
-  /** A conversation's display name. */
+  /** A conversation's display name as [prefix, name, suffix]: the name
+   *  is shown isolated (a right-to-left name cannot swallow the id). */
   title(conv) {
     if (conv.kind === "g") {
       const group = this.groups.get(conv.id);
-      return group ? `# ${group.name}` : `# group ${conv.id}`;
+      return group ? ["# ", group.name, ` (${conv.id})`] : ["# ", "group", ` ${conv.id}`];
     }
     const name = this.names.get(conv.id);
-    return name ? `${name} (${conv.id})` : `user ${conv.id}`;
+    return name ? ["", name, ` (${conv.id})`] : ["", "user", ` ${conv.id}`];
   }
 
   /** Unread counts by conversation key, for storage. */
