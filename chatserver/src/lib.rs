@@ -20,6 +20,7 @@ pub mod login_limit;
 pub mod mailbox;
 pub mod metrics;
 pub mod mid;
+pub mod notices;
 pub mod proxy_header;
 pub mod rate_limit;
 pub mod refusals;

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::command::{self, AfterWrite, SessionState};
 use crate::context::Context;
-use crate::mailbox::{v1_frame, v2_frame_into, Outbound, Pushed};
+use crate::mailbox::{v1_frame, v2_frame_into, Notice, Outbound, Pushed};
 use crate::metrics::ConnState;
 use crate::refusals::Refusal;
 use crate::transport::{Closing, Received, Transport};
@@ -354,6 +354,14 @@ impl<T: Transport> Connection<T> {
     async fn outbound(&mut self, item: Outbound) -> Result<(), Closing> {
         match item {
             Outbound::Push { pushed, seq } => self.push(pushed, seq).await,
+            Outbound::Notice(notice) => {
+                let mut out = Vec::new();
+                self.append_notice(&mut out, notice);
+                if out.is_empty() {
+                    return Ok(());
+                }
+                self.write(&out).await
+            }
             Outbound::CatchUp => {
                 if let Some(mailbox) = &self.state.mailbox {
                     mailbox.take_behind();
@@ -378,6 +386,7 @@ impl<T: Transport> Connection<T> {
                         gap = !self.append_push(&mut out, &pushed, seq)
                     }
                     Some(Outbound::CatchUp) => gap = true,
+                    Some(Outbound::Notice(notice)) => self.append_notice(&mut out, notice),
                     None => break,
                 }
             }
@@ -391,6 +400,18 @@ impl<T: Transport> Connection<T> {
             Box::pin(self.catch_up().instrument(span)).await?;
         }
         Ok(())
+    }
+
+    /// Appends a notice's frame for a v2 client (v1 has no notices), and
+    /// remembers who the user is now related to.
+    fn append_notice(&mut self, out: &mut Vec<u8>, notice: Notice) {
+        if let Some(user) = notice.related {
+            self.state.relate(user);
+        }
+        if self.state.version == Version::V2 {
+            out.extend_from_slice(notice.json.as_bytes());
+            out.push(b'\n');
+        }
     }
 
     /// Appends the push when it is the next seq; `false` on a gap.

@@ -317,3 +317,126 @@ async fn a_token_resume_over_websocket_gets_each_message_once() {
     assert_eq!(again.recv_chat().await.seq, Some(4));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pings_and_closes_a_peer_that_does_not_answer() {
+    let mut config = test_config(Storage::Sqlite);
+    config.ws_ping_interval = Duration::from_millis(300);
+    let server = ChatServer::start_with(config).await;
+    // A peer that reads answers pings (tungstenite pongs as it reads) and
+    // stays, past several intervals, without sending a frame.
+    let mut alive = ws::connect_raw(server.web).await;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(message) = tokio::time::timeout_at(until, alive.next()).await {
+        match message {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("expected pings only, got {other:?}"),
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 1.5 s at a 300 ms interval");
+    alive
+        .send(Message::text(r#"{"msgid":12}"#))
+        .await
+        .expect("still open");
+    assert_eq!(next_json(&mut alive).await["msgid"], 13);
+
+    // A peer that reads nothing answers nothing: closed after a ping
+    // went unanswered for an interval.
+    let mut dead = ws::connect_raw(server.web).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (code, reason) = close_frame(&mut dead).await;
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("ping"), "{reason}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_not_logged_in_is_closed_at_the_login_idle_timeout() {
+    let mut config = test_config(Storage::Sqlite);
+    config.login_idle_timeout = Duration::from_millis(500);
+    let server = ChatServer::start_with(config).await;
+    let mut socket = ws::connect_raw(server.web).await;
+    socket
+        .send(Message::text(r#"{"msgid":12}"#))
+        .await
+        .expect("send");
+    assert_eq!(next_json(&mut socket).await["msgid"], 13);
+    let (code, reason) = close_frame(&mut socket).await;
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("login"), "{reason}");
+    // An HTTP connection that never upgrades is bounded the same way.
+    let mut idle = tokio::net::TcpStream::connect(server.web)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(WAIT, idle.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_apply_per_client_address_from_the_proxy_header() {
+    let mut config = test_config(Storage::Sqlite);
+    config.abuse.max_connections_per_ip = 1;
+    config.proxy_protocol_from = chatserver::config::parse_cidrs("127.0.0.1").expect("cidr");
+    let server = ChatServer::start_with(config).await;
+    let behind_proxy = |source: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(server.web)
+            .await
+            .expect("connect");
+        let header = format!("PROXY TCP4 {source} 10.9.9.9 40000 80\r\n");
+        stream.write_all(header.as_bytes()).await.expect("write");
+        ws::handshake(stream, server.web, None).await
+    };
+    let mut first = behind_proxy("10.0.0.1").await.expect("first client");
+    let _other = behind_proxy("10.0.0.2")
+        .await
+        .expect("another client address has its own slot");
+    match behind_proxy("10.0.0.1").await {
+        Err(WsError::Http(response)) => assert_eq!(response.status().as_u16(), 503),
+        other => panic!("expected 503 for a second connection from 10.0.0.1, got {other:?}"),
+    }
+    // A PROXY header is refused from anybody the server does not trust,
+    // and a trusted proxy must send one.
+    let mut stream = tokio::net::TcpStream::connect(server.web)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut response = String::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response:?}");
+    first
+        .send(Message::text(r#"{"msgid":12}"#))
+        .await
+        .expect("send");
+    assert_eq!(next_json(&mut first).await["msgid"], 13);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_sends_goaway_then_closes_websockets() {
+    let mut config = test_config(Storage::Sqlite);
+    config.drain_period = Duration::from_millis(500);
+    let server = ChatServer::start_with(config).await;
+    let (mut web, _) = ws::connect(server.web).await;
+    let id = web.register("leaving", "pw").await;
+    let mut socket = ws::connect_raw(server.web).await;
+    socket
+        .send(Message::text(format!(
+            r#"{{"msgid":1,"id":{id},"password":"pw"}}"#
+        )))
+        .await
+        .expect("send");
+    assert_eq!(next_json(&mut socket).await["errno"], 0);
+    let stopping = tokio::spawn(server.stop());
+    let goaway = next_json(&mut socket).await;
+    assert_eq!(goaway["msgid"], 16, "{goaway}");
+    assert!(goaway["retry_ms"].as_u64().is_some(), "{goaway}");
+    let (code, _) = close_frame(&mut socket).await;
+    assert_eq!(code, CloseCode::Away);
+    stopping.await.expect("stopped");
+}

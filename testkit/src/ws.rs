@@ -25,6 +25,20 @@ pub type Socket = WebSocketStream<TcpStream>;
 /// Opens `/ws` on `addr` (the server's web listener), sending `origin` as
 /// a browser would; the handshake's error (a 403, say) as it is.
 pub async fn try_connect_raw(addr: SocketAddr, origin: Option<&str>) -> Result<Socket, Error> {
+    let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("connect to {addr} timed out"))
+        .map_err(Error::Io)?;
+    handshake(stream, addr, origin).await
+}
+
+/// The WebSocket handshake for `/ws` on `stream`, already connected to
+/// `addr` (and, say, past a PROXY header the test wrote).
+pub async fn handshake(
+    stream: TcpStream,
+    addr: SocketAddr,
+    origin: Option<&str>,
+) -> Result<Socket, Error> {
     let mut request = format!("ws://{addr}/ws").into_client_request()?;
     if let Some(origin) = origin {
         request.headers_mut().insert(
@@ -32,10 +46,6 @@ pub async fn try_connect_raw(addr: SocketAddr, origin: Option<&str>) -> Result<S
             HeaderValue::from_str(origin).expect("an origin header value"),
         );
     }
-    let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .unwrap_or_else(|_| panic!("connect to {addr} timed out"))
-        .map_err(Error::Io)?;
     let (socket, _response) =
         tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, stream))
             .await
