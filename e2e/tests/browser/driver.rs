@@ -19,6 +19,8 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Bound on starting chromedriver and a browser session.
 const START_WAIT: Duration = Duration::from_secs(30);
+/// Chromium's narrowest window.
+const MIN_WINDOW_WIDTH: u32 = 500;
 /// How often a page condition is polled.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -86,6 +88,14 @@ impl Driver {
                 ],
             },
         });
+        let mut capabilities = capabilities;
+        if width < MIN_WINDOW_WIDTH {
+            // Chromium's windows are at least 500 px wide: a phone's
+            // screen is emulated instead.
+            capabilities["goog:chromeOptions"]["mobileEmulation"] = json!({
+                "deviceMetrics": { "width": width, "height": height, "pixelRatio": 1 },
+            });
+        }
         let Value::Object(capabilities) = capabilities else {
             unreachable!()
         };

@@ -129,6 +129,21 @@ async fn two_browser_users_befriend_chat_and_share_a_group() {
     ui::send(&alice, "welcome, bob").await;
     ui::wait_message(&bob, "welcome, bob").await;
     assert_eq!(ui::texts(&bob).await, ["bob joined", "welcome, bob"]);
+    // A 1:1 message while Alice reads the group: counted unread, not shown
+    // in the group.
+    bob.click("#back").await;
+    ui::open(&bob, &format!("u:{a}")).await;
+    ui::send(&bob, "lunch at noon?").await;
+    alice
+        .wait_js(
+            "bob's message unread",
+            "const u = document.querySelector('button[data-conv=\"u:' + arguments[0] + '\"] .unread');\
+             return u && !u.hidden && u.textContent === '1'",
+            vec![json!(b)],
+        )
+        .await;
+    assert_eq!(ui::texts(&alice).await, ["bob joined", "welcome, bob"]);
+    alice.click("#members-count").await;
     alice.screenshot("two-users-alice").await;
     bob.screenshot("two-users-bob-phone").await;
 

@@ -26,10 +26,8 @@ impl WebServer {
     /// (GOAWAY's `retry_ms`).
     pub fn start(drain: Duration) -> WebServer {
         let db = testkit::run::fresh_sqlite_url();
-        let tcp_port = free_port();
-        let web: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("address");
+        let (tcp_port, web_port) = two_free_ports();
+        let web: SocketAddr = format!("127.0.0.1:{web_port}").parse().expect("address");
         let mut args: Vec<String> = vec![
             "--database-url".into(),
             db,
@@ -86,4 +84,13 @@ impl WebServer {
         assert!(self.process.is_none(), "stop it first");
         self.launch();
     }
+}
+
+/// Two distinct ports nothing listens on (both held while choosing, so
+/// they differ).
+fn two_free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    let (a, b) = (bind(), bind());
+    let port = |l: &std::net::TcpListener| l.local_addr().expect("local address").port();
+    (port(&a), port(&b))
 }
