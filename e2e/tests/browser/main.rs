@@ -337,6 +337,30 @@ async fn a_server_restart_under_an_open_page_loses_and_repeats_nothing() {
     let got = next_chat(&mut peer).await;
     assert_eq!(got["msg"], json!("written offline"));
     no_more_chats(&mut peer, Duration::from_millis(500)).await;
+
+    // Killed this time, right after pushing messages the page may not
+    // have confirmed yet: it resumes from the seq it holds, not from the
+    // server's cursor, and shows nothing twice.
+    for i in 1..=3 {
+        let text = format!("between {i}");
+        peer.chat(me, &text).await;
+        expected.push(text);
+    }
+    ui::wait_message(&page, "between 3").await;
+    server.kill();
+    server.start_again();
+    let mut peer = Client::connect(server.tcp).await;
+    peer.login(peer_id, "pw").await;
+    for i in 1..=3 {
+        let text = format!("killed {i}");
+        peer.chat(me, &text).await;
+        expected.push(text);
+    }
+    ui::wait_online_within(&page, Duration::from_secs(20)).await;
+    ui::wait_message(&page, "killed 3").await;
+    let mut shown = ui::texts(&page).await;
+    shown.retain(|t| t != "written offline");
+    assert_eq!(shown, expected, "every message exactly once, in order");
     page.screenshot("restart-resumed").await;
     page.close().await;
 }

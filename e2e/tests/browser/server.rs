@@ -79,6 +79,12 @@ impl WebServer {
         assert!(status.success(), "the server exited with {status}");
     }
 
+    /// SIGKILL: no GOAWAY, no drain, whatever was in flight cut off.
+    pub fn kill(&mut self) {
+        let mut process = self.process.take().expect("the server is running");
+        process.kill();
+    }
+
     /// Starts it again on the same file and ports.
     pub fn start_again(&mut self) {
         assert!(self.process.is_none(), "stop it first");
