@@ -63,6 +63,17 @@ async fn two_browser_users_befriend_chat_and_share_a_group() {
     let bob = driver.page("bob", PHONE.0, PHONE.1).await;
     let a = ui::register_and_log_in(&alice, &server.url(), "alice", "alice-pw").await;
     let b = ui::register_and_log_in(&bob, &server.url(), "bob", "bob-pw").await;
+    // Every field has a label, and nothing needs a mouse: the steps below
+    // use Enter on focused buttons and fields only (clicks are for the
+    // phone's back button and the member list, which are buttons too).
+    let unlabelled = alice
+        .js(
+            "return [...document.querySelectorAll('input, textarea')]\
+             .filter(f => f.labels.length === 0).map(f => f.id)",
+            vec![],
+        )
+        .await;
+    assert_eq!(unlabelled, json!([]), "fields without a label");
 
     // Alice befriends Bob: both lists show the other, online.
     ui::add_friend(&alice, b).await;
@@ -176,6 +187,13 @@ async fn a_browser_user_and_a_chatclient_user_chat() {
     let driver = Driver::start().await;
     let page = driver.page("web", DESKTOP.0, DESKTOP.1).await;
     let web_id = ui::register_and_log_in(&page, &server.url(), "webby", "web-pw").await;
+    // Refusals read as sentences, not numbers.
+    page.type_into("#friend-id", "999999").await;
+    page.press_enter("#friend-id").await;
+    ui::wait_error(&page, "There is no user with that id.").await;
+    page.type_into("#join-id", "999999").await;
+    page.press_enter("#join-id").await;
+    ui::wait_error(&page, "There is no group with that id.").await;
     ui::add_friend(&page, term_id).await;
     ui::open(&page, &format!("u:{term_id}")).await;
     ui::send(&page, "hello from the browser: 你好").await;

@@ -195,3 +195,14 @@ pub async fn shows_online(page: &Page, id: i64) -> bool {
 pub fn short(text: &str) -> String {
     text.chars().take(40).collect()
 }
+
+/// Waits until the error banner says `text`.
+pub async fn wait_error(page: &Page, text: &str) {
+    page.wait_js(
+        &format!("the error {text:?}"),
+        "return !document.getElementById('error').hidden \
+         && document.getElementById('error-text').textContent === arguments[0]",
+        vec![json!(text)],
+    )
+    .await;
+}
