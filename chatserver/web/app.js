@@ -56,6 +56,7 @@ function boot() {
   if (s) {
     model = new Model({ id: s.id, name: s.name });
     model.restoreUnread(saved.unread(s.id));
+    model.restoreOutbox(saved.outbox(s.id));
     showChatView();
     startConnection(s.id);
   } else {
@@ -92,6 +93,7 @@ function onLoggedIn(ack) {
   if (firstLogin) {
     model = new Model({ id: ack.id, name: ack.name });
     model.restoreUnread(saved.unread(ack.id));
+    model.restoreOutbox(saved.outbox(ack.id));
   }
   model.applyLogin(ack);
   const token = ack.token || (saved.session() || {}).token;
@@ -259,6 +261,7 @@ function sendChat(pending) {
     (reply) => {
       if (model !== owner) return;
       const conv = model.acknowledge(kind, id, cid, reply, errorText(reply.errno, kind === "g" ? "group" : "user"));
+      saved.saveOutbox(model.me.id, model.outbox);
       if (conv.key === active) renderMessages();
     },
     () => {
@@ -284,6 +287,7 @@ function onSend(event) {
   }
   box.value = "";
   model.compose(conv.kind, conv.id, text, cid);
+  saved.saveOutbox(model.me.id, model.outbox);
   renderMessages({ toBottom: true });
   sendChat({ kind: conv.kind, id: conv.id, text, cid });
 }

@@ -175,6 +175,19 @@ export class Model {
     return conv;
   }
 
+  /** Messages a previous page wrote and never saw acknowledged: shown as
+   *  sending again, re-sent (same cid) after the login. */
+  restoreOutbox(items) {
+    for (const o of Array.isArray(items) ? items : []) {
+      const valid =
+        (o.kind === "u" || o.kind === "g") &&
+        Number.isInteger(o.id) &&
+        typeof o.text === "string" &&
+        typeof o.cid === "string";
+      if (valid && !this.outbox.some((p) => p.cid === o.cid)) this.compose(o.kind, o.id, o.text, o.cid);
+    }
+  }
+
   /** The ACK of a sent message. errno 0: stored under its `mid` (merged
    *  with a copy HISTORY may have brought meanwhile). */
   acknowledge(kind, id, cid, reply, errorText) {

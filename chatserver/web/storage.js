@@ -1,11 +1,12 @@
 // What survives a reload, in localStorage: the session (id, name, token;
-// never the password), and per user the last inbox `seq` the page holds
-// and the unread counts. Storage that is full or disabled (private mode)
+// never the password), and per user the last inbox `seq` the page holds,
+// the unread counts and the messages written but not yet acknowledged. Storage that is full or disabled (private mode)
 // only costs the resume: every access is guarded.
 
 const SESSION = "chatchat.session";
 const seqKey = (id) => `chatchat.seq.${id}`;
 const unreadKey = (id) => `chatchat.unread.${id}`;
+const outboxKey = (id) => `chatchat.outbox.${id}`;
 
 function read(key) {
   try {
@@ -61,9 +62,20 @@ export function saveUnread(id, counts) {
   write(unreadKey(id), counts);
 }
 
+/** Messages written and not yet acknowledged: [{ kind, id, text, cid }]. */
+export function outbox(id) {
+  return read(outboxKey(id)) || [];
+}
+
+export function saveOutbox(id, items) {
+  if (items.length === 0) remove(outboxKey(id));
+  else write(outboxKey(id), items);
+}
+
 /** Logging out forgets everything about the user in this browser. */
 export function forget(id) {
   remove(SESSION);
   remove(seqKey(id));
   remove(unreadKey(id));
+  remove(outboxKey(id));
 }

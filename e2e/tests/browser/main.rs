@@ -101,6 +101,8 @@ async fn two_browser_users_befriend_chat_and_share_a_group() {
     ui::wait_message(&bob, "hello bob").await;
     assert_eq!(ui::unread(&bob, &format!("u:{a}")).await, 0);
     ui::send(&bob, "hi alice").await;
+    // The push and the history page carried "hello bob": shown once.
+    assert_eq!(ui::texts(&bob).await, ["hello bob", "hi alice"]);
     ui::wait_message(&alice, "hi alice").await;
     assert_eq!(ui::texts(&alice).await, ["hello bob", "hi alice"]);
 
@@ -265,6 +267,41 @@ async fn a_reload_resumes_the_session_and_shows_history_page_by_page() {
     .await;
     assert_eq!(ui::texts(&page).await, sent, "every message once, in order");
     page.screenshot("reload-history").await;
+
+    // A message the page wrote but never saw acknowledged (the tab went
+    // away) is in its saved outbox: the next page sends it; sent again
+    // with the same cid, the server keeps one copy.
+    let pending = json!([{
+        "kind": "u", "id": peer_id, "text": "left in the outbox",
+        "cid": "0123456789abcdef0123456789abcdef",
+    }]);
+    let outbox_key = format!("chatchat.outbox.{me}");
+    for round in 0..2 {
+        page.js(
+            "localStorage.setItem(arguments[0], JSON.stringify(arguments[1]))",
+            vec![json!(outbox_key), pending.clone()],
+        )
+        .await;
+        page.client.refresh().await.expect("reload");
+        ui::wait_online(&page).await;
+        ui::open(&page, &format!("u:{peer_id}")).await;
+        ui::wait_stored(&page, "left in the outbox").await;
+        if round == 0 {
+            let got = next_chat(&mut peer).await;
+            assert_eq!(got["msg"], json!("left in the outbox"));
+        }
+        no_more_chats(&mut peer, Duration::from_millis(300)).await;
+        let shown = ui::texts(&page).await;
+        let copies = shown.iter().filter(|t| *t == "left in the outbox").count();
+        assert_eq!(copies, 1, "shown once (history and the ACK merged by mid)");
+        let left = page
+            .js(
+                "return localStorage.getItem(arguments[0])",
+                vec![json!(outbox_key)],
+            )
+            .await;
+        assert_eq!(left, Value::Null, "the outbox is emptied by the ACK");
+    }
 
     // Logging out revokes the token the page held.
     let token = page
