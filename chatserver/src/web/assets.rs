@@ -36,6 +36,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../web/storage.js"),
     ),
     (
+        "/view.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/view.js"),
+    ),
+    (
         "/words.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../web/words.js"),
