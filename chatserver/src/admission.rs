@@ -4,6 +4,8 @@
 //! `--max-connections-per-ip` for the client's real address. A refused
 //! connection gets one error line (errno 9 for the limits, 6 for PROXY
 //! trouble) and is closed; each refusal is counted and log-throttled.
+//! Then, with `--tls-cert`, the TLS handshake (after the PROXY header, which
+//! a proxy passing TLS through sends in clear).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,14 +21,19 @@ use crate::context::Context;
 use crate::proxy_header::{read_header, starts_with_header, HEADER_TIMEOUT};
 use crate::refusals::Refusal;
 use crate::session;
+use crate::tls::Tls;
 
 /// How long the error line of a refused connection may take to write.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+/// Time a client gets, from its connect, to complete the TLS handshake
+/// (at most the login idle timeout, which counts from the connect too).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Admits the connection, then serves it as a session; the slots are held
 /// until the session ends.
 pub async fn serve(
     ctx: Arc<Context>,
+    tls: Option<Arc<Tls>>,
     mut stream: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
@@ -91,7 +98,19 @@ pub async fn serve(
         }
         (peer, ip_slot)
     };
-    session::serve(ctx.clone(), stream, client, conn_id, connected, shutdown).await;
+    let Some(tls) = tls else {
+        return session::serve(ctx, stream, client, conn_id, connected, shutdown).await;
+    };
+    let deadline = connected + TLS_HANDSHAKE_TIMEOUT.min(ctx.limits.login_idle_timeout);
+    let handshake = tokio::select! {
+        _ = shutdown.drain.cancelled() => return,
+        handshake = tls.accept(stream, deadline) => handshake,
+    };
+    match handshake {
+        Ok(stream) => session::serve(ctx, stream, client, conn_id, connected, shutdown).await,
+        // Counted by `tls`; at debug only, since scanners fail handshakes all day.
+        Err(error) => tracing::debug!(%client, %error, "connection closed"),
+    }
 }
 
 const TOO_MANY_FROM_ADDRESS: &str = "too many connections from your address";

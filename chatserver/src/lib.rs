@@ -29,7 +29,9 @@ mod server;
 mod session;
 pub mod signup_limit;
 pub mod store;
+pub mod tls;
 pub mod tokens;
+pub mod transport;
 pub mod writer;
 
 pub use config::{Args, Config};

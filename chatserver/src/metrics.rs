@@ -90,6 +90,16 @@ pub struct HashMetrics {
     pub work: Histogram,
 }
 
+/// The TLS listener's instruments, handed to [`crate::tls::Tls`].
+#[derive(Clone, Debug, Default)]
+pub struct TlsMetrics {
+    pub handshakes: Counter,
+    /// Failed or timed-out handshakes: counted, logged at debug only.
+    pub handshake_failures: Counter,
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+}
+
 /// Every instrument of the server; cheap to share (handles are `Arc`s).
 pub struct Metrics {
     registry: Registry,
@@ -104,6 +114,8 @@ pub struct Metrics {
     pub hash: HashMetrics,
     /// What the admin server turned away.
     pub admin: Arc<AdminCounters>,
+    /// Zero unless `--tls-cert` is set.
+    pub tls: TlsMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -201,6 +213,27 @@ impl Metrics {
             "Time spent hashing one password",
             hash.work.clone(),
         );
+        let tls = TlsMetrics::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed (--tls-cert)",
+            tls.handshakes.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls.handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Certificate/key pairs loaded after a change of the files",
+            tls.reloads.clone(),
+        );
+        registry.register(
+            "tls_reload_failures",
+            "Changed certificate/key files that did not load (the old pair stays)",
+            tls.reload_failures.clone(),
+        );
         registry.register(
             "build",
             "The running build",
@@ -220,6 +253,7 @@ impl Metrics {
             unavailable,
             hash,
             admin,
+            tls,
         }
     }
 

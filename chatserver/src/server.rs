@@ -25,6 +25,7 @@ use crate::registry::Registry;
 use crate::retention;
 use crate::session;
 use crate::store::{Durability, Store};
+use crate::tls::Tls;
 use crate::writer::{InboxLimits, Writer};
 use crate::{admission, connection_limits::AcceptBackoff};
 
@@ -65,6 +66,8 @@ pub struct Server {
     retention: Duration,
     admin_token: Option<Secret>,
     admin: Option<TcpListener>,
+    /// `Some` with `--tls-cert`: every connection is TLS.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Server {
@@ -112,6 +115,14 @@ impl Server {
         let group_ttl = matches!(bus, Bus::Redis(_)).then_some(GROUP_CACHE_TTL);
         let refusals = Arc::new(Refusals::default());
         let metrics = Metrics::new(refusals.clone());
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(
+                Tls::load(files.clone(), metrics.tls.clone())
+                    .await
+                    .map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
         let ctx = Context {
             server_name,
             limits: Limits {
@@ -155,6 +166,7 @@ impl Server {
             retention: config.retention,
             admin_token: config.admin_token.clone(),
             admin: None,
+            tls,
         })
     }
 
@@ -192,6 +204,9 @@ impl Server {
             stop.clone(),
         ));
         background.spawn(retention::checkpoints(self.ctx.store.clone(), stop.clone()));
+        if let Some(tls) = &self.tls {
+            background.spawn(tls.clone().watch(stop.clone()));
+        }
         let mut next_conn_id: u64 = 0;
         let mut backoff = AcceptBackoff::default();
         tokio::pin!(shutdown);
@@ -205,6 +220,7 @@ impl Server {
                         configure(&stream);
                         sessions.spawn(admission::serve(
                             self.ctx.clone(),
+                            self.tls.clone(),
                             stream,
                             peer,
                             next_conn_id,

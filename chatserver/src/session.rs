@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use protocol::{parse_frame, Credential, Errno, FrameCodec, FrameError, Reply, Request, Version};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +19,7 @@ use crate::context::Context;
 use crate::mailbox::{v1_frame, v2_frame_into, Outbound, Pushed};
 use crate::metrics::ConnState;
 use crate::refusals::Refusal;
+use crate::transport::Transport;
 
 /// A write that makes no progress this long means the peer stopped reading.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,8 +32,6 @@ const COALESCE_BYTES: usize = 64 * 1024;
 /// Inbox messages read per query when catching up (at most this many
 /// frames of the frame limit are in memory at once).
 const INBOX_PAGE: u32 = 32;
-/// Bytes read per system call at most.
-const READ_CHUNK: usize = 4096;
 
 /// The timeout that closes a connection not logged in.
 const LOGIN_IDLE: &str = "not logged in within the login idle timeout";
@@ -75,9 +73,9 @@ enum Closing {
 
 /// The future serving one connection. Not an `async fn`: that would keep
 /// the connection twice in the task (argument and state), 1.4 KiB each.
-pub fn serve(
+pub fn serve<S: Transport>(
     ctx: Arc<Context>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     conn_id: u64,
     connected: Instant,
@@ -105,12 +103,12 @@ pub fn serve(
     connection.run(shutdown)
 }
 
-struct Connection {
+struct Connection<S> {
     /// Entered around each request and the clean-up, not on every poll:
     /// entering a span per wake-up cost about 2 µs per delivered message.
     span: tracing::Span,
     ctx: Arc<Context>,
-    stream: TcpStream,
+    stream: S,
     buf: BytesMut,
     codec: FrameCodec,
     state: SessionState,
@@ -131,7 +129,7 @@ struct Connection {
     bytes_out: u64,
 }
 
-impl Connection {
+impl<S: Transport> Connection<S> {
     async fn run(mut self, shutdown: Shutdown) {
         self.span.in_scope(|| tracing::debug!("connected"));
         self.ctx.metrics.connection(None, Some(self.conn_state));
@@ -249,25 +247,16 @@ impl Connection {
                         }
                     }
                 }
-                ready = self.stream.readable() => {
-                    if let Err(error) = ready {
-                        return Closing::ReadFailed(error);
-                    }
-                    // The buffer is only allocated once bytes are waiting, so
-                    // an idle connection holds none.
-                    self.buf.reserve(READ_CHUNK);
-                    match self.stream.try_read_buf(&mut self.buf) {
-                        Ok(0) => return self.eof(),
-                        Ok(n) => {
-                            self.bytes_in += n as u64;
-                            if let Err(reason) = self.frames().await {
-                                return reason;
-                            }
+                read = self.stream.read_some(&mut self.buf) => match read {
+                    Ok(0) => return self.eof(),
+                    Ok(n) => {
+                        self.bytes_in += n as u64;
+                        if let Err(reason) = self.frames().await {
+                            return reason;
                         }
-                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(error) => return Closing::ReadFailed(error),
                     }
-                }
+                    Err(error) => return Closing::ReadFailed(error),
+                },
             }
         }
     }
@@ -529,7 +518,7 @@ impl Connection {
         }
         .frame();
         if let Ok(Ok(())) =
-            tokio::time::timeout(SHUTDOWN_WRITE, self.stream.write_all(&frame)).await
+            tokio::time::timeout(SHUTDOWN_WRITE, write_flushed(&mut self.stream, &frame)).await
         {
             self.bytes_out += frame.len() as u64;
         }
@@ -557,7 +546,7 @@ impl Connection {
         evict: Option<CancellationToken>,
     ) -> Result<(), Closing> {
         tokio::select! {
-            written = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.stream.write_all(bytes)) => match written {
+            written = tokio::time::timeout(WRITE_STALL_TIMEOUT, write_flushed(&mut self.stream, bytes)) => match written {
                 Ok(Ok(())) => {
                     self.bytes_out += bytes.len() as u64;
                     Ok(())
@@ -570,4 +559,11 @@ impl Connection {
             }
         }
     }
+}
+
+/// Writes `bytes` and flushes: a TLS stream may hold them in its buffer
+/// otherwise (a no-op on a plain socket).
+async fn write_flushed<S: Transport>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
