@@ -3,15 +3,17 @@
 //! (and the refusal of one from anybody else), and a slot under
 //! `--max-connections-per-ip` for the client's real address. A refused
 //! connection gets one error line (errno 9 for the limits, 6 for PROXY
-//! trouble) and is closed; each refusal is counted and log-throttled.
-//! Then, with `--tls-cert`, the TLS handshake (after the PROXY header, which
-//! a proxy passing TLS through sends in clear).
+//! trouble; an HTTP error on the web listener) and is closed; each refusal
+//! is counted and log-throttled. Then, with `--tls-cert`, the chat
+//! listener's TLS handshake (after the PROXY header, which a proxy passing
+//! TLS through sends in clear).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::{Errno, Reply, Version};
+use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -22,6 +24,17 @@ use crate::proxy_header::{read_header, starts_with_header, HEADER_TIMEOUT};
 use crate::refusals::Refusal;
 use crate::session;
 use crate::tls::Tls;
+use crate::transport::lines::Lines;
+use crate::web::{self, Site};
+
+/// What an admitted connection is served as.
+#[derive(Debug, Clone)]
+pub enum Listener {
+    /// Chat frames over TCP (the main listener), over TLS with `--tls-cert`.
+    Chat(Option<Arc<Tls>>),
+    /// HTTP and WebSocket (`--ws-listen`).
+    Web(Arc<Site>),
+}
 
 /// How long the error line of a refused connection may take to write.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -33,17 +46,23 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// until the session ends.
 pub async fn serve(
     ctx: Arc<Context>,
-    tls: Option<Arc<Tls>>,
     mut stream: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
     shutdown: session::Shutdown,
+    listener: Listener,
 ) {
     let connected = Instant::now();
     let guard = &ctx.guard;
     let Some(_slot) = guard.connections.open() else {
         ctx.refusals.note(Refusal::MaxConnections, peer.ip());
-        refuse(stream, Errno::RateLimited, "server full, try again later").await;
+        refuse(
+            stream,
+            &listener,
+            Errno::RateLimited,
+            "server full, try again later",
+        )
+        .await;
         return;
     };
     let (client, _ip_slot) = if guard.proxy.trusts(peer.ip()) {
@@ -56,22 +75,34 @@ pub async fn serve(
             Ok(Err(error)) => {
                 tracing::debug!(%peer, %error, "connection from a trusted proxy refused");
                 ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
-                refuse(stream, Errno::BadRequest, "expected a PROXY header").await;
+                refuse(
+                    stream,
+                    &listener,
+                    Errno::BadRequest,
+                    "expected a PROXY header",
+                )
+                .await;
                 return;
             }
             Err(_) => {
                 ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
-                refuse(stream, Errno::BadRequest, "no PROXY header in time").await;
+                refuse(
+                    stream,
+                    &listener,
+                    Errno::BadRequest,
+                    "no PROXY header in time",
+                )
+                .await;
                 return;
             }
         };
         let Some(ip_slot) = open_ip_slot(&ctx, client.ip()) else {
-            return refuse(stream, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
+            return refuse(stream, &listener, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
         };
         (client, ip_slot)
     } else {
         let Some(ip_slot) = open_ip_slot(&ctx, peer.ip()) else {
-            return refuse(stream, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
+            return refuse(stream, &listener, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
         };
         // Clients speak first: wait for their first bytes, within the login
         // idle timeout, to turn away a PROXY header nobody may send here.
@@ -85,6 +116,7 @@ pub async fn serve(
                 ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
                 refuse(
                     stream,
+                    &listener,
                     Errno::BadRequest,
                     "PROXY header from an address that is not a trusted proxy",
                 )
@@ -98,18 +130,57 @@ pub async fn serve(
         }
         (peer, ip_slot)
     };
-    let Some(tls) = tls else {
-        return session::serve(ctx, stream, client, conn_id, connected, shutdown).await;
-    };
-    let deadline = connected + TLS_HANDSHAKE_TIMEOUT.min(ctx.limits.login_idle_timeout);
-    let handshake = tokio::select! {
-        _ = shutdown.drain.cancelled() => return,
-        handshake = tls.accept(stream, deadline) => handshake,
-    };
-    match handshake {
-        Ok(stream) => session::serve(ctx, stream, client, conn_id, connected, shutdown).await,
-        // Counted by `tls`; at debug only, since scanners fail handshakes all day.
-        Err(error) => tracing::debug!(%client, %error, "connection closed"),
+    match listener {
+        Listener::Chat(None) => {
+            let transport = Lines::new(stream, ctx.limits.max_frame);
+            session::serve(
+                ctx.clone(),
+                transport,
+                client,
+                conn_id,
+                connected,
+                shutdown,
+                Version::V1,
+            )
+            .await
+        }
+        Listener::Chat(Some(tls)) => {
+            let deadline = connected + TLS_HANDSHAKE_TIMEOUT.min(ctx.limits.login_idle_timeout);
+            let handshake = tokio::select! {
+                _ = shutdown.drain.cancelled() => return,
+                handshake = tls.accept(stream, deadline) => handshake,
+            };
+            match handshake {
+                Ok(stream) => {
+                    let transport = Lines::new(stream, ctx.limits.max_frame);
+                    session::serve(
+                        ctx.clone(),
+                        transport,
+                        client,
+                        conn_id,
+                        connected,
+                        shutdown,
+                        Version::V1,
+                    )
+                    .await
+                }
+                // Counted by `tls`; at debug only, since scanners fail
+                // handshakes all day.
+                Err(error) => tracing::debug!(%client, %error, "connection closed"),
+            }
+        }
+        Listener::Web(site) => {
+            web::serve(
+                ctx.clone(),
+                site,
+                stream,
+                client,
+                conn_id,
+                connected,
+                shutdown,
+            )
+            .await
+        }
     }
 }
 
@@ -125,13 +196,24 @@ fn open_ip_slot(ctx: &Context, ip: IpAddr) -> Option<IpSlot> {
     slot
 }
 
-/// Writes one error line and closes.
-async fn refuse(mut stream: TcpStream, errno: Errno, message: &'static str) {
-    if let Some(line) = Reply::refuse(None, errno, message).render(Version::V1, None) {
-        let _ = tokio::time::timeout(REFUSAL_WRITE, async {
-            let _ = stream.write_all(&line).await;
-            let _ = stream.shutdown().await;
-        })
-        .await;
-    }
+/// Writes one error line (an HTTP response on the web listener) and closes.
+async fn refuse(mut stream: TcpStream, listener: &Listener, errno: Errno, message: &'static str) {
+    let bytes = match listener {
+        Listener::Chat(None) => Reply::refuse(None, errno, message).render(Version::V1, None),
+        // A TLS client could not read a line in clear: it is just closed.
+        Listener::Chat(Some(_)) => None,
+        Listener::Web(_) => Some(web::refusal(errno, message)),
+    };
+    let Some(bytes) = bytes else { return };
+    let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+        let _ = stream.write_all(&bytes).await;
+        let _ = stream.shutdown().await;
+        // Read what the client still sends until it closes, so that our
+        // close does not reset the connection under the unread response.
+        if matches!(listener, Listener::Web(_)) {
+            let mut sink = [0u8; 1024];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
+    })
+    .await;
 }

@@ -20,6 +20,7 @@ pub mod login_limit;
 pub mod mailbox;
 pub mod metrics;
 pub mod mid;
+pub mod notices;
 pub mod proxy_header;
 pub mod rate_limit;
 pub mod refusals;
@@ -31,7 +32,8 @@ pub mod signup_limit;
 pub mod store;
 pub mod tls;
 pub mod tokens;
-pub mod transport;
+mod transport;
+pub mod web;
 pub mod writer;
 
 pub use config::{Args, Config};
