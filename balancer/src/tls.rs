@@ -13,61 +13,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::server::ServerSessionMemoryCache;
-use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info};
 
 use crate::config::{self, TlsConfig};
-
-/// TLS sessions remembered for resumption (about 100 bytes each).
-const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
 
 /// Why a certificate/key pair could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error(transparent)]
     Read(#[from] config::ConfigError),
-    #[error("{path}: no PEM certificate in it")]
-    NoCertificate { path: String },
-    #[error("{path}: {what}")]
-    Pem { path: String, what: String },
-    #[error("certificate and key do not make a usable pair: {0}")]
-    Rustls(#[from] rustls::Error),
+    #[error(transparent)]
+    Pair(#[from] tlsconf::TlsError),
 }
 
-/// Builds an acceptor from PEM bytes.
+/// Builds an acceptor from PEM bytes, with the choices shared with the
+/// chat server (`tlsconf`).
 pub fn acceptor_from_pem(
     cert_pem: &[u8],
     key_pem: &[u8],
     names: (&Path, &Path),
 ) -> Result<TlsAcceptor, TlsError> {
-    let cert_name = names.0.display().to_string();
-    let key_name = names.1.display().to_string();
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: cert_name.clone(),
-            what: e.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate { path: cert_name });
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem {
-        path: key_name,
-        // The error names the PEM problem, never key material.
-        what: e.to_string(),
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    // Reconnecting clients resume instead of a full handshake (Nginx's
-    // `ssl_session_cache`); the cache goes with the pair on rotation.
-    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    let config = tlsconf::server_config(cert_pem, key_pem, names)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -9,55 +9,11 @@ use futures::{SinkExt, StreamExt};
 use protocol::{parse_server_frame, FrameCodec, Reply, Request, ServerFrame, Version};
 use rustls::pki_types::ServerName;
 use testkit::backend::{Mode, TestBackend};
-use testkit::nginx::{render_conf, template, Nginx};
+use testkit::nginx::{render_conf, template, with_tls, Nginx};
 use testkit::{free_port, run, WAIT};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
-
-/// The shipped conf with its TLS block uncommented, on `tls_port`, with
-/// the given certificate files.
-fn with_tls(rendered: &str, tls_port: u16, cert: &str, key: &str) -> String {
-    let mut out = String::new();
-    let mut inside = false;
-    let mut uncommented = 0;
-    for line in rendered.lines() {
-        let t = line.trim_start();
-        if t.starts_with("# --- tls begin") {
-            inside = true;
-            continue;
-        }
-        if t.starts_with("# --- tls end") {
-            inside = false;
-            continue;
-        }
-        if !inside {
-            out += line;
-            out += "\n";
-            continue;
-        }
-        let indent = &line[..line.len() - t.len()];
-        let body = t.strip_prefix("# ").unwrap_or(t.trim_start_matches('#'));
-        let body = if body.trim_start().starts_with("listen ") {
-            format!("    listen 127.0.0.1:{tls_port} ssl;")
-        } else if body.trim_start().starts_with("ssl_certificate ") {
-            format!("    ssl_certificate {cert};")
-        } else if body.trim_start().starts_with("ssl_certificate_key ") {
-            format!("    ssl_certificate_key {key};")
-        } else {
-            body.to_string()
-        };
-        out += indent;
-        out += &body;
-        out += "\n";
-        uncommented += 1;
-    }
-    assert!(
-        uncommented > 5,
-        "config/nginx.conf has no `# --- tls begin` block"
-    );
-    out
-}
 
 async fn ping_over_tls(addr: SocketAddr, tls: &TlsConnector) -> String {
     let go = async {

@@ -148,6 +148,12 @@ pub enum Scenario {
         /// results to this file (e.g. docs/BENCHMARKS.md).
         #[arg(long)]
         markdown: Option<PathBuf>,
+        /// Clients speak TLS and both proxies terminate it, with the same
+        /// generated ECDSA P-256 certificate (the backends stay plain; the
+        /// `direct` target is left out). Every connect is a full handshake
+        /// (no resumption): the connect test measures handshakes/s.
+        #[arg(long)]
+        tls: bool,
     },
 }
 

@@ -74,6 +74,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Vec<RunReport>> {
             targets,
             tests,
             markdown,
+            tls,
         } => {
             // Its own summary (medians per test and target, ratios) replaces
             // the generic median line.
@@ -91,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Vec<RunReport>> {
                 targets,
                 tests,
                 markdown,
+                tls,
             };
             return scenario::proxy::run(&bench, opts).await;
         }

@@ -20,7 +20,6 @@ use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -50,7 +49,7 @@ pub enum Event {
     },
     Connected {
         generation: u64,
-        stream: TcpStream,
+        stream: net::Stream,
     },
     GaveUp {
         generation: u64,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use chatclient::app::{Settings, EXIT_USAGE};
-use chatclient::net::Target;
+use chatclient::net::{Target, Tls};
 use chatclient::ui::ColorChoice;
 use chatclient::Options;
 use clap::Parser;
@@ -112,13 +112,25 @@ struct Cli {
     /// connection for dead.
     #[arg(long, value_name = "SECS", default_value = "15", value_parser = positive_seconds)]
     reply_timeout: Duration,
-    /// Seconds to wait for a TCP connection to be accepted.
+    /// Seconds to wait for a connection to be accepted (and, with --tls, its
+    /// handshake).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = positive_seconds)]
     connect_timeout: Duration,
     /// In scripted mode, give up reconnecting after this many seconds
     /// (exit code 2). Interactive sessions keep trying until you quit.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = seconds)]
     reconnect_for: Duration,
+    /// Speak TLS (1.2 or 1.3) to the server or balancer, checking its
+    /// certificate against the system's trusted roots (or --ca).
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: trust the certificates in this PEM file instead of the
+    /// system's roots (a private CA, a self-signed server).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca: Option<PathBuf>,
+    /// With --tls: the name the server's certificate must carry [default: HOST]
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -171,11 +183,18 @@ fn options(cli: Cli) -> anyhow::Result<Options> {
         auto_login,
         ..Settings::default()
     };
+    let tls = if cli.tls {
+        let name = cli.server_name.as_deref().unwrap_or(&cli.host);
+        Some(Tls::new(cli.ca.as_deref(), name).map_err(|e| anyhow::anyhow!("--tls: {e}"))?)
+    } else {
+        None
+    };
     Ok(Options {
         target: Target {
             host: cli.host,
             port: cli.port,
             connect_timeout: cli.connect_timeout,
+            tls,
         },
         settings,
         color: cli.color.enabled(),

@@ -7,8 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use protocol::{FrameCodec, FrameError, Request};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,8 +33,49 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Target {
     pub host: String,
     pub port: u16,
+    /// Covers the TCP connect and the TLS handshake.
     pub connect_timeout: Duration,
+    /// `Some`: speak TLS (`--tls`).
+    pub tls: Option<Tls>,
 }
+
+/// How to speak TLS to the server: whom to trust and the name to check the
+/// server's certificate against.
+#[derive(Clone)]
+pub struct Tls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: tlsconf::ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Trusts the certificates in `ca` (PEM), or the system's roots; checks
+    /// the server's certificate against `server_name`.
+    pub fn new(ca: Option<&std::path::Path>, server_name: &str) -> Result<Tls, String> {
+        let roots = tlsconf::roots(ca).map_err(|e| e.to_string())?;
+        let server_name = tlsconf::ServerName::try_from(server_name.to_owned())
+            .map_err(|_| format!("{server_name:?} is not a host name or IP address"))?;
+        Ok(Tls {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+                tlsconf::client_config(roots),
+            )),
+            server_name,
+        })
+    }
+}
+
+/// Any byte stream to the server: plain TCP, or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
+/// A connection to the server.
+pub type Stream = Box<dyn Io>;
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,34 +87,49 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// One connection attempt (every address the name resolves to, in turn).
-pub async fn connect(target: &Target) -> std::io::Result<TcpStream> {
-    let attempt = TcpStream::connect((target.host.as_str(), target.port));
-    let stream = tokio::time::timeout(target.connect_timeout, attempt)
+/// One connection attempt (every address the name resolves to, in turn),
+/// with its TLS handshake when the target wants TLS.
+pub async fn connect(target: &Target) -> std::io::Result<Stream> {
+    let attempt = async {
+        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        let _ = stream.set_nodelay(true);
+        match &target.tls {
+            None => Ok(Box::new(stream) as Stream),
+            Some(tls) => {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
+                    })?;
+                Ok(Box::new(stream) as Stream)
+            }
+        }
+    };
+    tokio::time::timeout(target.connect_timeout, attempt)
         .await
         .map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no answer in {} s", target.connect_timeout.as_secs_f64()),
             )
-        })??;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+        })?
 }
 
 /// A live connection: the write half here, the read half in a task that
 /// sends [`Event::Frame`]s and finally one [`Event::Closed`], all tagged
 /// with this connection's generation so events of an old one are ignored.
 pub struct Link {
-    writer: OwnedWriteHalf,
+    writer: WriteHalf<Stream>,
     /// The frame being written, reused from one request to the next.
     out: Vec<u8>,
     reader: JoinHandle<()>,
 }
 
 impl Link {
-    pub fn start(stream: TcpStream, generation: u64, events: mpsc::Sender<Event>) -> Self {
-        let (read, write) = stream.into_split();
+    pub fn start(stream: Stream, generation: u64, events: mpsc::Sender<Event>) -> Self {
+        let (read, write) = tokio::io::split(stream);
         let reader = tokio::spawn(async move {
             let mut frames = FramedRead::new(read, FrameCodec::new(MAX_SERVER_FRAME));
             let reason = loop {
@@ -104,7 +159,12 @@ impl Link {
     /// Writes one request as a [`VERSION`] frame carrying `rid`.
     pub async fn send(&mut self, rid: u64, request: &Request) -> Result<(), String> {
         request.encode_into(&mut self.out, VERSION, Some(&serde_json::Value::from(rid)));
-        match tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&self.out)).await {
+        let write = async {
+            self.writer.write_all(&self.out).await?;
+            // TLS holds written bytes until flushed.
+            self.writer.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("could not write for {} s", WRITE_TIMEOUT.as_secs())),
@@ -215,6 +275,7 @@ mod tests {
             host: "::1".into(),
             port: 7,
             connect_timeout: Duration::from_secs(1),
+            tls: None,
         };
         assert_eq!(t.to_string(), "[::1]:7");
     }

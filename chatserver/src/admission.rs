@@ -4,7 +4,9 @@
 //! `--max-connections-per-ip` for the client's real address. A refused
 //! connection gets one error line (errno 9 for the limits, 6 for PROXY
 //! trouble; an HTTP error on the web listener) and is closed; each refusal
-//! is counted and log-throttled.
+//! is counted and log-throttled. Then, with `--tls-cert`, the chat
+//! listener's TLS handshake (after the PROXY header, which a proxy passing
+//! TLS through sends in clear).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,20 +23,24 @@ use crate::context::Context;
 use crate::proxy_header::{read_header, starts_with_header, HEADER_TIMEOUT};
 use crate::refusals::Refusal;
 use crate::session;
+use crate::tls::Tls;
 use crate::transport::lines::Lines;
 use crate::web::{self, Site};
 
 /// What an admitted connection is served as.
 #[derive(Debug, Clone)]
 pub enum Listener {
-    /// Chat frames over TCP (the main listener).
-    Chat,
+    /// Chat frames over TCP (the main listener), over TLS with `--tls-cert`.
+    Chat(Option<Arc<Tls>>),
     /// HTTP and WebSocket (`--ws-listen`).
     Web(Arc<Site>),
 }
 
 /// How long the error line of a refused connection may take to write.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+/// Time a client gets, from its connect, to complete the TLS handshake
+/// (at most the login idle timeout, which counts from the connect too).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Admits the connection, then serves it as a session; the slots are held
 /// until the session ends.
@@ -125,7 +131,7 @@ pub async fn serve(
         (peer, ip_slot)
     };
     match listener {
-        Listener::Chat => {
+        Listener::Chat(None) => {
             let transport = Lines::new(stream, ctx.limits.max_frame);
             session::serve(
                 ctx.clone(),
@@ -137,6 +143,31 @@ pub async fn serve(
                 Version::V1,
             )
             .await
+        }
+        Listener::Chat(Some(tls)) => {
+            let deadline = connected + TLS_HANDSHAKE_TIMEOUT.min(ctx.limits.login_idle_timeout);
+            let handshake = tokio::select! {
+                _ = shutdown.drain.cancelled() => return,
+                handshake = tls.accept(stream, deadline) => handshake,
+            };
+            match handshake {
+                Ok(stream) => {
+                    let transport = Lines::new(stream, ctx.limits.max_frame);
+                    session::serve(
+                        ctx.clone(),
+                        transport,
+                        client,
+                        conn_id,
+                        connected,
+                        shutdown,
+                        Version::V1,
+                    )
+                    .await
+                }
+                // Counted by `tls`; at debug only, since scanners fail
+                // handshakes all day.
+                Err(error) => tracing::debug!(%client, %error, "connection closed"),
+            }
         }
         Listener::Web(site) => {
             web::serve(
@@ -168,7 +199,9 @@ fn open_ip_slot(ctx: &Context, ip: IpAddr) -> Option<IpSlot> {
 /// Writes one error line (an HTTP response on the web listener) and closes.
 async fn refuse(mut stream: TcpStream, listener: &Listener, errno: Errno, message: &'static str) {
     let bytes = match listener {
-        Listener::Chat => Reply::refuse(None, errno, message).render(Version::V1, None),
+        Listener::Chat(None) => Reply::refuse(None, errno, message).render(Version::V1, None),
+        // A TLS client could not read a line in clear: it is just closed.
+        Listener::Chat(Some(_)) => None,
         Listener::Web(_) => Some(web::refusal(errno, message)),
     };
     let Some(bytes) = bytes else { return };

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ConfigError;
+use crate::tls::TlsFiles;
 use crate::web::AllowedOrigins;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://chat.db?mode=rwc";
@@ -179,6 +180,15 @@ pub struct Args {
     /// refused [default: none, no PROXY headers accepted]
     #[arg(long, env = "CHAT_PROXY_PROTOCOL_FROM", value_name = "CIDRS")]
     pub proxy_protocol_from: Option<String>,
+    /// Serve TLS (1.2 and 1.3 only) on the chat port with this PEM
+    /// certificate chain; needs --tls-key. The files are checked every 2 s
+    /// and a changed pair serves new connections, open ones keep theirs
+    /// [default: plain TCP]
+    #[arg(long, env = "CHAT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, env = "CHAT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Failed logins per minute at one account from one address, then errno 9 [default 5]
     #[arg(
         long,
@@ -377,6 +387,8 @@ pub struct Config {
     pub abuse: AbuseLimits,
     /// Proxies trusted to send a PROXY header; empty: none.
     pub proxy_protocol_from: Vec<IpNet>,
+    /// `Some`: TLS on the chat port.
+    pub tls: Option<TlsFiles>,
     /// Where the admin HTTP server listens; `None`: off.
     pub admin: Option<SocketAddr>,
     pub admin_token: Option<Secret>,
@@ -433,6 +445,7 @@ impl std::fmt::Debug for Config {
             .field("name", &self.name)
             .field("abuse", &self.abuse)
             .field("proxy_protocol_from", &self.proxy_protocol_from)
+            .field("tls", &self.tls)
             .field("log_format", &self.log_format)
             .field("admin", &self.admin)
             .field("admin_token", &self.admin_token)
@@ -472,6 +485,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             abuse: AbuseLimits::default(),
             proxy_protocol_from: Vec::new(),
+            tls: None,
             admin: None,
             admin_token: None,
             drain_period: DEFAULT_DRAIN_PERIOD,
@@ -585,6 +599,16 @@ impl Config {
             proxy_protocol_from: match args.proxy_protocol_from.as_deref() {
                 None => Vec::new(),
                 Some(list) => parse_cidrs(list)?,
+            },
+            tls: match (args.tls_cert, args.tls_key) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        option: "tls-cert/tls-key",
+                        message: "give both, or neither".to_owned(),
+                    })
+                }
             },
             admin: match args.admin.as_deref() {
                 None => None,

@@ -64,6 +64,8 @@ pub enum StartError {
     Database(StoreError),
     #[error("redis unreachable at start-up: {0}")]
     Redis(BusError),
+    #[error("--tls-cert/--tls-key: {0}")]
+    Tls(tlsconf::TlsError),
 }
 
 /// A call to the cluster's Redis failed. Requests that needed it get

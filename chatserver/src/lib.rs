@@ -32,6 +32,7 @@ mod server;
 mod session;
 pub mod signup_limit;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 mod transport;
 pub mod web;

@@ -112,6 +112,10 @@ async fn serve(config: Config) -> ExitCode {
     tracing::info!(database = %mask_url(&config.database_url), "starting");
     let server = match Server::start(&config, local_addr).await {
         Ok(server) => server,
+        Err(error @ chatserver::StartError::Tls(_)) => {
+            eprintln!("chatserver: {error}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
         Err(error) => {
             eprintln!("chatserver: {error}");
             return ExitCode::from(EXIT_DATABASE);

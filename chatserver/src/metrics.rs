@@ -137,6 +137,16 @@ pub struct HashMetrics {
     pub work: Histogram,
 }
 
+/// The TLS listener's instruments, handed to [`crate::tls::Tls`].
+#[derive(Clone, Debug, Default)]
+pub struct TlsMetrics {
+    pub handshakes: Counter,
+    /// Failed or timed-out handshakes: counted, logged at debug only.
+    pub handshake_failures: Counter,
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+}
+
 /// Every instrument of the server; cheap to share (handles are `Arc`s).
 pub struct Metrics {
     registry: Registry,
@@ -159,6 +169,8 @@ pub struct Metrics {
     pub hash: HashMetrics,
     /// What the admin server turned away.
     pub admin: Arc<AdminCounters>,
+    /// Zero unless `--tls-cert` is set.
+    pub tls: TlsMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -261,6 +273,27 @@ impl Metrics {
             "Time spent hashing one password",
             hash.work.clone(),
         );
+        let tls = TlsMetrics::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed (--tls-cert)",
+            tls.handshakes.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls.handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Certificate/key pairs loaded after a change of the files",
+            tls.reloads.clone(),
+        );
+        registry.register(
+            "tls_reload_failures",
+            "Changed certificate/key files that did not load (the old pair stays)",
+            tls.reload_failures.clone(),
+        );
         let database = CallMetrics::new();
         registry.register(
             "db_call_seconds",
@@ -342,6 +375,7 @@ impl Metrics {
             breaker,
             hash,
             admin,
+            tls,
         }
     }
 

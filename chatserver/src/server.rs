@@ -30,6 +30,7 @@ use crate::registry::Registry;
 use crate::retention;
 use crate::session;
 use crate::store::{Durability, Store};
+use crate::tls::Tls;
 use crate::web::{Assets, Site};
 use crate::writer::{InboxLimits, Writer};
 
@@ -83,6 +84,8 @@ pub struct Server {
     retention: Duration,
     admin_token: Option<Secret>,
     admin: Option<TcpListener>,
+    /// `Some` with `--tls-cert`: every connection is TLS.
+    tls: Option<Arc<Tls>>,
     /// The web listener and what it serves (`--ws-listen`).
     web: Option<(TcpListener, Arc<Site>)>,
     site: Arc<Site>,
@@ -140,6 +143,14 @@ impl Server {
         // Cached memberships expire in a cluster, in case a join announced
         // on another server is missed during a Redis outage.
         let group_ttl = matches!(bus, Bus::Redis(_)).then_some(GROUP_CACHE_TTL);
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(
+                Tls::load(files.clone(), metrics.tls.clone())
+                    .await
+                    .map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
         let ctx = Context {
             server_name,
             limits: Limits {
@@ -184,6 +195,7 @@ impl Server {
             retention: config.retention,
             admin_token: config.admin_token.clone(),
             admin: None,
+            tls,
             web: None,
             site: Arc::new(Site {
                 assets: Assets::default(),
@@ -234,6 +246,9 @@ impl Server {
             stop.clone(),
         ));
         background.spawn(retention::checkpoints(self.ctx.store.clone(), stop.clone()));
+        if let Some(tls) = &self.tls {
+            background.spawn(tls.clone().watch(stop.clone()));
+        }
         background.spawn(readiness::probe(self.ctx.clone(), stop.clone()));
         let mut next_conn_id: u64 = 0;
         let mut backoff = AcceptBackoff::default();
@@ -250,7 +265,7 @@ impl Server {
             };
             let (accepted, kind) = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = async { (listener.accept().await, Listener::Chat) } => accepted,
+                accepted = async { (listener.accept().await, Listener::Chat(self.tls.clone())) } => accepted,
                 accepted = web_accept => accepted,
             };
             match accepted {

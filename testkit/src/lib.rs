@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod bin;
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod fake_server;

@@ -37,6 +37,51 @@ pub fn binary() -> PathBuf {
         })
 }
 
+/// A rendered conf with its TLS server block (between `# --- tls begin`
+/// and `# --- tls end`) uncommented, on `tls_port`, with the given
+/// certificate files.
+pub fn with_tls(rendered: &str, tls_port: u16, cert: &str, key: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    let mut uncommented = 0;
+    for line in rendered.lines() {
+        let t = line.trim_start();
+        if t.starts_with("# --- tls begin") {
+            inside = true;
+            continue;
+        }
+        if t.starts_with("# --- tls end") {
+            inside = false;
+            continue;
+        }
+        if !inside {
+            out += line;
+            out += "\n";
+            continue;
+        }
+        let indent = &line[..line.len() - t.len()];
+        let body = t.strip_prefix("# ").unwrap_or(t.trim_start_matches('#'));
+        let body = if body.trim_start().starts_with("listen ") {
+            format!("    listen 127.0.0.1:{tls_port} ssl;")
+        } else if body.trim_start().starts_with("ssl_certificate ") {
+            format!("    ssl_certificate {cert};")
+        } else if body.trim_start().starts_with("ssl_certificate_key ") {
+            format!("    ssl_certificate_key {key};")
+        } else {
+            body.to_string()
+        };
+        out += indent;
+        out += &body;
+        out += "\n";
+        uncommented += 1;
+    }
+    assert!(
+        uncommented > 5,
+        "config/nginx.conf has no `# --- tls begin` block"
+    );
+    out
+}
+
 /// `template` with its upstream servers replaced by `backends` (weight 1
 /// each, the file's own health and retry settings kept) and its `listen` by
 /// `127.0.0.1:listen_port`. Everything else is as shipped.

@@ -4,6 +4,7 @@
 //! Redis prefix. Stopped cleanly by [`ChatServer::stop`], or on drop.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chatserver::config::{AbuseLimits, HashCost};
@@ -31,6 +32,14 @@ pub fn fresh_database_url(storage: Storage) -> String {
     match storage {
         Storage::Sqlite => run::fresh_sqlite_url(),
         Storage::MariaDb => run::fresh_mariadb_url(),
+    }
+}
+
+/// [`test_config`] serving TLS with the certificate and key files.
+pub fn tls_config(storage: Storage, cert: PathBuf, key: PathBuf) -> Config {
+    Config {
+        tls: Some(chatserver::tls::TlsFiles { cert, key }),
+        ..test_config(storage)
     }
 }
 

@@ -32,6 +32,9 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 use crate::options::Common;
 use crate::procfs::CpuUsed;
@@ -104,6 +107,8 @@ pub struct Options {
     pub targets: Vec<Target>,
     pub tests: Vec<Test>,
     pub markdown: Option<PathBuf>,
+    /// Clients speak TLS, both proxies terminate it (see [`TlsSetup`]).
+    pub tls: bool,
 }
 
 /// Runtime threads the balancer gets: TOKIO_WORKER_THREADS when set (as
@@ -130,6 +135,18 @@ pub async fn run(bench: &Bench, opts: Options) -> anyhow::Result<Vec<RunReport>>
 
     let echo = EchoServers::start(opts.backends).context("starting the echo backends")?;
     let dir = TempDir::new()?;
+    let tls = if opts.tls {
+        Some(TlsSetup::new(dir.path())?)
+    } else {
+        None
+    };
+    let files = tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path()));
+    let connector = tls.as_ref().map(|t| t.connector.clone());
+    let mut opts = opts;
+    if opts.tls {
+        // The backends do not speak TLS.
+        opts.targets.retain(|&t| t != Target::Direct);
+    }
     let mut balancer = None;
     let mut nginx = None;
     let stream_module = opts.nginx_stream_module.as_deref().filter(|m| m.exists());
@@ -138,7 +155,7 @@ pub async fn run(bench: &Bench, opts: Options) -> anyhow::Result<Vec<RunReport>>
             Some(p) => p.clone(),
             None => default_balancer_bin()?,
         };
-        balancer = Some(Balancer::start(&bin, dir.path(), &echo.addrs, threads).await?);
+        balancer = Some(Balancer::start(&bin, dir.path(), &echo.addrs, threads, files).await?);
     }
     if opts.targets.contains(&Target::Nginx) {
         nginx = Some(
@@ -148,6 +165,7 @@ pub async fn run(bench: &Bench, opts: Options) -> anyhow::Result<Vec<RunReport>>
                 dir.path(),
                 &echo.addrs,
                 threads,
+                files,
             )
             .await?,
         );
@@ -186,7 +204,8 @@ pub async fn run(bench: &Bench, opts: Options) -> anyhow::Result<Vec<RunReport>>
                 common.server_pids = pids;
                 common.no_progress = true;
                 let sub = Bench::new(common)?;
-                let report = measure(&sub, &opts, test, target, run, threads).await;
+                let report =
+                    measure(&sub, &opts, test, target, run, threads, connector.clone()).await;
                 if !bench.common.json {
                     println!("{}", short_line(&report));
                 }
@@ -277,8 +296,40 @@ fn default_balancer_bin() -> anyhow::Result<PathBuf> {
 
 // ------------------------------------------------------------- measuring
 
+/// The certificate both proxies present (ECDSA P-256, made now) and a
+/// client that trusts it and never resumes a session, so that every
+/// connect is a full handshake.
+struct TlsSetup {
+    cert: PathBuf,
+    key: PathBuf,
+    connector: TlsConnector,
+}
+
+impl TlsSetup {
+    fn new(dir: &Path) -> anyhow::Result<Self> {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .context("making a certificate")?;
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, made.cert.pem())?;
+        std::fs::write(&key, made.key_pair.serialize_pem())?;
+        let mut roots = tlsconf::rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone())?;
+        let mut config = tlsconf::client_config(roots);
+        config.resumption = tlsconf::rustls::client::Resumption::disabled();
+        Ok(Self {
+            cert,
+            key,
+            connector: TlsConnector::from(Arc::new(config)),
+        })
+    }
+}
+
+/// A connection to a target: plain, or TLS with `--tls`.
+type Conn = Either<TcpStream, TlsStream<TcpStream>>;
+
 /// What the workers of one measurement share.
 struct Shared {
+    tls: Option<TlsConnector>,
     phase: Phase,
     /// Bytes received back in the measured window (bulk).
     bytes: AtomicU64,
@@ -293,8 +344,10 @@ async fn measure(
     target: Target,
     run: usize,
     threads: usize,
+    tls: Option<TlsConnector>,
 ) -> RunReport {
     let shared = Arc::new(Shared {
+        tls,
         phase: Phase::default(),
         bytes: AtomicU64::new(0),
         message: vec![b'x'; opts.message_size],
@@ -355,6 +408,7 @@ async fn measure(
             ("workers", json!(workers)),
             ("message_size", json!(opts.message_size)),
             ("proxy_threads", json!(threads)),
+            ("tls", json!(opts.tls)),
         ]),
         run,
         runs: bench.common.runs,
@@ -374,7 +428,8 @@ fn err_kind(prefix: &str, e: &std::io::Error) -> String {
 async fn connect(
     server: SocketAddr,
     source: Option<std::net::IpAddr>,
-) -> std::io::Result<TcpStream> {
+    tls: Option<&TlsConnector>,
+) -> std::io::Result<Conn> {
     let stream = match source {
         None => TcpStream::connect(server).await?,
         Some(ip) => {
@@ -388,16 +443,24 @@ async fn connect(
         }
     };
     stream.set_nodelay(true)?;
-    Ok(stream)
+    match tls {
+        None => Ok(Either::Left(stream)),
+        Some(tls) => {
+            let name = tlsconf::ServerName::try_from("localhost").expect("a valid name");
+            Ok(Either::Right(tls.connect(name, stream).await?))
+        }
+    }
 }
 
 /// One request and its echo; `Err(kind)` on failure.
-async fn round_trip(stream: &mut TcpStream, shared: &Shared, buf: &mut [u8]) -> Result<(), String> {
+async fn round_trip(stream: &mut Conn, shared: &Shared, buf: &mut [u8]) -> Result<(), String> {
     let work = async {
         stream
             .write_all(&shared.message)
             .await
             .map_err(|e| err_kind("io", &e))?;
+        // TLS holds what was written until flushed.
+        stream.flush().await.map_err(|e| err_kind("io", &e))?;
         match stream.read_exact(&mut buf[..shared.message.len()]).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err("closed".to_string()),
@@ -424,7 +487,7 @@ async fn keepalive(
 ) {
     let mut buf = vec![0u8; shared.message.len()];
     while shared.phase.get() != STOP {
-        let mut stream = match connect(server, source).await {
+        let mut stream = match connect(server, source, shared.tls.as_ref()).await {
             Ok(s) => s,
             Err(e) => {
                 record_error(slot, shared, err_kind("connect", &e));
@@ -458,7 +521,12 @@ async fn connect_loop(
     let mut buf = vec![0u8; shared.message.len()];
     while shared.phase.get() != STOP {
         let started = Instant::now();
-        let result = match tokio::time::timeout(shared.timeout, connect(server, source)).await {
+        let result = match tokio::time::timeout(
+            shared.timeout,
+            connect(server, source, shared.tls.as_ref()),
+        )
+        .await
+        {
             Ok(Ok(mut stream)) => round_trip(&mut stream, shared, &mut buf).await,
             Ok(Err(e)) => Err(err_kind("connect", &e)),
             Err(_) => Err("connect_timeout".into()),
@@ -486,7 +554,7 @@ async fn bulk(
     chunk: usize,
 ) {
     while shared.phase.get() != STOP {
-        let stream = match connect(server, source).await {
+        let stream = match connect(server, source, shared.tls.as_ref()).await {
             Ok(s) => s,
             Err(e) => {
                 record_error(slot, shared, err_kind("connect", &e));
@@ -494,7 +562,7 @@ async fn bulk(
                 continue;
             }
         };
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let data = vec![b'y'; chunk];
         let write = async {
             loop {
@@ -643,12 +711,20 @@ impl Drop for TempDir {
 
 /// The lb.toml the balancer runs with: the echo servers as backends, TCP
 /// health checks, no admin server, no idle timeout.
-pub fn balancer_config(backends: &[SocketAddr]) -> String {
+pub fn balancer_config(backends: &[SocketAddr], tls: Option<(&Path, &Path)>) -> String {
     let mut out = String::from(
         "listen = \"127.0.0.1:0\"\nconnect_timeout = \"1s\"\nidle_timeout = \"0s\"\n\
          shutdown_grace = \"1s\"\n\n[health]\nkind = \"tcp\"\ninterval = \"1s\"\n\
          timeout = \"500ms\"\nrise = 2\nfall = 3\n",
     );
+    if let Some((cert, key)) = tls {
+        let _ = write!(
+            out,
+            "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+    }
     for b in backends {
         let _ = write!(out, "\n[[backend]]\naddress = \"{b}\"\nweight = 1\n");
     }
@@ -662,6 +738,7 @@ pub fn nginx_config(
     workers: usize,
     port: u16,
     backends: &[SocketAddr],
+    tls: Option<(&Path, &Path)>,
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "worker_processes {workers};");
@@ -673,9 +750,24 @@ pub fn nginx_config(
     for b in backends {
         let _ = writeln!(out, "        server {b} max_fails=3 fail_timeout=10s;");
     }
+    // With TLS: config/nginx.conf's settings.
+    let (ssl, tls_lines) = match tls {
+        None => ("", String::new()),
+        Some((cert, key)) => (
+            " ssl",
+            format!(
+                "        ssl_certificate {};\n        ssl_certificate_key {};\n\
+                 \x20       ssl_protocols TLSv1.2 TLSv1.3;\n\
+                 \x20       ssl_session_cache shared:bench_tls:10m;\n\
+                 \x20       ssl_handshake_timeout 10s;\n",
+                cert.display(),
+                key.display()
+            ),
+        ),
+    };
     let _ = write!(
         out,
-        "    }}\n    server {{\n        listen 127.0.0.1:{port};\n        proxy_pass bench;\n\
+        "    }}\n    server {{\n        listen 127.0.0.1:{port}{ssl};\n{tls_lines}        proxy_pass bench;\n\
          \x20       proxy_connect_timeout 1s;\n        proxy_timeout 24h;\n\
          \x20       tcp_nodelay on;\n    }}\n}}\n"
     );
@@ -695,9 +787,10 @@ impl Balancer {
         dir: &Path,
         backends: &[SocketAddr],
         threads: usize,
+        tls: Option<(&Path, &Path)>,
     ) -> anyhow::Result<Self> {
         let conf = dir.join("lb.toml");
-        std::fs::write(&conf, balancer_config(backends))?;
+        std::fs::write(&conf, balancer_config(backends, tls))?;
         let log = std::fs::File::create(dir.join("balancer.log"))?;
         let mut child = tokio::process::Command::new(bin)
             .arg("--config")
@@ -750,6 +843,7 @@ impl Nginx {
         dir: &Path,
         backends: &[SocketAddr],
         workers: usize,
+        tls: Option<(&Path, &Path)>,
     ) -> anyhow::Result<Self> {
         let prefix = dir.join("nginx");
         std::fs::create_dir_all(&prefix)?;
@@ -757,7 +851,10 @@ impl Nginx {
             .local_addr()?
             .port();
         let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, nginx_config(stream_module, workers, port, backends))?;
+        std::fs::write(
+            &conf,
+            nginx_config(stream_module, workers, port, backends, tls),
+        )?;
         let child = tokio::process::Command::new(bin)
             .arg("-p")
             .arg(&prefix)
@@ -1063,7 +1160,15 @@ impl Summary {
             .ok()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
-        let _ = writeln!(m, "\n## Balancer vs Nginx: `chatbench proxy` ({date})\n");
+        let tls = if ctx.opts.tls {
+            ", TLS terminated (ECDSA P-256, full handshakes)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            m,
+            "\n## Balancer vs Nginx: `chatbench proxy`{tls} ({date})\n"
+        );
         let _ = writeln!(m, "```sh\n{}\n```\n", ctx.command);
         let _ = writeln!(
             m,
@@ -1159,17 +1264,28 @@ mod tests {
             "127.0.0.1:5001".parse().unwrap(),
             "127.0.0.1:5002".parse().unwrap(),
         ];
-        let lb = balancer_config(&backends);
+        let lb = balancer_config(&backends, None);
         assert!(lb.contains("kind = \"tcp\""));
         assert!(lb.contains("address = \"127.0.0.1:5002\""));
         assert!(!lb.contains("admin"));
-        let ng = nginx_config(Some(Path::new("/m.so")), 3, 4000, &backends);
+        let ng = nginx_config(Some(Path::new("/m.so")), 3, 4000, &backends, None);
         assert!(ng.contains("worker_processes 3;"));
         assert!(ng.contains("load_module /m.so;"));
         assert!(ng.contains("listen 127.0.0.1:4000;"));
         assert!(ng.contains("server 127.0.0.1:5001 "));
         assert!(ng.contains("proxy_timeout 24h;"));
-        assert!(!nginx_config(None, 1, 1, &backends).contains("load_module"));
+        assert!(!nginx_config(None, 1, 1, &backends, None).contains("load_module"));
+        assert!(!ng.contains("ssl"));
+        let files = Some((Path::new("/c.pem"), Path::new("/k.pem")));
+        let lb = balancer_config(&backends, files);
+        assert!(
+            lb.contains("[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\""),
+            "{lb}"
+        );
+        let ng = nginx_config(None, 1, 4000, &backends, files);
+        assert!(ng.contains("listen 127.0.0.1:4000 ssl;"), "{ng}");
+        assert!(ng.contains("ssl_certificate /c.pem;"), "{ng}");
+        assert!(ng.contains("ssl_certificate_key /k.pem;"), "{ng}");
     }
 
     #[test]

@@ -1,10 +1,15 @@
-//! Frames over TCP: `\n`- or NUL-terminated JSON, as PROTOCOL.md frames them.
+//! Frames over TCP, or TLS over TCP (`--tls-cert`): `\n`- or
+//! NUL-terminated JSON, as PROTOCOL.md frames them.
+
+use std::future::Future;
+use std::io;
 
 use bytes::BytesMut;
 use protocol::{FrameCodec, FrameError};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Decoder;
 
 use super::{Closing, Received, Transport};
@@ -12,9 +17,48 @@ use super::{Closing, Received, Transport};
 /// Bytes read per system call at most.
 const READ_CHUNK: usize = 4096;
 
-/// A TCP connection split into frames by [`FrameCodec`].
-pub struct Lines {
-    stream: TcpStream,
+/// A byte stream lines are read from: a TCP socket or a TLS stream.
+pub trait Stream: AsyncWrite + Unpin + Send {
+    /// Appends what the peer sent to `buf`; `Ok(0)` at end of stream.
+    ///
+    /// The buffer grows only once bytes are waiting, so that an idle
+    /// connection holds no read buffer. Cancel safe: when the future is
+    /// dropped before it completes, nothing was consumed.
+    fn read_some<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+}
+
+impl Stream for TcpStream {
+    async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            buf.reserve(READ_CHUNK);
+            match self.try_read_buf(buf) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
+    }
+}
+
+impl Stream for TlsStream<TcpStream> {
+    async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let (tcp, tls) = self.get_ref();
+        // Unless rustls already holds decrypted bytes, wait for the socket
+        // first: the buffer is reserved only once a record is coming.
+        if tls.wants_read() {
+            tcp.readable().await?;
+        }
+        buf.reserve(READ_CHUNK);
+        self.read_buf(buf).await
+    }
+}
+
+/// A connection split into frames by [`FrameCodec`].
+pub struct Lines<S> {
+    stream: S,
     buf: BytesMut,
     codec: FrameCodec,
     /// When the bytes of the current unfinished frame started arriving.
@@ -22,8 +66,8 @@ pub struct Lines {
     bytes_in: u64,
 }
 
-impl Lines {
-    pub fn new(stream: TcpStream, max_frame: usize) -> Self {
+impl<S: Stream> Lines<S> {
+    pub fn new(stream: S, max_frame: usize) -> Self {
         Self {
             stream,
             buf: BytesMut::new(),
@@ -62,33 +106,28 @@ impl Lines {
     }
 }
 
-impl Transport for Lines {
-    /// Cancel-safe: the only await is `readable`, and what was read stays
-    /// in the buffer. One read per call, so that a peer that keeps the
-    /// socket readable cannot keep the session from its timeouts.
+impl<S: Stream> Transport for Lines<S> {
+    /// Cancel-safe: `read_some` is, and what was read stays in the buffer.
+    /// One read per call, so that a peer that keeps the socket readable
+    /// cannot keep the session from its timeouts.
     async fn next_frame(&mut self) -> Result<Received, Closing> {
         if let Some(received) = self.decode()? {
             return Ok(received);
         }
-        loop {
-            self.stream.readable().await.map_err(Closing::ReadFailed)?;
-            // The buffer is only allocated once bytes are waiting, so an
-            // idle connection holds none.
-            self.buf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => return Err(self.eof()),
-                Ok(n) => {
-                    self.bytes_in += n as u64;
-                    return Ok(self.decode()?.unwrap_or(Received::Partial));
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(error) => return Err(Closing::ReadFailed(error)),
+        match self.stream.read_some(&mut self.buf).await {
+            Ok(0) => Err(self.eof()),
+            Ok(n) => {
+                self.bytes_in += n as u64;
+                Ok(self.decode()?.unwrap_or(Received::Partial))
             }
+            Err(error) => Err(Closing::ReadFailed(error)),
         }
     }
 
     async fn write_frames(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.stream.write_all(bytes).await?;
+        // TLS holds written bytes until flushed (a no-op on TCP).
+        self.stream.flush().await
     }
 
     async fn close(&mut self, _reason: &Closing) {

@@ -1,0 +1,240 @@
+//! `chatserver --tls-cert --tls-key`: the binary serves TLS 1.2 and 1.3 on
+//! the chat port, counts failed handshakes without logging them at warn,
+//! closes a connection that never finishes its handshake within the login
+//! idle timeout, and picks up a rotated certificate with 100 TLS
+//! connections open, dropping none. Certificates are made at test time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use protocol::{parse_server_frame, FrameCodec, Reply, Request, ServerFrame, Version};
+use testkit::backend::http_get;
+use testkit::bin::{Process, CHEAP_HASHING, GENEROUS_LIMITS};
+use testkit::certs::{connector, TestCert};
+use testkit::prelude::*;
+use testkit::run::temp_dir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+
+const BIN: &str = env!("CARGO_BIN_EXE_chatserver");
+
+/// The binary on SQLite in `dir`, TLS with `dir`/cert.pem and key.pem, an
+/// admin port; stderr piped (warn and above).
+fn start(dir: &Path, args: &[&str]) -> (Process, SocketAddr, SocketAddr) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["127.0.0.1", "0"])
+        .args(CHEAP_HASHING)
+        .args(GENEROUS_LIMITS)
+        .arg("--tls-cert")
+        .arg(dir.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("key.pem"))
+        .args(["--admin", &admin.to_string()])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CHAT_DATABASE_URL")
+        .env_remove("CHAT_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped());
+    let (process, addr) = Process::start_listening(&mut command);
+    (process, addr, admin)
+}
+
+async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let (code, body) = http_get(admin, "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    let values: HashMap<&str, f64> = body
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            Some((key, value.parse().ok()?))
+        })
+        .collect();
+    *values
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} missing from /metrics: {body}"))
+}
+
+type Conn = Framed<TlsStream<TcpStream>, FrameCodec>;
+
+async fn connect(addr: SocketAddr, tls: &TlsConnector) -> Conn {
+    let go = async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let stream = tls.connect(name, tcp).await.expect("TLS handshake");
+        Framed::new(stream, FrameCodec::default())
+    };
+    tokio::time::timeout(WAIT, go)
+        .await
+        .expect("TLS connect timed out")
+}
+
+/// PING over `conn`; the PONG's server name.
+async fn ping(conn: &mut Conn) -> String {
+    let go = async {
+        let mut frame = Request::Ping.encode(Version::V1, None);
+        frame.pop(); // the codec adds the terminator
+        conn.send(&frame[..]).await.unwrap();
+        while let Some(frame) = conn.next().await {
+            if let Ok(incoming) = parse_server_frame(&frame.unwrap()) {
+                if let ServerFrame::Reply(Reply::Pong(p)) = incoming.frame {
+                    return p.server;
+                }
+            }
+        }
+        panic!("closed before PONG");
+    };
+    tokio::time::timeout(WAIT, go)
+        .await
+        .expect("no PONG in time")
+}
+
+fn presented(conn: &Conn) -> CertificateDer<'static> {
+    conn.get_ref().get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_the_chat_port_and_failed_handshakes_counted_not_logged() {
+    let dir = temp_dir("server-tls");
+    let cert = TestCert::new();
+    cert.install(&dir);
+    let (process, addr, admin) = start(&dir, &["--login-idle-timeout", "1s"]);
+    let tls = connector(&[&cert]);
+    let mut conn = connect(addr, &tls).await;
+    assert_eq!(ping(&mut conn).await, addr.to_string());
+
+    // Plaintext: no reply in clear, the connection closed; 10 of them.
+    for _ in 0..10 {
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        let mut frame = Request::Ping.encode(Version::V1, None);
+        frame.push(b'\n');
+        plain.write_all(&frame).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(WAIT, plain.read_to_end(&mut got)).await;
+        assert!(
+            !String::from_utf8_lossy(&got).contains("msgid"),
+            "a plaintext client got a chat reply: {got:?}"
+        );
+        assert!(read.is_ok(), "a plaintext connection was kept open");
+    }
+    // A client that stalls before or in its handshake is closed by the
+    // login idle timeout (1 s here); the one that started it counts as a
+    // failed handshake.
+    for first in [&b""[..], &[0x16, 0x03, 0x01][..]] {
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(first).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(WAIT, stalled.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "stalled connection: {closed:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(4));
+    }
+
+    assert_eq!(
+        metric(admin, "chatserver_tls_handshake_failures_total").await,
+        11.0
+    );
+    // TLS clients are still served (the first one was closed by the
+    // login idle timeout meanwhile).
+    let mut conn = connect(addr, &tls).await;
+    assert_eq!(ping(&mut conn).await, addr.to_string());
+    assert_eq!(metric(admin, "chatserver_tls_handshakes_total").await, 2.0);
+    drop(conn);
+
+    process.signal("TERM");
+    let (exit, mut process) = process.wait_timeout_async(WAIT).await;
+    assert!(exit.expect("no exit after SIGTERM").success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut process.child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        !err.to_lowercase().contains("handshake"),
+        "handshake failures logged at warn: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_under_100_open_tls_connections_drops_none() {
+    let dir = temp_dir("server-tls-rotate");
+    let (old, new) = (TestCert::new(), TestCert::new());
+    old.install(&dir);
+    let (_process, addr, admin) = start(&dir, &[]);
+    let both = connector(&[&old, &new]);
+    let mut open = Vec::new();
+    for _ in 0..100 {
+        let mut conn = connect(addr, &both).await;
+        assert_eq!(presented(&conn), old.der);
+        ping(&mut conn).await;
+        open.push(conn);
+    }
+
+    new.install(&dir);
+    let deadline = Deadline::after(WAIT);
+    loop {
+        let conn = connect(addr, &both).await;
+        if presented(&conn) == new.der {
+            break;
+        }
+        deadline.check("the new certificate was never presented");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for conn in &mut open {
+        ping(conn).await;
+    }
+    assert!(metric(admin, "chatserver_tls_reloads_total").await >= 1.0);
+    // A pair that does not load leaves the current one serving.
+    std::fs::write(dir.join("key.pem"), "not a key").unwrap();
+    let deadline = Deadline::after(WAIT);
+    while metric(admin, "chatserver_tls_reload_failures_total").await < 1.0 {
+        deadline.check("a broken key was not noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut fresh = connect(addr, &connector(&[&new])).await;
+    ping(&mut fresh).await;
+    for conn in &mut open {
+        ping(conn).await;
+    }
+}
+
+#[test]
+fn tls_cert_without_key_is_a_usage_error() {
+    let output = Command::new(BIN)
+        .args(["127.0.0.1", "0", "--tls-cert", "/nonexistent.pem"])
+        .env_remove("CHAT_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("--tls-key"), "{err}");
+}
+
+#[test]
+fn unreadable_certificate_files_exit_1_naming_the_file() {
+    let dir = temp_dir("server-tls-missing");
+    let output = Command::new(BIN)
+        .args(["127.0.0.1", "0", "--tls-cert", "/nonexistent/cert.pem"])
+        .args(["--tls-key", "/nonexistent/key.pem"])
+        .current_dir(&dir)
+        .env_remove("CHAT_DATABASE_URL")
+        .env_remove("CHAT_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+}
