@@ -4,9 +4,9 @@
 //! `--max-connections-per-ip` for the client's real address. A refused
 //! connection gets one error line (errno 9 for the limits, 6 for PROXY
 //! trouble; an HTTP error on the web listener) and is closed; each refusal
-//! is counted and log-throttled. Then, with `--tls-cert`, the chat
-//! listener's TLS handshake (after the PROXY header, which a proxy passing
-//! TLS through sends in clear).
+//! is counted and log-throttled. Then, with `--tls-cert`, the TLS
+//! handshake (after the PROXY header, which a proxy passing TLS through
+//! sends in clear), on either listener.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,13 +25,23 @@ use crate::refusals::Refusal;
 use crate::session;
 use crate::tls::Tls;
 use crate::transport::lines::Lines;
+use crate::transport::ByteStream;
 use crate::web::{self, Site};
 
-/// What an admitted connection is served as.
+/// What an admitted connection is served as, and whether TLS wraps it.
 #[derive(Debug, Clone)]
-pub enum Listener {
-    /// Chat frames over TCP (the main listener), over TLS with `--tls-cert`.
-    Chat(Option<Arc<Tls>>),
+pub struct Listener {
+    pub serves: Serves,
+    /// `Some` with `--tls-cert`: the connection is TLS from its first byte
+    /// (after a trusted proxy's PROXY header).
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// The protocol a listener speaks above TCP or TLS.
+#[derive(Debug, Clone)]
+pub enum Serves {
+    /// Chat frames, as lines (the main listener).
+    Chat,
     /// HTTP and WebSocket (`--ws-listen`).
     Web(Arc<Site>),
 }
@@ -130,11 +140,38 @@ pub async fn serve(
         }
         (peer, ip_slot)
     };
-    match listener {
-        Listener::Chat(None) => {
+    let Listener { serves, tls } = listener;
+    let Some(tls) = tls else {
+        return serve_as(serves, ctx, stream, client, conn_id, connected, shutdown).await;
+    };
+    let deadline = connected + TLS_HANDSHAKE_TIMEOUT.min(ctx.limits.login_idle_timeout);
+    let handshake = tokio::select! {
+        _ = shutdown.drain.cancelled() => return,
+        handshake = tls.accept(stream, deadline) => handshake,
+    };
+    match handshake {
+        Ok(stream) => serve_as(serves, ctx, stream, client, conn_id, connected, shutdown).await,
+        // Counted by `tls`; at debug only, since scanners fail handshakes
+        // all day.
+        Err(error) => tracing::debug!(%client, %error, "connection closed"),
+    }
+}
+
+/// Runs what the listener serves over `stream` (TCP or TLS).
+async fn serve_as<S: ByteStream>(
+    serves: Serves,
+    ctx: Arc<Context>,
+    stream: S,
+    client: SocketAddr,
+    conn_id: u64,
+    connected: Instant,
+    shutdown: session::Shutdown,
+) {
+    match serves {
+        Serves::Chat => {
             let transport = Lines::new(stream, ctx.limits.max_frame);
             session::serve(
-                ctx.clone(),
+                ctx,
                 transport,
                 client,
                 conn_id,
@@ -144,42 +181,8 @@ pub async fn serve(
             )
             .await
         }
-        Listener::Chat(Some(tls)) => {
-            let deadline = connected + TLS_HANDSHAKE_TIMEOUT.min(ctx.limits.login_idle_timeout);
-            let handshake = tokio::select! {
-                _ = shutdown.drain.cancelled() => return,
-                handshake = tls.accept(stream, deadline) => handshake,
-            };
-            match handshake {
-                Ok(stream) => {
-                    let transport = Lines::new(stream, ctx.limits.max_frame);
-                    session::serve(
-                        ctx.clone(),
-                        transport,
-                        client,
-                        conn_id,
-                        connected,
-                        shutdown,
-                        Version::V1,
-                    )
-                    .await
-                }
-                // Counted by `tls`; at debug only, since scanners fail
-                // handshakes all day.
-                Err(error) => tracing::debug!(%client, %error, "connection closed"),
-            }
-        }
-        Listener::Web(site) => {
-            web::serve(
-                ctx.clone(),
-                site,
-                stream,
-                client,
-                conn_id,
-                connected,
-                shutdown,
-            )
-            .await
+        Serves::Web(site) => {
+            web::serve(ctx, site, stream, client, conn_id, connected, shutdown).await
         }
     }
 }
@@ -198,11 +201,11 @@ fn open_ip_slot(ctx: &Context, ip: IpAddr) -> Option<IpSlot> {
 
 /// Writes one error line (an HTTP response on the web listener) and closes.
 async fn refuse(mut stream: TcpStream, listener: &Listener, errno: Errno, message: &'static str) {
-    let bytes = match listener {
-        Listener::Chat(None) => Reply::refuse(None, errno, message).render(Version::V1, None),
-        // A TLS client could not read a line in clear: it is just closed.
-        Listener::Chat(Some(_)) => None,
-        Listener::Web(_) => Some(web::refusal(errno, message)),
+    let bytes = match &listener.serves {
+        // A TLS client could not read a refusal in clear: it is just closed.
+        _ if listener.tls.is_some() => None,
+        Serves::Chat => Reply::refuse(None, errno, message).render(Version::V1, None),
+        Serves::Web(_) => Some(web::refusal(errno, message)),
     };
     let Some(bytes) = bytes else { return };
     let _ = tokio::time::timeout(REFUSAL_WRITE, async {
@@ -210,7 +213,7 @@ async fn refuse(mut stream: TcpStream, listener: &Listener, errno: Errno, messag
         let _ = stream.shutdown().await;
         // Read what the client still sends until it closes, so that our
         // close does not reset the connection under the unread response.
-        if matches!(listener, Listener::Web(_)) {
+        if matches!(listener.serves, Serves::Web(_)) {
             let mut sink = [0u8; 1024];
             while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
         }

@@ -180,8 +180,8 @@ pub struct Args {
     /// refused [default: none, no PROXY headers accepted]
     #[arg(long, env = "CHAT_PROXY_PROTOCOL_FROM", value_name = "CIDRS")]
     pub proxy_protocol_from: Option<String>,
-    /// Serve TLS (1.2 and 1.3 only) on the chat port with this PEM
-    /// certificate chain; needs --tls-key. The files are checked every 2 s
+    /// Serve TLS (1.2 and 1.3 only) on the chat port, and on --ws-listen
+    /// (https, wss://), with this PEM certificate chain; needs --tls-key. The files are checked every 2 s
     /// and a changed pair serves new connections, open ones keep theirs
     /// [default: plain TCP]
     #[arg(long, env = "CHAT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
@@ -387,7 +387,7 @@ pub struct Config {
     pub abuse: AbuseLimits,
     /// Proxies trusted to send a PROXY header; empty: none.
     pub proxy_protocol_from: Vec<IpNet>,
-    /// `Some`: TLS on the chat port.
+    /// `Some`: TLS on the chat port and the web listener.
     pub tls: Option<TlsFiles>,
     /// Where the admin HTTP server listens; `None`: off.
     pub admin: Option<SocketAddr>,

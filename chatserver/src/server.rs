@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{self, Listener};
+use crate::admission::{self, Listener, Serves};
 use crate::bus::{Bus, RedisBus};
 use crate::calls::CallTimer;
 use crate::config::{Config, Secret};
@@ -84,7 +84,7 @@ pub struct Server {
     retention: Duration,
     admin_token: Option<Secret>,
     admin: Option<TcpListener>,
-    /// `Some` with `--tls-cert`: every connection is TLS.
+    /// `Some` with `--tls-cert`: every connection, on either listener, is TLS.
     tls: Option<Arc<Tls>>,
     /// The web listener and what it serves (`--ws-listen`).
     web: Option<(TcpListener, Arc<Site>)>,
@@ -257,15 +257,13 @@ impl Server {
         loop {
             let web_accept = async {
                 match &web {
-                    Some((listener, site)) => {
-                        (listener.accept().await, Listener::Web(site.clone()))
-                    }
+                    Some((listener, site)) => (listener.accept().await, Serves::Web(site.clone())),
                     None => std::future::pending().await,
                 }
             };
-            let (accepted, kind) = tokio::select! {
+            let (accepted, serves) = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = async { (listener.accept().await, Listener::Chat(self.tls.clone())) } => accepted,
+                accepted = async { (listener.accept().await, Serves::Chat) } => accepted,
                 accepted = web_accept => accepted,
             };
             match accepted {
@@ -282,7 +280,10 @@ impl Server {
                             drain: drain.child_token(),
                             stop: stop.child_token(),
                         },
-                        kind,
+                        Listener {
+                            serves,
+                            tls: self.tls.clone(),
+                        },
                     ));
                 }
                 Err(error) => {

@@ -1,5 +1,5 @@
-//! TLS on the chat port (`--tls-cert`, `--tls-key`), with the balancer's
-//! choices (`tlsconf`: rustls, TLS 1.2/1.3 only).
+//! TLS on the chat port and the web listener (`--tls-cert`, `--tls-key`),
+//! with the balancer's choices (`tlsconf`: rustls, TLS 1.2/1.3 only).
 //!
 //! [`Tls::accept`] turns an accepted socket into a TLS stream within a
 //! deadline; any listener (the chat port, a WebSocket port) can use it.

@@ -2,7 +2,8 @@
 //! the chat port, counts failed handshakes without logging them at warn,
 //! closes a connection that never finishes its handshake within the login
 //! idle timeout, and picks up a rotated certificate with 100 TLS
-//! connections open, dropping none. Certificates are made at test time.
+//! connections open, dropping none. With `--ws-listen`, the web listener is
+//! https and `wss://`. Certificates are made at test time.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use testkit::bin::{Process, CHEAP_HASHING, GENEROUS_LIMITS};
 use testkit::certs::{connector, TestCert};
 use testkit::prelude::*;
 use testkit::run::temp_dir;
+use testkit::ws;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -69,15 +71,32 @@ async fn metric(admin: SocketAddr, name: &str) -> f64 {
 type Conn = Framed<TlsStream<TcpStream>, FrameCodec>;
 
 async fn connect(addr: SocketAddr, tls: &TlsConnector) -> Conn {
+    Framed::new(tls_stream(addr, tls).await, FrameCodec::default())
+}
+
+/// A TLS connection to `addr`, the server named `localhost`.
+async fn tls_stream(addr: SocketAddr, tls: &TlsConnector) -> TlsStream<TcpStream> {
     let go = async {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from("localhost").unwrap();
-        let stream = tls.connect(name, tcp).await.expect("TLS handshake");
-        Framed::new(stream, FrameCodec::default())
+        tls.connect(name, tcp).await.expect("TLS handshake")
     };
     tokio::time::timeout(WAIT, go)
         .await
         .expect("TLS connect timed out")
+}
+
+/// Writes `request` and reads the answer until the server closes.
+async fn exchange(mut stream: impl AsyncReadExt + AsyncWriteExt + Unpin, request: &str) -> String {
+    let go = async {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got).await;
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    tokio::time::timeout(WAIT, go)
+        .await
+        .expect("no close in time")
 }
 
 /// PING over `conn`; the PONG's server name.
@@ -209,6 +228,66 @@ async fn certificate_rotation_under_100_open_tls_connections_drops_none() {
     for conn in &mut open {
         ping(conn).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_user_chats_with_a_tls_line_user_and_the_page_comes_over_https() {
+    let dir = temp_dir("server-wss");
+    let cert = TestCert::new();
+    cert.install(&dir);
+    let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (_process, addr, admin) = start(&dir, &["--ws-listen", &web.to_string()]);
+    let tls = connector(&[&cert]);
+    let host = format!("localhost:{}", web.port());
+
+    // The web client's page, over https.
+    let get = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let page = exchange(tls_stream(web, &tls).await, &get).await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<!doctype html>"), "{page}");
+    // Plain HTTP on that port gets no page, and counts as a failed handshake.
+    let plain = exchange(TcpStream::connect(web).await.unwrap(), &get).await;
+    assert!(!plain.contains("HTTP/1.1"), "plain HTTP answered: {plain}");
+    assert_eq!(
+        metric(admin, "chatserver_tls_handshake_failures_total").await,
+        1.0
+    );
+
+    // A browser's WebSocket, wss:// from that page, and a terminal on the
+    // TLS chat port.
+    let socket = ws::handshake_at(
+        tls_stream(web, &tls).await,
+        &format!("wss://{host}/ws"),
+        Some(&format!("https://{host}")),
+    )
+    .await
+    .expect("wss handshake");
+    let (mut browser, _closed) = ws::client_over(socket);
+    let browser_id = browser.register("browser", "pw").await;
+    browser.login(browser_id, "pw").await;
+    let mut terminal = Client::over_io(Box::new(tls_stream(addr, &tls).await));
+    let terminal_id = terminal.register("terminal", "pw").await;
+    terminal.login(terminal_id, "pw").await;
+
+    let mid = browser.chat(terminal_id, "over wss").await;
+    let push = terminal.recv_chat().await;
+    assert_eq!(
+        (push.msg.as_str(), push.from, push.mid),
+        ("over wss", browser_id, mid)
+    );
+    terminal.chat(browser_id, "over TLS lines 你好").await;
+    let push = browser.recv_chat().await;
+    assert_eq!(
+        (push.msg.as_str(), push.from),
+        ("over TLS lines 你好", terminal_id)
+    );
+    assert_eq!(
+        push.seq,
+        Some(1),
+        "WebSocket sessions are v2: pushes carry seq"
+    );
+    // The page, the WebSocket and the terminal: three handshakes.
+    assert_eq!(metric(admin, "chatserver_tls_handshakes_total").await, 3.0);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -39,7 +39,20 @@ pub async fn handshake(
     addr: SocketAddr,
     origin: Option<&str>,
 ) -> Result<Socket, Error> {
-    let mut request = format!("ws://{addr}/ws").into_client_request()?;
+    handshake_at(stream, &format!("ws://{addr}/ws"), origin).await
+}
+
+/// The WebSocket handshake for `url` on `stream`, any byte stream already
+/// connected there (a TLS stream for a `wss://` URL).
+pub async fn handshake_at<S>(
+    stream: S,
+    url: &str,
+    origin: Option<&str>,
+) -> Result<WebSocketStream<S>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut request = url.into_client_request()?;
     if let Some(origin) = origin {
         request.headers_mut().insert(
             "origin",
@@ -49,7 +62,7 @@ pub async fn handshake(
     let (socket, _response) =
         tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, stream))
             .await
-            .unwrap_or_else(|_| panic!("websocket handshake with {addr} timed out"))?;
+            .unwrap_or_else(|_| panic!("websocket handshake with {url} timed out"))?;
     Ok(socket)
 }
 
@@ -73,7 +86,15 @@ impl Closed {
 /// A typed [`Client`] over a WebSocket to `addr`'s `/ws`, and where its
 /// close frame will be.
 pub async fn connect(addr: SocketAddr) -> (Client, Closed) {
-    let socket = connect_raw(addr).await;
+    client_over(connect_raw(addr).await)
+}
+
+/// A typed [`Client`] over an open WebSocket (on any stream: a `wss://`
+/// one, say), and where its close frame will be.
+pub fn client_over<S>(socket: WebSocketStream<S>) -> (Client, Closed)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let closed = Closed::default();
     let (local, remote) = tokio::io::duplex(256 * 1024);
     tokio::spawn(bridge(socket, remote, closed.clone()));
@@ -91,7 +112,13 @@ pub async fn user(addr: SocketAddr, name: &str) -> (Client, i64) {
 /// Frames written by the client (ended by `\n` or NUL) go out one per text
 /// message; text messages come back as frames ended by `\n`. A close on
 /// either side closes the other.
-async fn bridge(mut socket: Socket, mut local: tokio::io::DuplexStream, closed: Closed) {
+async fn bridge<S>(
+    mut socket: WebSocketStream<S>,
+    mut local: tokio::io::DuplexStream,
+    closed: Closed,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut pending = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {

@@ -1,60 +1,14 @@
 //! Frames over TCP, or TLS over TCP (`--tls-cert`): `\n`- or
 //! NUL-terminated JSON, as PROTOCOL.md frames them.
 
-use std::future::Future;
-use std::io;
-
 use bytes::BytesMut;
 use protocol::{FrameCodec, FrameError};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Decoder;
 
+use super::stream::ByteStream;
 use super::{Closing, Received, Transport};
-
-/// Bytes read per system call at most.
-const READ_CHUNK: usize = 4096;
-
-/// A byte stream lines are read from: a TCP socket or a TLS stream.
-pub trait Stream: AsyncWrite + Unpin + Send {
-    /// Appends what the peer sent to `buf`; `Ok(0)` at end of stream.
-    ///
-    /// The buffer grows only once bytes are waiting, so that an idle
-    /// connection holds no read buffer. Cancel safe: when the future is
-    /// dropped before it completes, nothing was consumed.
-    fn read_some<'a>(
-        &'a mut self,
-        buf: &'a mut BytesMut,
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
-}
-
-impl Stream for TcpStream {
-    async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        loop {
-            self.readable().await?;
-            buf.reserve(READ_CHUNK);
-            match self.try_read_buf(buf) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return result,
-            }
-        }
-    }
-}
-
-impl Stream for TlsStream<TcpStream> {
-    async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        let (tcp, tls) = self.get_ref();
-        // Unless rustls already holds decrypted bytes, wait for the socket
-        // first: the buffer is reserved only once a record is coming.
-        if tls.wants_read() {
-            tcp.readable().await?;
-        }
-        buf.reserve(READ_CHUNK);
-        self.read_buf(buf).await
-    }
-}
 
 /// A connection split into frames by [`FrameCodec`].
 pub struct Lines<S> {
@@ -66,7 +20,7 @@ pub struct Lines<S> {
     bytes_in: u64,
 }
 
-impl<S: Stream> Lines<S> {
+impl<S: ByteStream> Lines<S> {
     pub fn new(stream: S, max_frame: usize) -> Self {
         Self {
             stream,
@@ -106,7 +60,7 @@ impl<S: Stream> Lines<S> {
     }
 }
 
-impl<S: Stream> Transport for Lines<S> {
+impl<S: ByteStream> Transport for Lines<S> {
     /// Cancel-safe: `read_some` is, and what was read stays in the buffer.
     /// One read per call, so that a peer that keeps the socket readable
     /// cannot keep the session from its timeouts.

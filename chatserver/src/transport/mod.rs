@@ -1,10 +1,14 @@
 //! The seam between a session and its connection: where frames come from
-//! and go to. A session runs the same over TCP lines ([`lines`]) and over
+//! and go to. A session runs the same over lines ([`lines`]) and over
 //! WebSocket text messages ([`websocket`]); only framing, keepalive and the
-//! way a connection closes differ.
+//! way a connection closes differ. Both run over any [`ByteStream`]: TCP,
+//! or TLS over TCP.
 
 pub mod lines;
+pub mod stream;
 pub mod websocket;
+
+pub use stream::ByteStream;
 
 use std::future::Future;
 

@@ -1,7 +1,8 @@
 //! The web listener (`--ws-listen`): HTTP/1.1 serving the web client's
 //! embedded files, and `/ws` upgraded to a WebSocket that runs an ordinary
 //! session (v2 from the first frame). Admission (connection limits, PROXY
-//! header) happened before; this owns HTTP only.
+//! header, the TLS handshake with `--tls-cert`: https and wss) happened
+//! before; this owns HTTP only, over whichever byte stream it is given.
 
 pub mod assets;
 pub mod origin;
@@ -20,7 +21,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use protocol::Version;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -29,6 +29,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::context::Context;
 use crate::session;
 use crate::transport::websocket::{self, WebSocket};
+use crate::transport::ByteStream;
 
 pub use assets::Assets;
 pub use origin::AllowedOrigins;
@@ -65,10 +66,10 @@ pub struct Site {
 
 /// Serves HTTP on an admitted connection until it closes, or until it
 /// upgrades to a WebSocket, which then runs a session on this task.
-pub async fn serve(
+pub async fn serve<S: ByteStream>(
     ctx: Arc<Context>,
     site: Arc<Site>,
-    stream: TcpStream,
+    stream: S,
     client: SocketAddr,
     conn_id: u64,
     connected: Instant,
