@@ -6,6 +6,7 @@
 mod admin;
 mod admission;
 pub mod bus;
+pub mod calls;
 pub mod command;
 pub mod config;
 pub mod connection_limits;
@@ -20,8 +21,10 @@ pub mod login_limit;
 pub mod mailbox;
 pub mod metrics;
 pub mod mid;
+pub mod notices;
 pub mod proxy_header;
 pub mod rate_limit;
+mod readiness;
 pub mod refusals;
 pub mod registry;
 mod retention;
@@ -30,6 +33,8 @@ mod session;
 pub mod signup_limit;
 pub mod store;
 pub mod tokens;
+mod transport;
+pub mod web;
 pub mod writer;
 
 pub use config::{Args, Config};

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{self, Listener};
 use crate::bus::{Bus, RedisBus};
+use crate::calls::CallTimer;
 use crate::config::{Config, Secret};
+use crate::connection_limits::AcceptBackoff;
 use crate::context::{Context, Limits};
 use crate::directory::Directory;
 use crate::error::StartError;
@@ -20,13 +24,14 @@ use crate::hasher::PasswordHasher;
 use crate::inbound;
 use crate::metrics::Metrics;
 use crate::mid::MidGenerator;
+use crate::readiness;
 use crate::refusals::Refusals;
 use crate::registry::Registry;
 use crate::retention;
 use crate::session;
 use crate::store::{Durability, Store};
+use crate::web::{Assets, Site};
 use crate::writer::{InboxLimits, Writer};
-use crate::{admission, connection_limits::AcceptBackoff};
 
 /// Time sessions get to flush and log out at shutdown; with the final
 /// storage updates this keeps a clean exit under 5 s.
@@ -36,11 +41,24 @@ const GROUP_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Connects to Redis, retrying like the database: a cluster may start
 /// before its Redis does.
-async fn connect_cluster(config: &Config, url: &str, name: &str) -> Result<RedisBus, StartError> {
+async fn connect_cluster(
+    config: &Config,
+    url: &str,
+    name: &str,
+    calls: CallTimer,
+) -> Result<RedisBus, StartError> {
     let deadline = tokio::time::Instant::now() + config.db_connect_timeout;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match RedisBus::connect(url, &config.redis_prefix, name, config.presence_lease).await {
+        let connected = RedisBus::connect(
+            url,
+            &config.redis_prefix,
+            name,
+            config.presence_lease,
+            calls.clone(),
+        )
+        .await;
+        match connected {
             Ok(cluster) => {
                 tracing::info!(
                     token = cluster.token(),
@@ -65,18 +83,24 @@ pub struct Server {
     retention: Duration,
     admin_token: Option<Secret>,
     admin: Option<TcpListener>,
+    /// The web listener and what it serves (`--ws-listen`).
+    web: Option<(TcpListener, Arc<Site>)>,
+    site: Arc<Site>,
 }
 
 impl Server {
     /// Connects storage. `local_addr` names the server when no name is set.
     pub async fn start(config: &Config, local_addr: SocketAddr) -> Result<Server, StartError> {
+        let refusals = Arc::new(Refusals::default());
+        let metrics = Metrics::new(refusals.clone());
         let store = Store::connect(
             &config.database_url,
             config.db_connect_timeout,
             config.sqlite_synchronous,
         )
         .await
-        .map_err(StartError::Database)?;
+        .map_err(StartError::Database)?
+        .timed(metrics.database_calls());
         match store.durability().await {
             Ok(Durability::PowerLoss) => {
                 tracing::info!("acknowledged messages are flushed to disk at commit")
@@ -97,7 +121,13 @@ impl Server {
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
         let bus = match &config.redis_url {
-            Some(url) => Bus::Redis(Arc::new(connect_cluster(config, url, &server_name).await?)),
+            Some(url) => {
+                let calls = metrics.redis_calls();
+                let redis = Arc::new(connect_cluster(config, url, &server_name, calls).await?);
+                let probe = redis.clone();
+                metrics.watch_breaker(move || !probe.reachable.load(Ordering::Relaxed));
+                Bus::Redis(redis)
+            }
             None => {
                 // A single server owns every session, so nobody is online yet.
                 store
@@ -110,8 +140,6 @@ impl Server {
         // Cached memberships expire in a cluster, in case a join announced
         // on another server is missed during a Redis outage.
         let group_ttl = matches!(bus, Bus::Redis(_)).then_some(GROUP_CACHE_TTL);
-        let refusals = Arc::new(Refusals::default());
-        let metrics = Metrics::new(refusals.clone());
         let ctx = Context {
             server_name,
             limits: Limits {
@@ -147,6 +175,7 @@ impl Server {
             refusals,
             metrics,
             shutting_down: Default::default(),
+            ready: AtomicBool::new(true),
             mids: MidGenerator::new(bus.node()),
             bus,
         };
@@ -155,6 +184,12 @@ impl Server {
             retention: config.retention,
             admin_token: config.admin_token.clone(),
             admin: None,
+            web: None,
+            site: Arc::new(Site {
+                assets: Assets::default(),
+                origins: config.ws_allowed_origins.clone(),
+                ping_interval: config.ws_ping_interval,
+            }),
         })
     }
 
@@ -162,6 +197,13 @@ impl Server {
     /// until the process ends (they answer during the drain).
     pub fn with_admin(mut self, listener: TcpListener) -> Self {
         self.admin = Some(listener);
+        self
+    }
+
+    /// Serves the web client and WebSocket sessions on `listener` too,
+    /// with the same limits and shutdown as the chat listener.
+    pub fn with_web(mut self, listener: TcpListener) -> Self {
+        self.web = Some((listener, self.site.clone()));
         self
     }
 
@@ -192,38 +234,52 @@ impl Server {
             stop.clone(),
         ));
         background.spawn(retention::checkpoints(self.ctx.store.clone(), stop.clone()));
+        background.spawn(readiness::probe(self.ctx.clone(), stop.clone()));
         let mut next_conn_id: u64 = 0;
         let mut backoff = AcceptBackoff::default();
+        let web = self.web.take();
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
+            let web_accept = async {
+                match &web {
+                    Some((listener, site)) => {
+                        (listener.accept().await, Listener::Web(site.clone()))
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let (accepted, kind) = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        backoff.succeeded();
-                        next_conn_id += 1;
-                        configure(&stream);
-                        sessions.spawn(admission::serve(
-                            self.ctx.clone(),
-                            stream,
-                            peer,
-                            next_conn_id,
-                            session::Shutdown {
-                                drain: drain.child_token(),
-                                stop: stop.child_token(),
-                            },
-                        ));
-                    }
-                    Err(error) => {
-                        // Out of file descriptors, usually: back off, keep serving.
-                        let pause = backoff.failed();
-                        tracing::error!(%error, ?pause, "accept failed");
-                        tokio::time::sleep(pause).await;
-                    }
+                accepted = async { (listener.accept().await, Listener::Chat) } => accepted,
+                accepted = web_accept => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff.succeeded();
+                    next_conn_id += 1;
+                    configure(&stream);
+                    sessions.spawn(admission::serve(
+                        self.ctx.clone(),
+                        stream,
+                        peer,
+                        next_conn_id,
+                        session::Shutdown {
+                            drain: drain.child_token(),
+                            stop: stop.child_token(),
+                        },
+                        kind,
+                    ));
+                }
+                Err(error) => {
+                    // Out of file descriptors, usually: back off, keep serving.
+                    let pause = backoff.failed();
+                    tracing::error!(%error, ?pause, "accept failed");
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
         drop(listener);
+        drop(web);
         self.ctx
             .shutting_down
             .store(true, std::sync::atomic::Ordering::Relaxed);
