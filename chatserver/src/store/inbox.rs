@@ -401,8 +401,7 @@ impl WriteTx {
         let calls = self.calls.clone();
         calls
             .time("confirm", async {
-                let mut removed: HashMap<i64, (i64, i64)> =
-                    HashMap::with_capacity(ranges.len());
+                let mut removed: HashMap<i64, (i64, i64)> = HashMap::with_capacity(ranges.len());
                 for chunk in ranges.chunks(INSERT_CHUNK) {
                     let mut delete = QueryBuilder::<Any>::new("DELETE FROM inbox WHERE ");
                     for (i, range) in chunk.iter().enumerate() {
