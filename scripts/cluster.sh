@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local cluster for trying things by hand: SERVERS chat servers
-# (default 2, on ports 6000, 6002, 6004, ...) sharing one MariaDB database
+# (default 2, on ports 6000, 6002, 6004, ...; the web client and WebSocket
+# endpoint of each on 7000, 7002, 7004, ...) sharing one MariaDB database
 # and one Redis, and the balancer on port 8000 in front of all of them. The
 # balancer's config is written to run/lb.toml, listing every server started
 # here with weight 1 (config/lb.toml, the commented example, lists two).
@@ -8,6 +9,7 @@
 #
 #   scripts/cluster.sh                       # then, in other terminals:
 #   target/release/chatclient 127.0.0.1 8000
+#   open http://127.0.0.1:7000/ in a browser
 #
 # CHAT_DATABASE_URL and CHAT_REDIS_URL override the defaults below.
 set -euo pipefail
@@ -46,14 +48,16 @@ wait_ready() { # name, log file
 
 for i in $(seq 0 $((SERVERS - 1))); do
     port=$((6000 + 2 * i))
+    web_port=$((7000 + 2 * i))
     out="run/logs/chat-$i.out"
     target/release/chatserver 127.0.0.1 "$port" --name "chat-$i" \
         --database-url "$DATABASE_URL" --redis-url "$REDIS_URL" \
+        --ws-listen "127.0.0.1:$web_port" \
         >"$out" 2>"run/logs/chat-$i.log" &
     pids+=($!)
     # One at a time: the first one creates the database and its tables.
     wait_ready "chat-$i" "$out"
-    log "chat-$i listening on 127.0.0.1:$port"
+    log "chat-$i listening on 127.0.0.1:$port (web client: http://127.0.0.1:$web_port/)"
     ports+=("$port")
 done
 

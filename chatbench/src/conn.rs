@@ -88,6 +88,8 @@ pub fn chat_seq(frame: &[u8]) -> Result<Option<u64>, BenchError> {
         ServerFrame::Chat(chat) => parse_seq(&chat.msg).map(Some).ok_or(BenchError::Sequence),
         ServerFrame::Reply(Reply::Done(_)) => Ok(None),
         ServerFrame::Reply(Reply::Error(failure)) => Err(BenchError::refused(&failure)),
+        // Presence and list updates come between chats; not measured.
+        ServerFrame::Notice(_) => Ok(None),
         other => Err(BenchError::Unexpected(msgid_of(&other))),
     }
 }
@@ -97,8 +99,9 @@ pub fn msgid_of(frame: &ServerFrame) -> i64 {
     let msgid = match frame {
         ServerFrame::Reply(Reply::LoginOk(_)) => MsgId::LoginAck,
         ServerFrame::Reply(Reply::RegisterOk { .. }) => MsgId::RegisterAck,
-        ServerFrame::Reply(Reply::Done(_)) => MsgId::Ack,
+        ServerFrame::Reply(Reply::Done(_) | Reply::Joined(_)) => MsgId::Ack,
         ServerFrame::Reply(Reply::Pong(_)) => MsgId::Pong,
+        ServerFrame::Notice(_) => MsgId::Notice,
         ServerFrame::Reply(Reply::History(_) | Reply::Silent) => MsgId::History,
         ServerFrame::GoAway(_) => MsgId::GoAway,
         ServerFrame::Reply(Reply::Error(failure)) => Failure::reply_type(failure.request),
@@ -263,7 +266,7 @@ impl Conn {
                         return Err(BenchError::Unexpected(msgid_of(&ServerFrame::Reply(other))))
                     }
                 },
-                ServerFrame::Chat(_) => {}
+                ServerFrame::Chat(_) | ServerFrame::Notice(_) => {}
                 ServerFrame::GoAway(_) => return Err(BenchError::Unexpected(MsgId::GoAway as i64)),
                 ServerFrame::Other { msgid } => return Err(BenchError::Unexpected(msgid)),
             }

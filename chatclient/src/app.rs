@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use protocol::{
     Ack, AddFriend, AddGroup, Chat, ChatTarget, CreateGroup, Credential, Delivered, Errno, Failure,
-    Friend, GoAway, Group, History, HistoryPage, Login, LoginAck, Logout, Member, MsgId, Presence,
-    Register, Reply, Request, Role, SendChat, ServerFrame, Version,
+    Friend, GoAway, Group, History, HistoryPage, Login, LoginAck, Logout, Member, MsgId, Notice,
+    Presence, Register, Reply, Request, Role, SendChat, ServerFrame, Version,
 };
 
 use crate::cid::CidSource;
@@ -778,6 +778,7 @@ impl App {
                     }
                     ServerFrame::Reply(reply) => self.on_reply(rid, reply, now, &mut fx),
                     ServerFrame::GoAway(goaway) => self.on_goaway(&goaway, &mut fx),
+                    ServerFrame::Notice(notice) => self.on_notice(notice, &mut fx),
                     ServerFrame::Other { msgid } => fx.push(Effect::Show(Output::Warn(format!(
                         "ignored a frame with unexpected msgid {msgid}"
                     )))),
@@ -794,6 +795,14 @@ impl App {
             Reply::LoginOk(ack) => self.on_login_ack(rid, Ok(*ack), now, fx),
             Reply::RegisterOk { id } => self.on_register_ack(rid, Ok(id), fx),
             Reply::Done(ack) => self.on_ack(rid, Ok(ack), fx),
+            Reply::Joined(group) => {
+                // The group with its members: `groups` shows it whole.
+                if let Some(p) = self.profile.as_mut() {
+                    p.groups.retain(|g| g.id != group.id);
+                    p.groups.push(*group);
+                }
+                self.on_ack(rid, Ok(Ack::default()), fx)
+            }
             Reply::History(page) => self.on_history(rid, page, fx),
             Reply::Pong(_) => {
                 if let Some((sync_rid, latest)) = self.sync {
@@ -1120,10 +1129,49 @@ impl App {
         });
     }
 
+    /// A NOTICE keeps the lists that `friends` and `groups` show live. A
+    /// new friend who did not ask is announced; the rest is silent.
+    fn on_notice(&mut self, notice: Notice, fx: &mut Vec<Effect>) {
+        let Some(profile) = self.profile.as_mut() else {
+            return;
+        };
+        match notice {
+            Notice::Presence { id, state } => {
+                let members = profile.groups.iter_mut().flat_map(|g| g.users.iter_mut());
+                for member in members.filter(|m| m.id == id) {
+                    member.state = state;
+                }
+                for friend in profile.friends.iter_mut().filter(|f| f.id == id) {
+                    friend.state = state;
+                }
+            }
+            Notice::Friend(friend) => {
+                match profile.friends.iter_mut().find(|f| f.id == friend.id) {
+                    // Added by us: the ACK made a placeholder.
+                    Some(known) => *known = friend,
+                    None => {
+                        let news = format!("{} (id {}) is now your friend", friend.name, friend.id);
+                        profile.friends.push(friend);
+                        self.show(Output::Done(news), fx);
+                    }
+                }
+            }
+            Notice::Member { groupid, member } => {
+                if let Some(group) = profile.groups.iter_mut().find(|g| g.id == groupid) {
+                    match group.users.iter_mut().find(|m| m.id == member.id) {
+                        Some(known) => *known = member,
+                        None => group.users.push(member),
+                    }
+                }
+            }
+        }
+    }
+
     // ----- helpers --------------------------------------------------------
 
-    /// The server sends no presence updates; a live message shows that its
-    /// sender is online, so the lists shown by `friends` and `groups` say so.
+    /// A live message shows that its sender is online (NOTICEs say so too,
+    /// but they are best effort), so the lists shown by `friends` and
+    /// `groups` say so.
     fn seen_online(&mut self, chat: &Chat) {
         let Some(profile) = self.profile.as_mut() else {
             return;

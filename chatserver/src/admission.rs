@@ -3,13 +3,15 @@
 //! (and the refusal of one from anybody else), and a slot under
 //! `--max-connections-per-ip` for the client's real address. A refused
 //! connection gets one error line (errno 9 for the limits, 6 for PROXY
-//! trouble) and is closed; each refusal is counted and log-throttled.
+//! trouble; an HTTP error on the web listener) and is closed; each refusal
+//! is counted and log-throttled.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::{Errno, Reply, Version};
+use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -19,6 +21,17 @@ use crate::context::Context;
 use crate::proxy_header::{read_header, starts_with_header, HEADER_TIMEOUT};
 use crate::refusals::Refusal;
 use crate::session;
+use crate::transport::lines::Lines;
+use crate::web::{self, Site};
+
+/// What an admitted connection is served as.
+#[derive(Debug, Clone)]
+pub enum Listener {
+    /// Chat frames over TCP (the main listener).
+    Chat,
+    /// HTTP and WebSocket (`--ws-listen`).
+    Web(Arc<Site>),
+}
 
 /// How long the error line of a refused connection may take to write.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -31,12 +44,19 @@ pub async fn serve(
     peer: SocketAddr,
     conn_id: u64,
     shutdown: session::Shutdown,
+    listener: Listener,
 ) {
     let connected = Instant::now();
     let guard = &ctx.guard;
     let Some(_slot) = guard.connections.open() else {
         ctx.refusals.note(Refusal::MaxConnections, peer.ip());
-        refuse(stream, Errno::RateLimited, "server full, try again later").await;
+        refuse(
+            stream,
+            &listener,
+            Errno::RateLimited,
+            "server full, try again later",
+        )
+        .await;
         return;
     };
     let (client, _ip_slot) = if guard.proxy.trusts(peer.ip()) {
@@ -49,22 +69,34 @@ pub async fn serve(
             Ok(Err(error)) => {
                 tracing::debug!(%peer, %error, "connection from a trusted proxy refused");
                 ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
-                refuse(stream, Errno::BadRequest, "expected a PROXY header").await;
+                refuse(
+                    stream,
+                    &listener,
+                    Errno::BadRequest,
+                    "expected a PROXY header",
+                )
+                .await;
                 return;
             }
             Err(_) => {
                 ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
-                refuse(stream, Errno::BadRequest, "no PROXY header in time").await;
+                refuse(
+                    stream,
+                    &listener,
+                    Errno::BadRequest,
+                    "no PROXY header in time",
+                )
+                .await;
                 return;
             }
         };
         let Some(ip_slot) = open_ip_slot(&ctx, client.ip()) else {
-            return refuse(stream, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
+            return refuse(stream, &listener, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
         };
         (client, ip_slot)
     } else {
         let Some(ip_slot) = open_ip_slot(&ctx, peer.ip()) else {
-            return refuse(stream, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
+            return refuse(stream, &listener, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
         };
         // Clients speak first: wait for their first bytes, within the login
         // idle timeout, to turn away a PROXY header nobody may send here.
@@ -78,6 +110,7 @@ pub async fn serve(
                 ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
                 refuse(
                     stream,
+                    &listener,
                     Errno::BadRequest,
                     "PROXY header from an address that is not a trusted proxy",
                 )
@@ -91,7 +124,33 @@ pub async fn serve(
         }
         (peer, ip_slot)
     };
-    session::serve(ctx.clone(), stream, client, conn_id, connected, shutdown).await;
+    match listener {
+        Listener::Chat => {
+            let transport = Lines::new(stream, ctx.limits.max_frame);
+            session::serve(
+                ctx.clone(),
+                transport,
+                client,
+                conn_id,
+                connected,
+                shutdown,
+                Version::V1,
+            )
+            .await
+        }
+        Listener::Web(site) => {
+            web::serve(
+                ctx.clone(),
+                site,
+                stream,
+                client,
+                conn_id,
+                connected,
+                shutdown,
+            )
+            .await
+        }
+    }
 }
 
 const TOO_MANY_FROM_ADDRESS: &str = "too many connections from your address";
@@ -106,13 +165,22 @@ fn open_ip_slot(ctx: &Context, ip: IpAddr) -> Option<IpSlot> {
     slot
 }
 
-/// Writes one error line and closes.
-async fn refuse(mut stream: TcpStream, errno: Errno, message: &'static str) {
-    if let Some(line) = Reply::refuse(None, errno, message).render(Version::V1, None) {
-        let _ = tokio::time::timeout(REFUSAL_WRITE, async {
-            let _ = stream.write_all(&line).await;
-            let _ = stream.shutdown().await;
-        })
-        .await;
-    }
+/// Writes one error line (an HTTP response on the web listener) and closes.
+async fn refuse(mut stream: TcpStream, listener: &Listener, errno: Errno, message: &'static str) {
+    let bytes = match listener {
+        Listener::Chat => Reply::refuse(None, errno, message).render(Version::V1, None),
+        Listener::Web(_) => Some(web::refusal(errno, message)),
+    };
+    let Some(bytes) = bytes else { return };
+    let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+        let _ = stream.write_all(&bytes).await;
+        let _ = stream.shutdown().await;
+        // Read what the client still sends until it closes, so that our
+        // close does not reset the connection under the unread response.
+        if matches!(listener, Listener::Web(_)) {
+            let mut sink = [0u8; 1024];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
+    })
+    .await;
 }

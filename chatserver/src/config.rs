@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ConfigError;
+use crate::web::AllowedOrigins;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://chat.db?mode=rwc";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
@@ -53,6 +54,9 @@ pub const DEFAULT_REGISTER_PER_ADDRESS: usize = 5;
 pub const DEFAULT_CREATE_GROUP_PER_USER: usize = 10;
 /// Groups one user may have created, in all.
 pub const DEFAULT_MAX_GROUPS_PER_USER: usize = 100;
+/// Silence after which a WebSocket peer is pinged; a ping unanswered as
+/// long closes it. Under Nginx's default proxy_read_timeout (60 s).
+pub const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Time a shutdown spreads GOAWAY to v2 sessions over, before v1 sessions close.
 pub const DEFAULT_DRAIN_PERIOD: Duration = Duration::from_secs(10);
 
@@ -213,6 +217,18 @@ pub struct Args {
     /// reconnect elsewhere in waves); v1 sessions are closed at its end [default 10s]
     #[arg(long, env = "CHAT_DRAIN_PERIOD", value_name = "DURATION")]
     pub drain_period: Option<String>,
+    /// Web client and WebSocket endpoint (`/ws`) on IP:PORT, with the chat
+    /// listener's limits and PROXY rule [default: off]
+    #[arg(long, env = "CHAT_WS_LISTEN", value_name = "ADDR")]
+    pub ws_listen: Option<String>,
+    /// Comma list of page origins (scheme://host[:port]) that may open a
+    /// WebSocket, or * for any; others get 403 [default: the request's Host]
+    #[arg(long, env = "CHAT_WS_ALLOWED_ORIGINS", value_name = "ORIGINS")]
+    pub ws_allowed_origins: Option<String>,
+    /// Silence after which the server pings a WebSocket peer; a ping
+    /// unanswered as long closes it [default 30s]
+    #[arg(long, env = "CHAT_WS_PING_INTERVAL", value_name = "DURATION")]
+    pub ws_ping_interval: Option<String>,
     /// Validate the settings, print the effective config (secrets masked)
     /// and exit: 0 when valid, 1 otherwise. Nothing is opened or bound.
     #[arg(long)]
@@ -365,6 +381,10 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub admin_token: Option<Secret>,
     pub drain_period: Duration,
+    /// Where the web listener listens; `None`: off.
+    pub ws_listen: Option<SocketAddr>,
+    pub ws_allowed_origins: AllowedOrigins,
+    pub ws_ping_interval: Duration,
 }
 
 /// The database URL without its password, for logs and `Debug`.
@@ -417,6 +437,9 @@ impl std::fmt::Debug for Config {
             .field("admin", &self.admin)
             .field("admin_token", &self.admin_token)
             .field("drain_period", &self.drain_period)
+            .field("ws_listen", &self.ws_listen)
+            .field("ws_allowed_origins", &self.ws_allowed_origins)
+            .field("ws_ping_interval", &self.ws_ping_interval)
             .finish()
     }
 }
@@ -452,6 +475,9 @@ impl Default for Config {
             admin: None,
             admin_token: None,
             drain_period: DEFAULT_DRAIN_PERIOD,
+            ws_listen: None,
+            ws_allowed_origins: AllowedOrigins::default(),
+            ws_ping_interval: DEFAULT_WS_PING_INTERVAL,
         }
     }
 }
@@ -569,6 +595,25 @@ impl Config {
             },
             admin_token: args.admin_token.filter(|t| !t.is_empty()).map(Secret::new),
             drain_period: duration("drain-period", args.drain_period, defaults.drain_period)?,
+            ws_listen: match args.ws_listen.as_deref() {
+                None => None,
+                Some(text) => Some(text.parse().map_err(|_| ConfigError::Invalid {
+                    option: "ws-listen",
+                    message: format!("{text:?} is not IP:PORT"),
+                })?),
+            },
+            ws_allowed_origins: AllowedOrigins::parse(
+                args.ws_allowed_origins.as_deref().unwrap_or(""),
+            )
+            .map_err(|message| ConfigError::Invalid {
+                option: "ws-allowed-origins",
+                message,
+            })?,
+            ws_ping_interval: duration(
+                "ws-ping-interval",
+                args.ws_ping_interval,
+                defaults.ws_ping_interval,
+            )?,
             log_format: match args.log_format.as_deref() {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,
@@ -763,6 +808,9 @@ mod tests {
         assert_eq!(config.presence_lease, defaults.presence_lease);
         assert_eq!(config.abuse, defaults.abuse);
         assert_eq!(config.proxy_protocol_from, defaults.proxy_protocol_from);
+        assert_eq!(config.ws_listen, Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(config.ws_allowed_origins, defaults.ws_allowed_origins);
+        assert_eq!(config.ws_ping_interval, defaults.ws_ping_interval);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::bus::redis::{bounded, parse_bus_frame, BusFrame, RedisBus, RECONNECT_MAX_DELAY};
 use crate::context::Context;
 use crate::error::BusError;
-use crate::mailbox::{Offer, Outbound, Pushed};
+use crate::mailbox::{Notice, Offer, Outbound, Pushed};
 
 /// Runs the heartbeat and the subscriber on `tasks` until `stop` is
 /// cancelled.
@@ -195,6 +195,21 @@ fn handle_frame(ctx: &Context, bytes: &[u8]) {
             }
         }
         Some(BusFrame::GroupChanged { group }) => ctx.directory.invalidate_group(group),
+        Some(BusFrame::Notice {
+            related,
+            users,
+            payload,
+        }) => {
+            let notice = Notice {
+                json: payload.into(),
+                related,
+            };
+            for user in users {
+                if let Some(handle) = ctx.registry.get(user) {
+                    handle.notify(notice.clone());
+                }
+            }
+        }
         None => {
             tracing::warn!(frame = %String::from_utf8_lossy(bytes), "unreadable cluster frame ignored")
         }

@@ -21,6 +21,7 @@ pub mod login_limit;
 pub mod mailbox;
 pub mod metrics;
 pub mod mid;
+pub mod notices;
 pub mod proxy_header;
 pub mod rate_limit;
 mod readiness;
@@ -32,6 +33,8 @@ mod session;
 pub mod signup_limit;
 pub mod store;
 pub mod tokens;
+mod transport;
+pub mod web;
 pub mod writer;
 
 pub use config::{Args, Config};

@@ -6,6 +6,8 @@
 //! in bytes): the push is not queued and the session is marked behind; once
 //! it has written what is queued it reads the rest from its inbox. No
 //! sender waits, memory per receiver stays bounded, nothing is lost.
+//! Notices (NOTICE, best effort and not stored) are dropped when the
+//! queue is full.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -107,6 +109,18 @@ pub enum Outbound {
     /// Messages may be stored that never reached this queue (a lost cluster
     /// notification): read the inbox.
     CatchUp,
+    /// A NOTICE for v2 sessions (v1 ones drop it).
+    Notice(Notice),
+}
+
+/// A NOTICE rendered once for all its receivers.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// The v2 JSON text, without terminator.
+    pub json: Arc<str>,
+    /// The user the receiver is now related to (a new friend, a new fellow
+    /// member), who must hear of the receiver's logout.
+    pub related: Option<i64>,
 }
 
 /// What became of an offered message.
@@ -150,13 +164,19 @@ impl SessionHandle {
         self.evict.cancel();
     }
 
+    /// Queues a notice if there is room; best effort, so a full queue
+    /// drops it (the next LOGIN_ACK has the truth).
+    pub fn notify(&self, notice: Notice) {
+        let _ = self.tx.try_send(Outbound::Notice(notice));
+    }
+
     pub fn offer(&self, item: Outbound) -> Offer {
         if self.tx.is_closed() {
             return Offer::Gone;
         }
         let size = match &item {
             Outbound::Push { pushed, .. } => pushed.size(),
-            Outbound::CatchUp => 0,
+            Outbound::CatchUp | Outbound::Notice(_) => 0,
         };
         let queued = self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
         if queued + size > self.shared.max_bytes && queued > 0 {

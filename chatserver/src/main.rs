@@ -98,6 +98,17 @@ async fn serve(config: Config) -> ExitCode {
         },
         None => None,
     };
+    let web = match config.ws_listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                eprintln!("chatserver: cannot listen on {addr} (--ws-listen): {error}");
+                return ExitCode::from(EXIT_CANNOT_BIND);
+            }
+        },
+        None => None,
+    };
+    let web_addr = web.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(database = %mask_url(&config.database_url), "starting");
     let server = match Server::start(&config, local_addr).await {
         Ok(server) => server,
@@ -110,7 +121,15 @@ async fn serve(config: Config) -> ExitCode {
         Some(listener) => server.with_admin(listener),
         None => server,
     };
+    let server = match web {
+        Some(listener) => server.with_web(listener),
+        None => server,
+    };
     println!("listening on {local_addr}");
+    if let Some(addr) = web_addr {
+        // After the first line, which scripts and tests read for the chat port.
+        println!("web listening on {addr}");
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     server.serve(listener, shutdown.cancelled_owned()).await;

@@ -11,9 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{self, Listener};
 use crate::bus::{Bus, RedisBus};
 use crate::calls::CallTimer;
 use crate::config::{Config, Secret};
+use crate::connection_limits::AcceptBackoff;
 use crate::context::{Context, Limits};
 use crate::directory::Directory;
 use crate::error::StartError;
@@ -28,8 +30,8 @@ use crate::registry::Registry;
 use crate::retention;
 use crate::session;
 use crate::store::{Durability, Store};
+use crate::web::{Assets, Site};
 use crate::writer::{InboxLimits, Writer};
-use crate::{admission, connection_limits::AcceptBackoff};
 
 /// Time sessions get to flush and log out at shutdown; with the final
 /// storage updates this keeps a clean exit under 5 s.
@@ -81,6 +83,9 @@ pub struct Server {
     retention: Duration,
     admin_token: Option<Secret>,
     admin: Option<TcpListener>,
+    /// The web listener and what it serves (`--ws-listen`).
+    web: Option<(TcpListener, Arc<Site>)>,
+    site: Arc<Site>,
 }
 
 impl Server {
@@ -179,6 +184,12 @@ impl Server {
             retention: config.retention,
             admin_token: config.admin_token.clone(),
             admin: None,
+            web: None,
+            site: Arc::new(Site {
+                assets: Assets::default(),
+                origins: config.ws_allowed_origins.clone(),
+                ping_interval: config.ws_ping_interval,
+            }),
         })
     }
 
@@ -186,6 +197,13 @@ impl Server {
     /// until the process ends (they answer during the drain).
     pub fn with_admin(mut self, listener: TcpListener) -> Self {
         self.admin = Some(listener);
+        self
+    }
+
+    /// Serves the web client and WebSocket sessions on `listener` too,
+    /// with the same limits and shutdown as the chat listener.
+    pub fn with_web(mut self, listener: TcpListener) -> Self {
+        self.web = Some((listener, self.site.clone()));
         self
     }
 
@@ -219,36 +237,49 @@ impl Server {
         background.spawn(readiness::probe(self.ctx.clone(), stop.clone()));
         let mut next_conn_id: u64 = 0;
         let mut backoff = AcceptBackoff::default();
+        let web = self.web.take();
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
+            let web_accept = async {
+                match &web {
+                    Some((listener, site)) => {
+                        (listener.accept().await, Listener::Web(site.clone()))
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let (accepted, kind) = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        backoff.succeeded();
-                        next_conn_id += 1;
-                        configure(&stream);
-                        sessions.spawn(admission::serve(
-                            self.ctx.clone(),
-                            stream,
-                            peer,
-                            next_conn_id,
-                            session::Shutdown {
-                                drain: drain.child_token(),
-                                stop: stop.child_token(),
-                            },
-                        ));
-                    }
-                    Err(error) => {
-                        // Out of file descriptors, usually: back off, keep serving.
-                        let pause = backoff.failed();
-                        tracing::error!(%error, ?pause, "accept failed");
-                        tokio::time::sleep(pause).await;
-                    }
+                accepted = async { (listener.accept().await, Listener::Chat) } => accepted,
+                accepted = web_accept => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff.succeeded();
+                    next_conn_id += 1;
+                    configure(&stream);
+                    sessions.spawn(admission::serve(
+                        self.ctx.clone(),
+                        stream,
+                        peer,
+                        next_conn_id,
+                        session::Shutdown {
+                            drain: drain.child_token(),
+                            stop: stop.child_token(),
+                        },
+                        kind,
+                    ));
+                }
+                Err(error) => {
+                    // Out of file descriptors, usually: back off, keep serving.
+                    let pause = backoff.failed();
+                    tracing::error!(%error, ?pause, "accept failed");
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
         drop(listener);
+        drop(web);
         self.ctx
             .shutting_down
             .store(true, std::sync::atomic::Ordering::Relaxed);

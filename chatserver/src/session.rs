@@ -6,20 +6,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use protocol::{parse_frame, Credential, Errno, FrameCodec, FrameError, Reply, Request, Version};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use protocol::{parse_frame, Credential, Errno, Reply, Request, Version};
 use tokio::time::Instant;
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::command::{self, AfterWrite, SessionState};
 use crate::context::Context;
-use crate::mailbox::{v1_frame, v2_frame_into, Outbound, Pushed};
+use crate::mailbox::{v1_frame, v2_frame_into, Notice, Outbound, Pushed};
 use crate::metrics::ConnState;
 use crate::refusals::Refusal;
+use crate::transport::{Closing, Received, Transport};
 
 /// A write that makes no progress this long means the peer stopped reading.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,13 +29,13 @@ const COALESCE_BYTES: usize = 64 * 1024;
 /// Inbox messages read per query when catching up (at most this many
 /// frames of the frame limit are in memory at once).
 const INBOX_PAGE: u32 = 32;
-/// Bytes read per system call at most.
-const READ_CHUNK: usize = 4096;
 
 /// The timeout that closes a connection not logged in.
 const LOGIN_IDLE: &str = "not logged in within the login idle timeout";
 /// The "timeout" at which a draining v2 session gets its GOAWAY.
 const GOAWAY_DUE: &str = "goaway";
+/// The "timeout" at which the transport pings its peer.
+const KEEPALIVE_DUE: &str = "keepalive";
 
 /// The two stages of a server shutdown, as a session sees them.
 #[derive(Debug, Clone)]
@@ -50,86 +47,45 @@ pub struct Shutdown {
     pub stop: CancellationToken,
 }
 
-/// Why a connection ended.
-#[derive(Debug, thiserror::Error)]
-enum Closing {
-    #[error("peer closed the connection")]
-    PeerClosed,
-    #[error("peer closed the connection in the middle of a frame ({0} bytes)")]
-    ClosedMidFrame(usize),
-    #[error("read failed: {0}")]
-    ReadFailed(std::io::Error),
-    #[error("write failed: {0}")]
-    WriteFailed(std::io::Error),
-    #[error("peer stopped reading")]
-    WriteStalled,
-    #[error("frame too large")]
-    FrameTooLarge,
-    #[error("idle: {0}")]
-    Idle(&'static str),
-    #[error("evicted: the login moved to another server")]
-    Evicted,
-    #[error("server shutting down")]
-    Shutdown,
-}
-
-impl Closing {
-    /// The `reason` label of `connection_closes_total`.
-    fn label(&self) -> &'static str {
-        match self {
-            Closing::PeerClosed => "peer_closed",
-            Closing::ClosedMidFrame(_) => "closed_mid_frame",
-            Closing::ReadFailed(_) => "read_failed",
-            Closing::WriteFailed(_) => "write_failed",
-            Closing::WriteStalled => "write_stalled",
-            Closing::FrameTooLarge => "frame_too_large",
-            Closing::Idle(_) => "idle",
-            Closing::Evicted => "evicted",
-            Closing::Shutdown => "shutdown",
-        }
-    }
-}
-
 /// The future serving one connection. Not an `async fn`: that would keep
 /// the connection twice in the task (argument and state), 1.4 KiB each.
-pub fn serve(
+/// `version` is what the session speaks before any request says: v1 on
+/// TCP, v2 on WebSocket.
+pub fn serve<T: Transport>(
     ctx: Arc<Context>,
-    stream: TcpStream,
+    transport: T,
     peer: SocketAddr,
     conn_id: u64,
     connected: Instant,
     shutdown: Shutdown,
-) -> impl std::future::Future<Output = ()> {
+    version: Version,
+) -> impl std::future::Future<Output = ()> + Send {
     let span =
         tracing::info_span!("conn", conn = conn_id, peer = %peer, user = tracing::field::Empty);
+    let mut state = SessionState::new(conn_id, peer.ip());
+    state.version = version;
     let connection = Connection {
         span,
-        codec: FrameCodec::new(ctx.limits.max_frame),
-        state: SessionState::new(conn_id, peer.ip()),
+        state,
         ctx,
-        stream,
-        buf: BytesMut::new(),
+        transport,
         last_frame: Instant::now(),
         anonymous_since: connected,
         last_write: None,
-        partial_since: None,
         goaway_at: None,
         conn_state: ConnState::PreLogin,
         connected,
-        bytes_in: 0,
         bytes_out: 0,
     };
     connection.run(shutdown)
 }
 
-struct Connection {
+struct Connection<T> {
     /// Entered around each request and the clean-up, not on every poll:
     /// entering a span per wake-up cost about 2 µs per delivered message.
     span: tracing::Span,
     ctx: Arc<Context>,
-    stream: TcpStream,
-    buf: BytesMut,
-    codec: FrameCodec,
+    transport: T,
     state: SessionState,
     last_frame: Instant,
     /// Since when the connection is not logged in (connect, or logout):
@@ -137,18 +93,15 @@ struct Connection {
     anonymous_since: Instant,
     /// When the last frame went out, for spacing frames to v1 clients.
     last_write: Option<Instant>,
-    /// When the bytes of the current unfinished frame started arriving.
-    partial_since: Option<Instant>,
     /// While draining, when this v2 session gets its GOAWAY.
     goaway_at: Option<Instant>,
     /// What the `connections` gauge counts this connection as.
     conn_state: ConnState,
     connected: Instant,
-    bytes_in: u64,
     bytes_out: u64,
 }
 
-impl Connection {
+impl<T: Transport> Connection<T> {
     async fn run(mut self, shutdown: Shutdown) {
         self.span.in_scope(|| tracing::debug!("connected"));
         self.ctx.metrics.connection(None, Some(self.conn_state));
@@ -162,11 +115,11 @@ impl Connection {
             command::end_login(&self.ctx, &mut self.state).await;
             self.ctx.metrics.connection(Some(self.conn_state), None);
             self.ctx.metrics.closed(reason.label());
-            let _ = tokio::time::timeout(Duration::from_millis(200), self.stream.shutdown()).await;
+            self.transport.close(&reason).await;
             // One line per connection end, with what an operator asks first.
             let address = self.state.peer_ip;
             let duration_ms = self.connected.elapsed().as_millis() as u64;
-            let (bytes_in, bytes_out) = (self.bytes_in, self.bytes_out);
+            let (bytes_in, bytes_out) = (self.transport.bytes_in(), self.bytes_out);
             macro_rules! closed {
                 ($level:ident) => {
                     tracing::$level!(
@@ -190,7 +143,7 @@ impl Connection {
                         .note(Refusal::LoginIdle, self.state.peer_ip);
                     closed!(debug)
                 }
-                Closing::FrameTooLarge => closed!(debug),
+                Closing::FrameTooLarge | Closing::BinaryMessage => closed!(debug),
                 _ => closed!(warn),
             }
         })
@@ -263,27 +216,18 @@ impl Connection {
                             if why == GOAWAY_DUE {
                                 return Closing::Shutdown;
                             }
-                            return Closing::Idle(why);
-                        }
-                    }
-                }
-                ready = self.stream.readable() => {
-                    if let Err(error) = ready {
-                        return Closing::ReadFailed(error);
-                    }
-                    // The buffer is only allocated once bytes are waiting, so
-                    // an idle connection holds none.
-                    self.buf.reserve(READ_CHUNK);
-                    match self.stream.try_read_buf(&mut self.buf) {
-                        Ok(0) => return self.eof(),
-                        Ok(n) => {
-                            self.bytes_in += n as u64;
-                            if let Err(reason) = self.frames().await {
+                            if why != KEEPALIVE_DUE {
+                                return Closing::Idle(why);
+                            }
+                            if let Err(reason) = self.transport.keepalive().await {
                                 return reason;
                             }
                         }
-                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(error) => return Closing::ReadFailed(error),
+                    }
+                }
+                received = self.transport.next_frame() => {
+                    if let Err(reason) = self.received(received).await {
+                        return reason;
                     }
                 }
             }
@@ -299,65 +243,53 @@ impl Connection {
             .is_none()
             .then(|| (self.anonymous_since + limits.login_idle_timeout, LOGIN_IDLE));
         let v2 = (self.state.version == Version::V2).then(|| {
-            (
-                self.last_frame + limits.v2_idle_timeout,
-                "no frame from v2 client",
-            )
+            let heard = self
+                .transport
+                .heard_at()
+                .map_or(self.last_frame, |at| at.max(self.last_frame));
+            (heard + limits.v2_idle_timeout, "no frame from v2 client")
         });
         let stall = self
-            .partial_since
+            .transport
+            .partial_since()
             .map(|since| (since + limits.frame_stall_timeout, "frame stalled half-way"));
+        let keepalive = self.transport.keepalive_due().map(|at| (at, KEEPALIVE_DUE));
         let goaway = self
             .goaway_at
             .filter(|_| self.state.version == Version::V2)
             .map(|at| (at, GOAWAY_DUE));
-        [login, v2, stall, goaway]
+        [login, v2, stall, goaway, keepalive]
             .into_iter()
             .flatten()
             .min_by_key(|(at, _)| *at)
     }
 
-    fn eof(&mut self) -> Closing {
-        match self.codec.decode_eof(&mut self.buf) {
-            Err(FrameError::Truncated { pending }) => Closing::ClosedMidFrame(pending),
-            _ => Closing::PeerClosed,
-        }
-    }
-
-    /// Handles every complete frame in the buffer.
-    async fn frames(&mut self) -> Result<(), Closing> {
-        loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => {
-                    self.last_frame = Instant::now();
-                    let span = self.span.clone();
-                    // Boxed: the request futures (SQL, hashing) are large, and
-                    // an idle session should not carry their space.
-                    Box::pin(self.handle(&frame).instrument(span)).await?;
-                }
-                Ok(None) => break,
-                Err(FrameError::TooLarge { .. }) => {
-                    self.ctx
-                        .refusals
-                        .note(Refusal::FrameTooLarge, self.state.peer_ip);
-                    self.reply(Reply::error(None, Errno::FrameTooLarge), None)
-                        .await?;
-                    return Err(Closing::FrameTooLarge);
-                }
-                Err(FrameError::Truncated { pending }) => {
-                    return Err(Closing::ClosedMidFrame(pending))
-                }
-                Err(FrameError::Io(error)) => return Err(Closing::ReadFailed(error)),
+    /// Handles what the transport received: a frame, or the end of the
+    /// connection after an error reply.
+    async fn received(&mut self, received: Result<Received, Closing>) -> Result<(), Closing> {
+        match received? {
+            Received::Frame(frame) => {
+                self.last_frame = Instant::now();
+                let span = self.span.clone();
+                // Boxed: the request futures (SQL, hashing) are large, and
+                // an idle session should not carry their space.
+                Box::pin(self.handle(&frame).instrument(span)).await
+            }
+            Received::Partial => Ok(()),
+            Received::TooLarge => {
+                self.ctx
+                    .refusals
+                    .note(Refusal::FrameTooLarge, self.state.peer_ip);
+                self.reply(Reply::error(None, Errno::FrameTooLarge), None)
+                    .await?;
+                Err(Closing::FrameTooLarge)
+            }
+            Received::Unsupported(why) => {
+                self.reply(Reply::refuse(None, Errno::BadRequest, why), None)
+                    .await?;
+                Err(Closing::BinaryMessage)
             }
         }
-        if self.buf.is_empty() {
-            self.partial_since = None;
-            // Hold no buffer between messages (idle connections are the many).
-            self.buf = BytesMut::new();
-        } else if self.partial_since.is_none() {
-            self.partial_since = Some(Instant::now());
-        }
-        Ok(())
     }
 
     async fn handle(&mut self, frame: &[u8]) -> Result<(), Closing> {
@@ -425,6 +357,14 @@ impl Connection {
     async fn outbound(&mut self, item: Outbound) -> Result<(), Closing> {
         match item {
             Outbound::Push { pushed, seq } => self.push(pushed, seq).await,
+            Outbound::Notice(notice) => {
+                let mut out = Vec::new();
+                self.append_notice(&mut out, notice);
+                if out.is_empty() {
+                    return Ok(());
+                }
+                self.write(&out).await
+            }
             Outbound::CatchUp => {
                 if let Some(mailbox) = &self.state.mailbox {
                     mailbox.take_behind();
@@ -450,6 +390,7 @@ impl Connection {
                         gap = !self.append_push(&mut out, &pushed, seq)
                     }
                     Some(Outbound::CatchUp) => gap = true,
+                    Some(Outbound::Notice(notice)) => self.append_notice(&mut out, notice),
                     None => break,
                 }
             }
@@ -463,6 +404,18 @@ impl Connection {
             Box::pin(self.catch_up().instrument(span)).await?;
         }
         Ok(())
+    }
+
+    /// Appends a notice's frame for a v2 client (v1 has no notices), and
+    /// remembers who the user is now related to.
+    fn append_notice(&mut self, out: &mut Vec<u8>, notice: Notice) {
+        if let Some(user) = notice.related {
+            self.state.relate(user);
+        }
+        if self.state.version == Version::V2 {
+            out.extend_from_slice(notice.json.as_bytes());
+            out.push(b'\n');
+        }
     }
 
     /// Appends the push when it is the next seq; `false` on a gap.
@@ -554,7 +507,7 @@ impl Connection {
         }
         .frame();
         if let Ok(Ok(())) =
-            tokio::time::timeout(SHUTDOWN_WRITE, self.stream.write_all(&frame)).await
+            tokio::time::timeout(SHUTDOWN_WRITE, self.transport.write_frames(&frame)).await
         {
             self.bytes_out += frame.len() as u64;
         }
@@ -582,7 +535,7 @@ impl Connection {
         evict: Option<CancellationToken>,
     ) -> Result<(), Closing> {
         tokio::select! {
-            written = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.stream.write_all(bytes)) => match written {
+            written = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.transport.write_frames(bytes)) => match written {
                 Ok(Ok(())) => {
                     self.bytes_out += bytes.len() as u64;
                     Ok(())

@@ -27,6 +27,7 @@ pub use message::login::{
     Credential, Friend, Group, Login, LoginAck, Member, Presence, Role, MAX_TOKEN_BYTES,
 };
 pub use message::logout::Logout;
+pub use message::notice::Notice;
 pub use message::ping::Pong;
 pub use message::register::Register;
 pub use reply::{parse_server_frame, Incoming, Reply, ServerFrame, WireError};

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::json::{Obj, ObjectWriter};
 use crate::message::{
     ack::Ack, ack::Failure, chat::Chat, chat::ChatTarget, goaway::GoAway, history::HistoryPage,
-    login::LoginAck, ping::Pong,
+    login::Group, login::LoginAck, notice::Notice, ping::Pong,
 };
 use crate::{Errno, MsgId, Version};
 
@@ -25,6 +25,9 @@ pub enum Reply {
     /// Success of any other request. v1 has no reply for these; v2 gets an
     /// ACK with the fields that apply.
     Done(Ack),
+    /// ADD_GROUP's success, v2: an ACK with the `group` joined, shaped as
+    /// in LOGIN_ACK's `groups`.
+    Joined(Box<Group>),
     /// A page of HISTORY, an ACK with `messages` and `more`.
     History(HistoryPage),
     Pong(Pong),
@@ -64,7 +67,9 @@ impl Reply {
     /// connection's version sends nothing for this reply.
     pub fn render(&self, version: Version, rid: Option<&Value>) -> Option<Vec<u8>> {
         match (self, version) {
-            (Reply::Silent, _) | (Reply::Done(_), Version::V1) => return None,
+            (Reply::Silent, _)
+            | (Reply::Done(_), Version::V1)
+            | (Reply::Joined(_), Version::V1) => return None,
             _ => {}
         }
         let mut out = Vec::with_capacity(128);
@@ -78,6 +83,12 @@ impl Reply {
                     .field("id", id);
             }
             Reply::Done(ack) => ack.write(&mut object),
+            Reply::Joined(group) => {
+                object
+                    .field("msgid", &MsgId::Ack.number())
+                    .field("errno", &0)
+                    .field("group", &group.view(Version::V2));
+            }
             Reply::History(page) => page.write(&mut object),
             Reply::Pong(pong) => pong.write(&mut object),
             Reply::Error(failure) => failure.write(&mut object),
@@ -111,6 +122,8 @@ pub enum ServerFrame {
     Chat(Chat),
     /// The server is closing the session; reconnect and resume.
     GoAway(GoAway),
+    /// A live update of the friend or group lists.
+    Notice(Notice),
     /// A msgid a client does not expect from a server (a newer server).
     Other {
         msgid: i64,
@@ -165,12 +178,23 @@ pub fn parse_server_frame(frame: &[u8]) -> Result<Incoming, WireError> {
                     id: object.int("id").ok_or(WireError::BadField("id"))?,
                 },
                 _ if map.contains_key("messages") => Reply::History(HistoryPage::read(&object)),
+                _ if map.contains_key("group") => match map.get("group").and_then(Value::as_object)
+                {
+                    Some(group) => Reply::Joined(Box::new(
+                        Group::read(group).ok_or(WireError::BadField("group"))?,
+                    )),
+                    None => return Err(WireError::BadField("group")),
+                },
                 _ => Reply::Done(Ack::read(&object)),
             })
         }
         Some(MsgId::Pong) => ServerFrame::Reply(Reply::Pong(Pong::read(&object))),
         Some(MsgId::OneChat | MsgId::GroupChat) => ServerFrame::Chat(Chat::read(&map)?),
         Some(MsgId::GoAway) => ServerFrame::GoAway(GoAway::read(&object)),
+        Some(MsgId::Notice) => match Notice::read(&map) {
+            Some(notice) => ServerFrame::Notice(notice),
+            None => ServerFrame::Other { msgid },
+        },
         _ => ServerFrame::Other { msgid },
     };
     Ok(Incoming { rid, frame })
@@ -199,6 +223,9 @@ struct CommonFields<'a> {
     /// Present in a HISTORY page, which the general reader handles.
     #[serde(borrow)]
     messages: Option<&'a RawValue>,
+    /// Present in ADD_GROUP's ACK, which the general reader handles.
+    #[serde(borrow)]
+    group: Option<&'a RawValue>,
 }
 
 /// Reads a common frame in one pass, without building a map of it (a load
@@ -221,7 +248,7 @@ fn read_common(text: &str) -> Option<Incoming> {
             ts: fields.ts,
             seq: fields.seq,
         }),
-        (MsgId::Ack, Some(0)) if fields.messages.is_none() => {
+        (MsgId::Ack, Some(0)) if fields.messages.is_none() && fields.group.is_none() => {
             ServerFrame::Reply(Reply::Done(Ack {
                 mid: fields.mid,
                 ts: fields.ts,

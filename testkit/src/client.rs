@@ -12,11 +12,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use protocol::{
     parse_server_frame, AddFriend, AddGroup, Chat, CreateGroup, Credential, Delivered, Errno,
-    FrameCodec, Incoming, Login, LoginAck, Logout, Pong, Register, Reply, Request, SendChat,
-    ServerFrame, Version,
+    FrameCodec, Incoming, Login, LoginAck, Logout, Notice, Pong, Register, Reply, Request,
+    SendChat, ServerFrame, Version,
 };
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Decoder;
 
@@ -166,13 +166,21 @@ impl ReplyExt for Reply {
     }
 }
 
+/// A byte stream a [`Client`] talks over: a TCP connection, or the local
+/// end of a WebSocket bridge ([`crate::ws`]).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// One connection to a chat server (or to anything in front of one).
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: BytesMut,
     codec: FrameCodec,
     /// Frames read while waiting for a particular reply, oldest first.
     pending: VecDeque<Bytes>,
+    /// NOTICEs, set aside as they arrive: they come between any frames,
+    /// and only the tests about them read them ([`Client::recv_notice`]).
+    notices: VecDeque<Notice>,
     next_rid: u64,
 }
 
@@ -215,11 +223,17 @@ impl Client {
 
     fn over(stream: TcpStream) -> Client {
         stream.set_nodelay(true).expect("setting TCP_NODELAY");
+        Self::over_io(Box::new(stream))
+    }
+
+    /// A client over any byte stream of `\n`-terminated frames.
+    pub fn over_io(stream: Box<dyn Io>) -> Client {
         Client {
             stream,
             buf: BytesMut::new(),
             codec: FrameCodec::new(MAX_FRAME),
             pending: VecDeque::new(),
+            notices: VecDeque::new(),
             next_rid: 0,
         }
     }
@@ -381,8 +395,52 @@ impl Client {
         }
     }
 
-    /// The next frame from the socket, or `None` at end of stream.
+    /// The next NOTICE, waiting at most [`WAIT`]; frames read meanwhile
+    /// stay for the other receive methods.
+    pub async fn recv_notice(&mut self) -> Notice {
+        self.recv_notice_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no NOTICE within {WAIT:?}"))
+    }
+
+    /// The next NOTICE within `within`, if one comes.
+    pub async fn recv_notice_within(&mut self, within: Duration) -> Option<Notice> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(notice) = self.notices.pop_front() {
+                return Some(notice);
+            }
+            match tokio::time::timeout_at(deadline, self.read_frame()).await {
+                Ok(Some(frame)) => match as_notice(&frame) {
+                    Some(notice) => return Some(notice),
+                    None => self.pending.push_back(frame),
+                },
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Asserts no NOTICE arrives for `wait` (other frames stay).
+    pub async fn expect_no_notice(&mut self, wait: Duration) {
+        if let Some(notice) = self.recv_notice_within(wait).await {
+            panic!("expected no NOTICE, got {notice:?}");
+        }
+    }
+
+    /// The next frame from the socket, or `None` at end of stream. NOTICEs
+    /// are set aside.
     async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            let frame = self.read_frame().await?;
+            match as_notice(&frame) {
+                Some(notice) => self.notices.push_back(notice),
+                None => return Some(frame),
+            }
+        }
+    }
+
+    /// The next frame from the socket, NOTICEs included.
+    async fn read_frame(&mut self) -> Option<Bytes> {
         loop {
             match self.codec.decode(&mut self.buf) {
                 Ok(Some(frame)) => return Some(frame),
@@ -608,6 +666,17 @@ pub fn json_frame(value: &Value, terminator: u8) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(value).expect("JSON values serialize");
     bytes.push(terminator);
     bytes
+}
+
+/// The frame as a NOTICE, if it is one (the server writes msgid first).
+fn as_notice(frame: &[u8]) -> Option<Notice> {
+    if !frame.starts_with(b"{\"msgid\":17,") {
+        return None;
+    }
+    match typed(frame).frame {
+        ServerFrame::Notice(notice) => Some(notice),
+        other => panic!("unreadable NOTICE: {other:?}"),
+    }
 }
 
 /// Reads a frame the server sent; panics, showing it, when the protocol

@@ -29,6 +29,7 @@ pub mod run;
 pub mod server;
 pub mod tally;
 pub mod wait;
+pub mod ws;
 
 use std::time::Duration;
 
@@ -47,7 +48,7 @@ pub mod prelude {
     pub use crate::wait::{eventually, free_port, wait_until, Deadline};
     pub use crate::WAIT;
     pub use protocol::{
-        Chat, ChatTarget, Errno, Failure, Friend, Group, Incoming, LoginAck, Member, MsgId,
+        Chat, ChatTarget, Errno, Failure, Friend, Group, Incoming, LoginAck, Member, MsgId, Notice,
         Presence, Reply, Request, Role, ServerFrame, Version,
     };
 }

@@ -74,6 +74,8 @@ const STOP_WAIT: Duration = Duration::from_secs(8);
 /// A chat server running in this process.
 pub struct ChatServer {
     pub addr: SocketAddr,
+    /// The web listener: the web client on `/`, WebSockets on `/ws`.
+    pub web: SocketAddr,
     pub database_url: String,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -115,10 +117,16 @@ impl ChatServer {
             .await
             .unwrap_or_else(|_| panic!("chat server start-up took over {START_WAIT:?}"))
             .unwrap_or_else(|e| panic!("chat server does not start: {e}"));
+        let web_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the web listener");
+        let web = web_listener.local_addr().expect("local address");
+        let server = server.with_web(web_listener);
         let stop = CancellationToken::new();
         let task = tokio::spawn(server.serve(listener, stop.clone().cancelled_owned()));
         ChatServer {
             addr,
+            web,
             database_url: config.database_url,
             stop,
             task: Some(task),

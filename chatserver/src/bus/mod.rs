@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::error::BusError;
-use crate::mailbox::Pushed;
+use crate::mailbox::{Notice, Pushed};
 
 pub use self::redis::RedisBus;
 
@@ -51,6 +51,16 @@ impl Bus {
                 redis
                     .hand_off(deliveries, pushed.mid(), pushed.payload())
                     .await;
+            }
+        }
+    }
+
+    /// Hands a notice to the other servers, for those of `users` they
+    /// hold. Best effort.
+    pub async fn notice(&self, users: &[i64], notice: &Notice) {
+        if let Bus::Redis(redis) = self {
+            if !users.is_empty() {
+                redis.notice(users, notice.related, &notice.json).await;
             }
         }
     }

@@ -478,6 +478,24 @@ impl RedisBus {
         }
     }
 
+    /// Broadcasts a notice to every server; each gives it to those of
+    /// `users` logged in there. Notices are few (logins, logouts, new
+    /// friends and members), so one broadcast beats a location lookup.
+    pub async fn notice(&self, users: &[i64], related: Option<i64>, json: &str) {
+        let ids: Vec<String> = users.iter().map(i64::to_string).collect();
+        let frame = format!("N {} {}\n{}", related.unwrap_or(0), ids.join(","), json);
+        let mut conn = self.conn();
+        let channel = self.cluster_channel();
+        let published = self
+            .guarded(bounded(async move {
+                conn.publish::<_, _, i64>(channel, frame).await
+            }))
+            .await;
+        if let Err(error) = published {
+            tracing::debug!(%error, "notice not sent to the other servers");
+        }
+    }
+
     /// A clean shutdown frees this server's users at once.
     pub async fn leave(&self, users: &[i64]) {
         for user in users {
@@ -515,6 +533,12 @@ pub(crate) enum BusFrame<'a> {
     GroupChanged {
         group: i64,
     },
+    /// A NOTICE for those of `users` held here.
+    Notice {
+        related: Option<i64>,
+        users: Vec<i64>,
+        payload: &'a str,
+    },
 }
 
 /// How a notification frame names a receiver: `user:seq`.
@@ -551,6 +575,15 @@ pub(crate) fn parse_bus_frame(bytes: &[u8]) -> Option<BusFrame<'_>> {
         }),
         "G" => Some(BusFrame::GroupChanged {
             group: words.next()?.parse().ok()?,
+        }),
+        "N" => Some(BusFrame::Notice {
+            related: Some(words.next()?.parse().ok()?).filter(|id: &i64| *id != 0),
+            users: words
+                .next()?
+                .split(',')
+                .map(|id| id.parse().ok())
+                .collect::<Option<_>>()?,
+            payload: body,
         }),
         _ => None,
     }

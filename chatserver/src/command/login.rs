@@ -7,7 +7,7 @@
 //! it is read from the inbox. The session drops pushes at or below what it
 //! has written (`seq`), and reads the inbox again when it sees a gap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +20,7 @@ use super::{refuse, server_error, AfterWrite, InboxCursor, Outcome, SessionState
 use crate::context::Context;
 use crate::error::Unavailable;
 use crate::mailbox::mailbox;
+use crate::notices;
 use crate::rate_limit::PER_CONNECTION;
 use crate::refusals::Refusal;
 use crate::store::GroupMemberRow;
@@ -117,6 +118,13 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
         }
     };
     ctx.directory.remember_name(id, name.clone());
+    let mut related: Vec<i64> = ack.friends.iter().map(|friend| friend.id).collect();
+    related.extend(ack.groups.iter().flat_map(|g| g.users.iter().map(|m| m.id)));
+    related.retain(|user| *user != id);
+    related.sort_unstable();
+    related.dedup();
+    notices::presence(ctx, id, &related, Presence::Online).await;
+    session.related = related;
     session.user = Some(User { id, name });
     session.mailbox = Some(mailbox);
     session.inbox = cursor;
@@ -198,6 +206,39 @@ async fn issue_token(ctx: &Context, id: i64) -> Result<String, Unavailable> {
         .insert_token(&token_hash(&token), id, expires_at)
         .await?;
     Ok(token)
+}
+
+/// Which of `ids` are logged in, here or on another server.
+pub(super) async fn online(ctx: &Context, mut ids: Vec<i64>) -> Result<HashSet<i64>, Unavailable> {
+    let mut online: HashSet<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| ctx.registry.is_online(*id))
+        .collect();
+    ids.retain(|id| !online.contains(id));
+    ids.sort_unstable();
+    ids.dedup();
+    online.extend(ctx.bus.online_elsewhere(&ids).await?);
+    Ok(online)
+}
+
+/// Group `group` of `user`'s groups, members with presence.
+pub(super) async fn group_of(
+    ctx: &Context,
+    user: i64,
+    group: i64,
+) -> Result<Option<Group>, Unavailable> {
+    let mut rows = ctx.store.groups_of(user).await?;
+    rows.retain(|row| row.group_id == group);
+    let online = online(ctx, rows.iter().map(|row| row.user_id).collect()).await?;
+    let presence = |user: i64| {
+        if online.contains(&user) {
+            Presence::Online
+        } else {
+            Presence::Offline
+        }
+    };
+    Ok(group_entries(rows, presence).into_iter().next())
 }
 
 /// Friends and groups with presence; the inbox is read separately.

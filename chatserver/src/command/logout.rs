@@ -1,9 +1,12 @@
 //! LOGOUT, and the same clean-up when a connection ends for any reason.
 
-use protocol::Reply;
+use std::sync::atomic::Ordering;
+
+use protocol::{Presence, Reply};
 
 use super::SessionState;
 use crate::context::Context;
+use crate::notices;
 
 /// LOGOUT ends the login and revokes the session's token: a client that
 /// logs out means to need the password next time.
@@ -35,4 +38,10 @@ pub async fn end_login(ctx: &Context, session: &mut SessionState) {
     ctx.writer.flush().await;
     ctx.registry.release(user.id, session.conn_id);
     ctx.bus.release(user.id).await;
+    let related = std::mem::take(&mut session.related);
+    // At shutdown users are not leaving: GOAWAY sends them to another
+    // server, whose login tells their friends they are (still) online.
+    if !ctx.shutting_down.load(Ordering::Relaxed) {
+        notices::presence(ctx, user.id, &related, Presence::Offline).await;
+    }
 }

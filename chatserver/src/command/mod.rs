@@ -52,6 +52,9 @@ pub struct SessionState {
     pub inbox: InboxCursor,
     /// The hash of the token this login holds, revoked by LOGOUT.
     pub token_hash: Option<String>,
+    /// Friends and fellow group members (sorted, no duplicates): who hears
+    /// of this user's logout.
+    pub related: Vec<i64>,
 }
 
 /// A session's position in its user's inbox.
@@ -76,6 +79,14 @@ impl SessionState {
             login_failures: Failures::default(),
             inbox: InboxCursor::default(),
             token_hash: None,
+            related: Vec::new(),
+        }
+    }
+
+    /// Adds `user` to those who hear of this user's logout.
+    pub fn relate(&mut self, user: i64) {
+        if let Err(at) = self.related.binary_search(&user) {
+            self.related.insert(at, user);
         }
     }
 }
@@ -160,17 +171,13 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) 
             ChatTarget::Group(group) => group_chat::apply(ctx, session, group, chat).await,
         }
         .into(),
-        Request::AddFriend(add) => add_friend::apply(ctx, logged_in(session), add.friend)
-            .await
-            .into(),
+        Request::AddFriend(add) => add_friend::apply(ctx, session, add.friend).await.into(),
         Request::CreateGroup(create) => {
             create_group::apply(ctx, logged_in(session), &create.name, &create.desc)
                 .await
                 .into()
         }
-        Request::AddGroup(add) => add_group::apply(ctx, logged_in(session), add.group)
-            .await
-            .into(),
+        Request::AddGroup(add) => add_group::apply(ctx, session, add.group).await.into(),
     }
 }
 

@@ -94,7 +94,7 @@ pub enum Presence {
 
 impl Presence {
     /// Anything but `online` reads as offline.
-    fn read(text: Option<String>) -> Self {
+    pub(crate) fn read(text: Option<String>) -> Self {
         match text.as_deref() {
             Some("online") => Presence::Online,
             _ => Presence::Offline,
@@ -135,7 +135,7 @@ pub struct Friend {
 }
 
 impl Friend {
-    fn read(map: &Map<String, Value>) -> Option<Self> {
+    pub(crate) fn read(map: &Map<String, Value>) -> Option<Self> {
         let object = Obj(map);
         Some(Friend {
             id: object.int("id")?,
@@ -154,7 +154,7 @@ pub struct Member {
 }
 
 impl Member {
-    fn read(map: &Map<String, Value>) -> Option<Self> {
+    pub(crate) fn read(map: &Map<String, Value>) -> Option<Self> {
         let object = Obj(map);
         Some(Member {
             id: object.int("id")?,
@@ -178,7 +178,7 @@ pub struct Group {
 
 /// A group as the wire shows it: its members nested in the version's shape.
 #[derive(Serialize)]
-struct GroupView<'a> {
+pub(crate) struct GroupView<'a> {
     id: i64,
     groupname: &'a str,
     groupdesc: &'a str,
@@ -186,7 +186,7 @@ struct GroupView<'a> {
 }
 
 impl Group {
-    fn view(&self, version: Version) -> GroupView<'_> {
+    pub(crate) fn view(&self, version: Version) -> GroupView<'_> {
         let users = match version {
             Version::V2 => serde_json::to_value(&self.users),
             Version::V1 => serde_json::to_value(
@@ -204,7 +204,7 @@ impl Group {
         }
     }
 
-    fn read(map: &Map<String, Value>) -> Option<Self> {
+    pub(crate) fn read(map: &Map<String, Value>) -> Option<Self> {
         let object = Obj(map);
         Some(Group {
             id: object.int("id")?,

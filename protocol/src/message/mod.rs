@@ -16,5 +16,6 @@ pub mod goaway;
 pub mod history;
 pub mod login;
 pub mod logout;
+pub mod notice;
 pub mod ping;
 pub mod register;
