@@ -65,6 +65,15 @@ pub struct Confirmation {
     pub upto: i64,
 }
 
+/// Whose a login token is.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub user_id: i64,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at: i64,
+    pub name: String,
+}
+
 /// One transaction of the writer task.
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
@@ -170,16 +179,26 @@ impl Store {
             .await
     }
 
-    /// The user a token hash belongs to and when it expires.
-    pub async fn token_owner(&self, hash: &str) -> Result<Option<(i64, i64)>, StoreError> {
+    /// The user a token hash belongs to, when it expires, and the user's
+    /// name: what a token login needs, in one round trip.
+    pub async fn token_owner(&self, hash: &str) -> Result<Option<TokenOwner>, StoreError> {
         self.calls
             .time("token_owner", async {
-                let row = sqlx::query("SELECT user_id, expires_at FROM tokens WHERE hash = ?")
-                    .bind(hash)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let row = sqlx::query(
+                    "SELECT t.user_id, t.expires_at, u.name FROM tokens t \
+                     JOIN users u ON u.id = t.user_id WHERE t.hash = ?",
+                )
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?;
                 Ok(row
-                    .map(|row| -> Result<_, sqlx::Error> { Ok((row.try_get(0)?, row.try_get(1)?)) })
+                    .map(|row| -> Result<_, sqlx::Error> {
+                        Ok(TokenOwner {
+                            user_id: row.try_get(0)?,
+                            expires_at: row.try_get(1)?,
+                            name: row.try_get(2)?,
+                        })
+                    })
                     .transpose()?)
             })
             .await

@@ -15,7 +15,7 @@ use crate::error::StoreError;
 
 mod inbox;
 
-pub use inbox::{Confirmation, Counters, InboxRow, NewMessage, StoredPush, WriteTx};
+pub use inbox::{Confirmation, Counters, InboxRow, NewMessage, StoredPush, TokenOwner, WriteTx};
 
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
