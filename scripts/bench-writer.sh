@@ -20,58 +20,18 @@ DURATION="${DURATION:-5s}"
 WARMUP="${WARMUP:-2s}"
 PAIRS="${PAIRS:-100}"
 ENGINES="${ENGINES:-sqlite mariadb}"
-MYSQL_URL="${MYSQL_URL:-mysql://root@127.0.0.1:3306}"
 OUT="${OUT:-$PWD/bench-writer.jsonl}"
 
 (cd "$ROOT" && cargo build --release -p chatbench)
 BENCH_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/chatbench"
 
-WORK="$(mktemp -d -t bench-writer.XXXXXX)"
-PID=""
-ADDR=""
-DATABASES=()
-stop_server() {
-    if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then
-        kill -TERM "$PID"
-        for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-    fi
-    PID=""
-}
-cleanup() {
-    stop_server
-    for db in "${DATABASES[@]}"; do mysql -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS \`$db\`" || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
+# shellcheck source=scripts/bench-server.sh
+. "$ROOT/scripts/bench-server.sh"
+bench_begin bench-writer
 LIFT=(--register-per-address 1000000 --login-failures-per-address 1000000
       --max-connections-per-ip 1000000 --drain-period 0s)
-start() {
-    local bin="$1" name="$2" url="$3"
-    local dir="$WORK/$name"
-    mkdir -p "$dir"
-    (cd "$dir" && exec env RUST_LOG=warn "$bin" 127.0.0.1 0 --database-url "$url" \
-        --hash-memory-kib 64 --hash-iterations 1 "${LIFT[@]}" >stdout 2>stderr) &
-    PID=$!
-    for _ in $(seq 600); do
-        ADDR="$(sed -n 's/^listening on //p' "$dir/stdout" 2>/dev/null || true)"
-        [[ -n "$ADDR" ]] && return 0
-        kill -0 "$PID" 2>/dev/null || { cat "$dir/stderr" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "$name did not start" >&2; exit 1
-}
 url_for() {
-    local engine="$1" name="$2"
-    if [[ $engine == sqlite ]]; then
-        echo "sqlite://$WORK/$name.db?mode=rwc"
-    else
-        local db="bench_writer_${name//-/_}_$$"
-        DATABASES+=("$db")
-        echo "$MYSQL_URL/$db"
-    fi
+    if [[ $1 == sqlite ]]; then sqlite_url "$2"; else mysql_url "$2"; fi
 }
 
 echo "# $(date -u +%FT%TZ) $(nproc) cpus, $(uptime)" >&2
@@ -80,7 +40,7 @@ for round in $(seq "$ROUNDS"); do
         for side in A B; do
             bin="$A_BIN"; [[ $side == B ]] && bin="$B_BIN"
             name="$side-$engine-$round"
-            start "$bin" "$name" "$(url_for "$engine" "$name")"
+            start "$bin" "$name" "$(url_for "$engine" "$name")" "${LIFT[@]}"
             "$BENCH_BIN" --server "$ADDR" --server-pid "$PID" --json --delivered \
                 --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs "$PAIRS" \
                 | { grep '^{' || echo "# $name: no result" >&2; } \
