@@ -30,54 +30,18 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 HEAD_BIN="$TARGET/release/chatserver"
 BENCH_BIN="$TARGET/release/chatbench"
 
-WORK="$(mktemp -d -t bench-delivery.XXXXXX)"
-PID=""
-ADDR=""
-DATABASES=()
-stop_server() {
-    if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then
-        kill -TERM "$PID"
-        for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-    fi
-    PID=""
-}
-cleanup() {
-    stop_server
-    for db in "${DATABASES[@]}"; do mysql -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS \`$db\`" || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench-server.sh
+. "$ROOT/scripts/bench-server.sh"
+bench_begin bench-delivery
 
-# start BIN NAME DATABASE_URL [options...]: a fresh server in $WORK/NAME.
-start() {
-    local bin="$1" name="$2" url="$3"; shift 3
-    local dir="$WORK/$name"
-    mkdir -p "$dir"
-    (cd "$dir" && exec env RUST_LOG=warn "$bin" 127.0.0.1 0 --database-url "$url" \
-        --hash-memory-kib 64 --hash-iterations 1 --worker-threads 1 "$@" >stdout 2>stderr) &
-    PID=$!
-    for _ in $(seq 600); do
-        ADDR="$(sed -n 's/^listening on //p' "$dir/stdout" 2>/dev/null || true)"
-        [[ -n "$ADDR" ]] && return 0
-        kill -0 "$PID" 2>/dev/null || { cat "$dir/stderr" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "$name did not start" >&2; exit 1
-}
 # The limits this build has against abusive clients would refuse a load
 # generator that registers and logs in everyone from 127.0.0.1.
 LIFT=(--register-per-address 1000000 --create-group-per-user 1000000 --max-groups-per-user 1000000
       --login-failures-per-address 1000000 --login-failures-per-account-address 1000000
       --login-failures-per-account 1000000 --max-connections 1000000 --max-connections-per-ip 1000000
       --drain-period 0s)
-sqlite_url() { echo "sqlite://$WORK/$1.db?mode=rwc"; }
-mysql_url() {
-    local db="bench_delivery_$1_$$"
-    DATABASES+=("$db")
-    echo "$MYSQL_URL/$db"
-}
+# The reference has no such limits; both run one runtime thread.
+ONE=(--worker-threads 1)
 bench() {
     local label="$1"; shift
     echo "# $label: chatbench $*" >&2
@@ -87,21 +51,21 @@ bench() {
 
 echo "# $(date -u +%FT%TZ) $(nproc) cpus, $(uptime)" >&2
 for round in $(seq "$ROUNDS"); do
-    start "$BASE_BIN" "base-$round" "$(sqlite_url "base-$round")"
+    start "$BASE_BIN" "base-$round" "$(sqlite_url "base-$round")" "${ONE[@]}"
     bench base-sqlite --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs 100
     bench base-fanout --runs 1 --warmup "$WARMUP" --duration "$DURATION" fanout --members 50
     stop_server
-    start "$HEAD_BIN" "head-$round" "$(sqlite_url "head-$round")" "${LIFT[@]}"
+    start "$HEAD_BIN" "head-$round" "$(sqlite_url "head-$round")" "${LIFT[@]}" "${ONE[@]}"
     bench head-sqlite --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs 100
     bench head-fanout --runs 1 --warmup "$WARMUP" --duration "$DURATION" fanout --members 50
     stop_server
-    start "$HEAD_BIN" "head-mysql-$round" "$(mysql_url "$round")" "${LIFT[@]}"
+    start "$HEAD_BIN" "head-mysql-$round" "$(mysql_url "$round")" "${LIFT[@]}" "${ONE[@]}"
     bench head-mariadb --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs 100
     stop_server
 done
 
 # Token logins (no password hashing), SQLite.
-start "$HEAD_BIN" tokens "$(sqlite_url tokens)" "${LIFT[@]}"
+start "$HEAD_BIN" tokens "$(sqlite_url tokens)" "${LIFT[@]}" "${ONE[@]}"
 bench head-tokens --runs "$ROUNDS" --duration "$DURATION" tokens --users 2000 --workers 32
 stop_server
 
@@ -109,22 +73,22 @@ stop_server
 # database's growth per message (SQLite file with its WAL, checkpointed at
 # the server's exit, then truncated with the sqlite3 shell).
 for build in base head; do
-    bin="$BASE_BIN"; extra=()
-    [[ $build == head ]] && { bin="$HEAD_BIN"; extra=("${LIFT[@]}"); }
+    bin="$BASE_BIN"; extra=("${ONE[@]}")
+    [[ $build == head ]] && { bin="$HEAD_BIN"; extra=("${LIFT[@]}" "${ONE[@]}"); }
     name="groupstore-$build"
     start "$bin" "$name" "$(sqlite_url "$name")" "${extra[@]}"
     # Registers the members once (kept in a users file), so that the
     # measured run below adds only the group, its joins and the messages.
-    bench "$build-groupstore-setup" --runs 1 --users-file "$WORK/$name.users" groupstore \
+    bench "$build-groupstore-setup" --runs 1 --users-file "$BENCH_WORK/$name.users" groupstore \
         --members "$GROUP_MEMBERS" --messages 1 --size 10 >/dev/null
     stop_server
-    sqlite3 "$WORK/$name.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
-    before=$(stat -c %s "$WORK/$name.db")
+    sqlite3 "$BENCH_WORK/$name.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
+    before=$(stat -c %s "$BENCH_WORK/$name.db")
     start "$bin" "$name" "$(sqlite_url "$name")" "${extra[@]}"
-    bench "$build-groupstore" --runs 1 --users-file "$WORK/$name.users" groupstore \
+    bench "$build-groupstore" --runs 1 --users-file "$BENCH_WORK/$name.users" groupstore \
         --members "$GROUP_MEMBERS" --messages "$GROUP_MESSAGES" --size 60000 || true
     stop_server
-    sqlite3 "$WORK/$name.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
-    after=$(stat -c %s "$WORK/$name.db")
+    sqlite3 "$BENCH_WORK/$name.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
+    after=$(stat -c %s "$BENCH_WORK/$name.db")
     echo "{\"label\":\"$build-groupstore-bytes\",\"members\":$GROUP_MEMBERS,\"messages\":$GROUP_MESSAGES,\"db_bytes_per_message\":$(( (after - before) / GROUP_MESSAGES ))}" | tee -a "$OUT"
 done

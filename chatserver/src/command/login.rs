@@ -312,8 +312,8 @@ async fn authenticate(
         Credential::Token(token) => {
             let now = chrono::Utc::now().timestamp_millis();
             match ctx.store.token_owner(&token_hash(&token)).await? {
-                Some((owner, expires_at)) if owner == id && expires_at > now => {
-                    Ok(ctx.store.user_name(id).await?.map(Into::into))
+                Some(owner) if owner.user_id == id && owner.expires_at > now => {
+                    Ok(Some(owner.name.into()))
                 }
                 _ => Ok(None),
             }

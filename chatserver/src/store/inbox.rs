@@ -57,6 +57,23 @@ pub struct StoredPush {
     pub body: String,
 }
 
+/// A receiver's confirmed range of its inbox: `after < seq <= upto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmation {
+    pub user_id: i64,
+    pub after: i64,
+    pub upto: i64,
+}
+
+/// Whose a login token is.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub user_id: i64,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at: i64,
+    pub name: String,
+}
+
 /// One transaction of the writer task.
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
@@ -162,16 +179,26 @@ impl Store {
             .await
     }
 
-    /// The user a token hash belongs to and when it expires.
-    pub async fn token_owner(&self, hash: &str) -> Result<Option<(i64, i64)>, StoreError> {
+    /// The user a token hash belongs to, when it expires, and the user's
+    /// name: what a token login needs, in one round trip.
+    pub async fn token_owner(&self, hash: &str) -> Result<Option<TokenOwner>, StoreError> {
         self.calls
             .time("token_owner", async {
-                let row = sqlx::query("SELECT user_id, expires_at FROM tokens WHERE hash = ?")
-                    .bind(hash)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let row = sqlx::query(
+                    "SELECT t.user_id, t.expires_at, u.name FROM tokens t \
+                     JOIN users u ON u.id = t.user_id WHERE t.hash = ?",
+                )
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?;
                 Ok(row
-                    .map(|row| -> Result<_, sqlx::Error> { Ok((row.try_get(0)?, row.try_get(1)?)) })
+                    .map(|row| -> Result<_, sqlx::Error> {
+                        Ok(TokenOwner {
+                            user_id: row.try_get(0)?,
+                            expires_at: row.try_get(1)?,
+                            name: row.try_get(2)?,
+                        })
+                    })
                     .transpose()?)
             })
             .await
@@ -285,7 +312,8 @@ fn counters(row: &sqlx::any::AnyRow, first: usize) -> Result<Counters, sqlx::Err
 }
 
 impl WriteTx {
-    /// The `mid` and body already stored under each (sender, cid).
+    /// The `mid` and body already stored under each (sender, cid): one
+    /// query per chunk of keys, not one per key.
     pub async fn find_cids(
         &mut self,
         keys: &[(i64, &str)],
@@ -294,19 +322,25 @@ impl WriteTx {
         calls
             .time("find_cids", async {
                 let mut found = HashMap::new();
-                for &(sender, cid) in keys {
-                    let row = sqlx::query(
-                "SELECT m.mid, m.body FROM message_cids c JOIN messages m ON m.mid = c.mid \
-                 WHERE c.sender_id = ? AND c.cid = ?",
-            )
-            .bind(sender)
-            .bind(cid)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-                    if let Some(row) = row {
+                for chunk in keys.chunks(INSERT_CHUNK) {
+                    let mut select = QueryBuilder::<Any>::new(
+                        "SELECT c.sender_id, c.cid, m.mid, m.body FROM message_cids c \
+                         JOIN messages m ON m.mid = c.mid WHERE ",
+                    );
+                    for (i, &(sender, cid)) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            select.push(" OR ");
+                        }
+                        select.push("(c.sender_id = ");
+                        select.push_bind(sender);
+                        select.push(" AND c.cid = ");
+                        select.push_bind(cid.to_owned());
+                        select.push(")");
+                    }
+                    for row in select.build().fetch_all(&mut *self.tx).await? {
                         found.insert(
-                            (sender, cid.to_owned()),
                             (row.try_get(0)?, long_text(&row, 1)?),
+                            (row.try_get(2)?, long_text(&row, 3)?),
                         );
                     }
                 }
@@ -376,42 +410,39 @@ impl WriteTx {
         Ok(found)
     }
 
-    /// Removes the user's inbox rows with `after < seq <= upto`; returns
-    /// their count and bytes.
+    /// Removes each user's inbox rows with `after < seq <= upto` (one
+    /// `DELETE ... RETURNING` per chunk of users, SQLite and MariaDB alike);
+    /// returns the count and bytes removed per user.
     pub async fn confirm(
         &mut self,
-        user_id: i64,
-        after: i64,
-        upto: i64,
-    ) -> Result<(i64, i64), StoreError> {
+        ranges: &[Confirmation],
+    ) -> Result<HashMap<i64, (i64, i64)>, StoreError> {
         let calls = self.calls.clone();
         calls
             .time("confirm", async {
-                // SUM is DECIMAL on MySQL, which `Any` does not decode.
-                let sum = match self.dialect {
-                    Dialect::MySql => "CAST(COALESCE(SUM(size), 0) AS SIGNED)",
-                    Dialect::Sqlite => "COALESCE(SUM(size), 0)",
-                };
-                let sql = format!(
-                    "SELECT COUNT(*), {sum} FROM inbox WHERE user_id = ? AND seq > ? AND seq <= ?"
-                );
-                let row = sqlx::query(&sql)
-                    .bind(user_id)
-                    .bind(after)
-                    .bind(upto)
-                    .fetch_one(&mut *self.tx)
-                    .await?;
-                let count: i64 = row.try_get(0)?;
-                let bytes: i64 = row.try_get(1)?;
-                if count > 0 {
-                    sqlx::query("DELETE FROM inbox WHERE user_id = ? AND seq > ? AND seq <= ?")
-                        .bind(user_id)
-                        .bind(after)
-                        .bind(upto)
-                        .execute(&mut *self.tx)
-                        .await?;
+                let mut removed: HashMap<i64, (i64, i64)> = HashMap::with_capacity(ranges.len());
+                for chunk in ranges.chunks(INSERT_CHUNK) {
+                    let mut delete = QueryBuilder::<Any>::new("DELETE FROM inbox WHERE ");
+                    for (i, range) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            delete.push(" OR ");
+                        }
+                        delete.push("(user_id = ");
+                        delete.push_bind(range.user_id);
+                        delete.push(" AND seq > ");
+                        delete.push_bind(range.after);
+                        delete.push(" AND seq <= ");
+                        delete.push_bind(range.upto);
+                        delete.push(")");
+                    }
+                    delete.push(" RETURNING user_id, size");
+                    for row in delete.build().fetch_all(&mut *self.tx).await? {
+                        let entry = removed.entry(row.try_get(0)?).or_default();
+                        entry.0 += 1;
+                        entry.1 += row.try_get::<i64, _>(1)?;
+                    }
                 }
-                Ok((count, bytes))
+                Ok(removed)
             })
             .await
     }
