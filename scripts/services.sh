@@ -44,6 +44,14 @@ ensure_nginx() {
     fi
 }
 
+# The web client's tests drive a real headless Chromium through chromedriver
+# (e2e/tests/browser).
+ensure_chromium() {
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        apt_install chromium chromium-driver
+    fi
+}
+
 # `systemd-analyze verify` checks the unit files in config/systemd.
 ensure_systemd() {
     command -v systemd-analyze >/dev/null || apt_install systemd

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: starts (or installs) what the
-# tests need — MariaDB, Redis, Nginx with the stream module — then checks
-# formatting and lints and runs every test of the workspace.
+# tests need — MariaDB, Redis, Nginx with the stream module, Chromium and
+# chromedriver — then checks formatting and lints and runs every test of the
+# workspace.
 #
 # Each run has an id, CHAT_TEST_RUN=<unix seconds>_<hex>, that the tests
 # (testkit::run) put in everything they leave on the machine: MariaDB
@@ -87,6 +88,7 @@ clean_up() {
 [ -n "${CHAT_TEST_MYSQL_URL:-}" ] || ensure_mariadb
 ensure_redis
 ensure_nginx
+ensure_chromium
 ensure_systemd
 trap clean_up EXIT
 

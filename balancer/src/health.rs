@@ -1,5 +1,7 @@
 //! Active health checks: one task per backend, a TCP connect or a chat-level
-//! PING → PONG at every interval, feeding the rise/fall counters.
+//! PING → PONG at every interval, feeding the rise/fall counters. A PONG
+//! carrying `"ready":false` (the server lost its database or Redis, or is
+//! shutting down) is a failed check, so such a server leaves rotation.
 //!
 //! Checks start on a fixed beat (one every `interval`, whatever the last one
 //! took; `timeout` is at most `interval`), so a backend that stops answering
@@ -40,6 +42,8 @@ pub enum CheckError {
     Io(std::io::Error),
     #[error("closed before PONG")]
     Closed,
+    #[error("PONG says the server is not ready")]
+    NotReady,
     #[error("bad frame: {0}")]
     Frame(#[from] protocol::FrameError),
 }
@@ -54,7 +58,7 @@ impl CheckError {
         match self {
             CheckError::Timeout => lag.timeout_fault(timeout),
             CheckError::Connect(e) | CheckError::Io(e) => fault::of_io(e),
-            CheckError::Closed | CheckError::Frame(_) => Fault::Backend,
+            CheckError::Closed | CheckError::NotReady | CheckError::Frame(_) => Fault::Backend,
         }
     }
 }
@@ -103,8 +107,10 @@ async fn check_inner(
     let mut frames = FramedRead::new(stream, FrameCodec::new(CHECK_MAX_FRAME));
     // Frames other than PONG (a push, say) are skipped; the timeout bounds the wait.
     while let Some(frame) = frames.next().await {
-        if is_pong(&frame?) {
-            return Ok(());
+        match pong_ready(&frame?) {
+            Some(true) => return Ok(()),
+            Some(false) => return Err(CheckError::NotReady),
+            None => {}
         }
     }
     Err(CheckError::Closed)
@@ -163,10 +169,33 @@ pub async fn run_checker(shared: Arc<Shared>, state: Arc<BackendState>, stop: Ca
     }
 }
 
-/// True when `frame` is a PONG.
-fn is_pong(frame: &[u8]) -> bool {
-    matches!(
-        parse_server_frame(frame).map(|incoming| incoming.frame),
-        Ok(ServerFrame::Reply(Reply::Pong(_)))
-    )
+/// For a PONG, whether the server says it is ready (a PONG without
+/// `ready` is); `None` for any other frame.
+fn pong_ready(frame: &[u8]) -> Option<bool> {
+    match parse_server_frame(frame).map(|incoming| incoming.frame) {
+        Ok(ServerFrame::Reply(Reply::Pong(pong))) => Some(pong.ready),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pong_ready;
+
+    #[test]
+    fn a_pong_passes_unless_it_says_not_ready() {
+        assert_eq!(
+            pong_ready(br#"{"msgid":13,"server":"a","load":1}"#),
+            Some(true)
+        );
+        assert_eq!(
+            pong_ready(br#"{"msgid":13,"server":"a","load":1,"ready":false}"#),
+            Some(false)
+        );
+        assert_eq!(
+            pong_ready(br#"{"msgid":13,"server":"a","load":1,"ready":true}"#),
+            Some(true)
+        );
+        assert_eq!(pong_ready(br#"{"msgid":11,"errno":0}"#), None);
+    }
 }

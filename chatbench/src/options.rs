@@ -41,6 +41,12 @@ pub struct Common {
     /// throughput measures that gap rather than the server.
     #[arg(long, global = true)]
     pub v1: bool,
+    /// v2 ping-pong: each receiver confirms every push with DELIVERED, as a
+    /// real client does, so the server's inbox cursor moves (without it
+    /// the inboxes only grow). Off by default, since a server from before
+    /// the delivery work refuses msgid 14.
+    #[arg(long, global = true)]
+    pub delivered: bool,
     /// How long to wait for any one reply or delivery.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,

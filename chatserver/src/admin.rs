@@ -9,9 +9,7 @@
 //! and with `--admin-token` every request needs `Authorization: Bearer
 //! TOKEN`. Config validation keeps it on loopback unless a token is set.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -23,9 +21,8 @@ use tokio::net::TcpListener;
 
 use crate::config::Secret;
 use crate::context::Context;
+use crate::readiness;
 
-/// How long `/readyz` waits for the database.
-const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The OpenMetrics text content type that `prometheus-client` writes.
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -70,24 +67,8 @@ async fn healthz() -> &'static str {
 
 /// 200 `ready`, or 503 with the reason.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    match not_ready(&state.ctx).await {
+    match readiness::not_ready(&state.ctx).await {
         None => (StatusCode::OK, "ready\n".to_owned()).into_response(),
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
     }
-}
-
-/// Why the server should not get new clients now, if it should not.
-async fn not_ready(ctx: &Context) -> Option<String> {
-    if ctx.shutting_down.load(Ordering::Relaxed) {
-        return Some("shutting down".into());
-    }
-    match tokio::time::timeout(READY_CHECK_TIMEOUT, ctx.store.ping()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => return Some(format!("database unreachable: {error}")),
-        Err(_) => return Some("database unreachable: no answer in time".into()),
-    }
-    if !ctx.bus.reachable() {
-        return Some("redis unreachable".into());
-    }
-    None
 }

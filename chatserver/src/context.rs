@@ -50,6 +50,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Set at SIGTERM: `/readyz` answers 503 from then on.
     pub shutting_down: AtomicBool,
+    /// The last readiness probe's answer (`readiness`), what PONG reports.
+    pub ready: AtomicBool,
     pub mids: MidGenerator,
     /// Other servers: Redis in cluster mode (`--redis-url`), else local only.
     pub bus: Bus,

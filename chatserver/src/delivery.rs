@@ -6,7 +6,7 @@
 
 use crate::bus::Bus;
 use crate::context::Context;
-use crate::mailbox::{Outbound, Pushed};
+use crate::mailbox::{Offer, Outbound, Pushed};
 use crate::metrics::DeliveryPath;
 
 /// Offers `pushed` to each (receiver, seq) online here and hands the rest
@@ -16,10 +16,13 @@ pub async fn notify(ctx: &Context, pushed: &Pushed, deliveries: &[(i64, i64)]) {
     for &(receiver, seq) in deliveries {
         match ctx.registry.get(receiver) {
             Some(handle) => {
-                handle.offer(Outbound::Push {
+                let offer = handle.offer(Outbound::Push {
                     pushed: pushed.clone(),
                     seq,
                 });
+                if offer == Offer::Deferred {
+                    ctx.metrics.deferred();
+                }
             }
             None => elsewhere.push((receiver, seq)),
         }

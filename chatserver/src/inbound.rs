@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::bus::redis::{bounded, parse_bus_frame, BusFrame, RedisBus, RECONNECT_MAX_DELAY};
 use crate::context::Context;
 use crate::error::BusError;
-use crate::mailbox::{Notice, Outbound, Pushed};
+use crate::mailbox::{Notice, Offer, Outbound, Pushed};
 
 /// Runs the heartbeat and the subscriber on `tasks` until `stop` is
 /// cancelled.
@@ -48,7 +48,9 @@ async fn heartbeat(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: Cancellation
         let result = async {
             let mut conn = cluster.conn();
             let key = cluster.alive_key();
-            let still_alive: bool = bounded(async move { conn.exists(key).await }).await?;
+            let still_alive: bool = cluster
+                .call("exists", async move { conn.exists(key).await })
+                .await?;
             cluster.beat().await?;
             cluster.lease_node().await?;
             if !still_alive || !was_reachable {
@@ -117,6 +119,7 @@ async fn retry_releases(ctx: &Context, cluster: &RedisBus) {
 /// Receives frames for this server, reconnecting with backoff.
 async fn subscriber(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: CancellationToken) {
     let mut delay = Duration::from_millis(100);
+    let mut first = true;
     loop {
         let session = async {
             let mut pubsub = bounded(cluster.client.get_async_pubsub()).await?;
@@ -130,6 +133,9 @@ async fn subscriber(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: Cancellatio
         match pubsub {
             Ok(pubsub) => {
                 tracing::info!("subscribed to cluster channels");
+                if !std::mem::take(&mut first) {
+                    ctx.metrics.subscription_reset();
+                }
                 delay = Duration::from_millis(100);
                 // Membership may have changed, and notifications been
                 // missed, while we were not listening.
@@ -178,10 +184,13 @@ fn handle_frame(ctx: &Context, bytes: &[u8]) {
             for (user, seq) in deliveries {
                 // A receiver who left meanwhile finds it in its inbox.
                 if let Some(handle) = ctx.registry.get(user) {
-                    handle.offer(Outbound::Push {
+                    let offer = handle.offer(Outbound::Push {
                         pushed: pushed.clone(),
                         seq,
                     });
+                    if offer == Offer::Deferred {
+                        ctx.metrics.deferred();
+                    }
                 }
             }
         }

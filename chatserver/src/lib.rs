@@ -6,6 +6,7 @@
 mod admin;
 mod admission;
 pub mod bus;
+pub mod calls;
 pub mod command;
 pub mod config;
 pub mod connection_limits;
@@ -23,6 +24,7 @@ pub mod mid;
 pub mod notices;
 pub mod proxy_header;
 pub mod rate_limit;
+mod readiness;
 pub mod refusals;
 pub mod registry;
 mod retention;

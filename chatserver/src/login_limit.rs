@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use redis::Script;
 
-use crate::bus::redis::{bounded, RedisBus};
+use crate::bus::redis::RedisBus;
 use crate::config::AbuseLimits;
 use crate::error::BusError;
 use crate::rate_limit::{address_key, Table, WINDOW};
@@ -209,7 +209,12 @@ impl LoginLimiter {
             .key(format!("{}login:known:{account}", shared.prefix))
             .arg(address.to_string())
             .arg(WINDOW.as_millis() as u64);
-        let result = bounded(async move { invocation.invoke_async::<i64>(&mut conn).await }).await;
+        let result = shared
+            .redis
+            .call("login_admit", async move {
+                invocation.invoke_async::<i64>(&mut conn).await
+            })
+            .await;
         match result {
             Ok(n) => Ok(Some(n)),
             Err(error) => {
@@ -237,7 +242,12 @@ async fn remember_shared(
     if counted == Counted::InRedis {
         pipe.decr(&tries, 1).ignore();
     }
-    bounded(async move { pipe.query_async::<()>(&mut conn).await }).await
+    shared
+        .redis
+        .call("login_remember", async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! counted by [`Refusals`]; they are read at scrape time rather than counted twice.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use adminhttp::AdminCounters;
@@ -14,13 +14,14 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use protocol::{Errno, MsgId, Reply};
 
+use crate::calls::CallTimer;
 use crate::error::Unavailable;
 use crate::refusals::{Refusal, Refusals};
 
@@ -79,6 +80,52 @@ struct SystemLabel {
     system: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Latency and failures of one dependency's calls, by operation.
+#[derive(Clone, Debug)]
+struct CallMetrics {
+    seconds: Family<OpLabel, Histogram, fn() -> Histogram>,
+    errors: Family<OpLabel, Counter>,
+}
+
+impl CallMetrics {
+    fn new() -> Self {
+        CallMetrics {
+            seconds: Family::new_with_constructor(call_buckets),
+            errors: Family::default(),
+        }
+    }
+
+    fn timer(&self) -> CallTimer {
+        let me = self.clone();
+        CallTimer::new(move |op, elapsed, failed| {
+            let label = OpLabel { op };
+            me.seconds
+                .get_or_create(&label)
+                .observe(elapsed.as_secs_f64());
+            if failed {
+                me.errors.get_or_create(&label).inc();
+            } else {
+                // Present with 0 once the operation ran, so a rate has a base.
+                let _ = me.errors.get_or_create(&label);
+            }
+        })
+    }
+}
+
+/// Whether the cluster's Redis breaker is open (calls fail fast), read at
+/// scrape time; unset on a single server.
+type BreakerProbe = Box<dyn Fn() -> bool + Send + Sync>;
+
 /// The password-hash pool's instruments, handed to the hasher.
 #[derive(Clone, Debug)]
 pub struct HashMetrics {
@@ -100,6 +147,14 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     deliveries: Family<PathLabel, Counter>,
     unavailable: Family<SystemLabel, Counter>,
+    database: CallMetrics,
+    redis: CallMetrics,
+    replay_messages: Histogram,
+    replay_bytes: Histogram,
+    deferrals: Counter,
+    closes: Family<ReasonLabel, Counter>,
+    subscription_resets: Counter,
+    breaker: Arc<OnceLock<BreakerProbe>>,
     /// Given to the password hasher at start-up.
     pub hash: HashMetrics,
     /// What the admin server turned away.
@@ -110,6 +165,11 @@ impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Metrics")
     }
+}
+
+/// Seconds from 250 µs to about 8 s: a database or Redis round trip.
+fn call_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
 /// Seconds from 1 ms to about 16 s.
@@ -201,6 +261,60 @@ impl Metrics {
             "Time spent hashing one password",
             hash.work.clone(),
         );
+        let database = CallMetrics::new();
+        registry.register(
+            "db_call_seconds",
+            "Database calls by operation: time taken",
+            database.seconds.clone(),
+        );
+        registry.register(
+            "db_call_errors",
+            "Database calls by operation that failed",
+            database.errors.clone(),
+        );
+        let redis = CallMetrics::new();
+        registry.register(
+            "redis_call_seconds",
+            "Redis calls by operation (cluster mode): time taken",
+            redis.seconds.clone(),
+        );
+        registry.register(
+            "redis_call_errors",
+            "Redis calls by operation that failed or timed out",
+            redis.errors.clone(),
+        );
+        let replay_messages = Histogram::new(exponential_buckets(1.0, 4.0, 10));
+        registry.register(
+            "inbox_replay_messages",
+            "Inbox messages sent right after a LOGIN_ACK (the backlog replayed at login)",
+            replay_messages.clone(),
+        );
+        let replay_bytes = Histogram::new(exponential_buckets(256.0, 4.0, 12));
+        registry.register(
+            "inbox_replay_bytes",
+            "Bytes of inbox messages sent right after a LOGIN_ACK",
+            replay_bytes.clone(),
+        );
+        let deferrals = Counter::default();
+        registry.register(
+            "mailbox_deferrals",
+            "Pushes not queued because the receiver's queue was full (read from its inbox later)",
+            deferrals.clone(),
+        );
+        let closes = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connection_closes",
+            "Connections ended, by reason (write_stalled: the peer stopped reading)",
+            closes.clone(),
+        );
+        let subscription_resets = Counter::default();
+        registry.register(
+            "cluster_subscription_resets",
+            "Times the cluster subscription was re-established after a loss (every local session then reads its inbox)",
+            subscription_resets.clone(),
+        );
+        let breaker: Arc<OnceLock<BreakerProbe>> = Arc::default();
+        registry.register_collector(Box::new(BreakerCollector(breaker.clone())));
         registry.register(
             "build",
             "The running build",
@@ -218,6 +332,14 @@ impl Metrics {
             requests,
             deliveries,
             unavailable,
+            database,
+            redis,
+            replay_messages,
+            replay_bytes,
+            deferrals,
+            closes,
+            subscription_resets,
+            breaker,
             hash,
             admin,
         }
@@ -287,6 +409,42 @@ impl Metrics {
                 })
                 .inc_by(n as u64);
         }
+    }
+
+    /// What the store reports its calls to.
+    pub fn database_calls(&self) -> CallTimer {
+        self.database.timer()
+    }
+
+    /// What the Redis bus reports its calls to.
+    pub fn redis_calls(&self) -> CallTimer {
+        self.redis.timer()
+    }
+
+    /// Reads the cluster breaker at each scrape (`true`: open).
+    pub fn watch_breaker(&self, open: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.breaker.set(Box::new(open));
+    }
+
+    /// The backlog sent after a LOGIN_ACK: `messages` frames, `bytes` long.
+    pub fn replayed(&self, messages: usize, bytes: usize) {
+        self.replay_messages.observe(messages as f64);
+        self.replay_bytes.observe(bytes as f64);
+    }
+
+    /// A push was deferred: the receiver's queue was full.
+    pub fn deferred(&self) {
+        self.deferrals.inc();
+    }
+
+    /// A connection ended for `reason` (a short snake_case name).
+    pub fn closed(&self, reason: &'static str) {
+        self.closes.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The cluster subscription was lost and is back.
+    pub fn subscription_reset(&self) {
+        self.subscription_resets.inc();
     }
 
     /// A request failed on a dependency.
@@ -366,6 +524,28 @@ impl Collector for RefusalCollector {
             ConstCounter::new(self.0.count(kind)).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+/// Reads the cluster breaker at scrape time (0 on a single server).
+struct BreakerCollector(Arc<OnceLock<BreakerProbe>>);
+
+impl fmt::Debug for BreakerCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BreakerCollector")
+    }
+}
+
+impl Collector for BreakerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let open = self.0.get().is_some_and(|open| open());
+        let gauge = ConstGauge::new(i64::from(open));
+        gauge.encode(encoder.encode_descriptor(
+            "cluster_breaker_open",
+            "1 while Redis is known to be away and cluster calls fail fast (0 when reachable, or on a single server)",
+            None,
+            gauge.metric_type(),
+        )?)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{self, Listener};
 use crate::bus::{Bus, RedisBus};
+use crate::calls::CallTimer;
 use crate::config::{Config, Secret};
 use crate::connection_limits::AcceptBackoff;
 use crate::context::{Context, Limits};
@@ -22,6 +24,7 @@ use crate::hasher::PasswordHasher;
 use crate::inbound;
 use crate::metrics::Metrics;
 use crate::mid::MidGenerator;
+use crate::readiness;
 use crate::refusals::Refusals;
 use crate::registry::Registry;
 use crate::retention;
@@ -38,11 +41,24 @@ const GROUP_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Connects to Redis, retrying like the database: a cluster may start
 /// before its Redis does.
-async fn connect_cluster(config: &Config, url: &str, name: &str) -> Result<RedisBus, StartError> {
+async fn connect_cluster(
+    config: &Config,
+    url: &str,
+    name: &str,
+    calls: CallTimer,
+) -> Result<RedisBus, StartError> {
     let deadline = tokio::time::Instant::now() + config.db_connect_timeout;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match RedisBus::connect(url, &config.redis_prefix, name, config.presence_lease).await {
+        let connected = RedisBus::connect(
+            url,
+            &config.redis_prefix,
+            name,
+            config.presence_lease,
+            calls.clone(),
+        )
+        .await;
+        match connected {
             Ok(cluster) => {
                 tracing::info!(
                     token = cluster.token(),
@@ -75,13 +91,16 @@ pub struct Server {
 impl Server {
     /// Connects storage. `local_addr` names the server when no name is set.
     pub async fn start(config: &Config, local_addr: SocketAddr) -> Result<Server, StartError> {
+        let refusals = Arc::new(Refusals::default());
+        let metrics = Metrics::new(refusals.clone());
         let store = Store::connect(
             &config.database_url,
             config.db_connect_timeout,
             config.sqlite_synchronous,
         )
         .await
-        .map_err(StartError::Database)?;
+        .map_err(StartError::Database)?
+        .timed(metrics.database_calls());
         match store.durability().await {
             Ok(Durability::PowerLoss) => {
                 tracing::info!("acknowledged messages are flushed to disk at commit")
@@ -102,7 +121,13 @@ impl Server {
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
         let bus = match &config.redis_url {
-            Some(url) => Bus::Redis(Arc::new(connect_cluster(config, url, &server_name).await?)),
+            Some(url) => {
+                let calls = metrics.redis_calls();
+                let redis = Arc::new(connect_cluster(config, url, &server_name, calls).await?);
+                let probe = redis.clone();
+                metrics.watch_breaker(move || !probe.reachable.load(Ordering::Relaxed));
+                Bus::Redis(redis)
+            }
             None => {
                 // A single server owns every session, so nobody is online yet.
                 store
@@ -115,8 +140,6 @@ impl Server {
         // Cached memberships expire in a cluster, in case a join announced
         // on another server is missed during a Redis outage.
         let group_ttl = matches!(bus, Bus::Redis(_)).then_some(GROUP_CACHE_TTL);
-        let refusals = Arc::new(Refusals::default());
-        let metrics = Metrics::new(refusals.clone());
         let ctx = Context {
             server_name,
             limits: Limits {
@@ -152,6 +175,7 @@ impl Server {
             refusals,
             metrics,
             shutting_down: Default::default(),
+            ready: AtomicBool::new(true),
             mids: MidGenerator::new(bus.node()),
             bus,
         };
@@ -210,6 +234,7 @@ impl Server {
             stop.clone(),
         ));
         background.spawn(retention::checkpoints(self.ctx.store.clone(), stop.clone()));
+        background.spawn(readiness::probe(self.ctx.clone(), stop.clone()));
         let mut next_conn_id: u64 = 0;
         let mut backoff = AcceptBackoff::default();
         let web = self.web.take();

@@ -114,6 +114,7 @@ impl<T: Transport> Connection<T> {
             let user = self.state.user.as_ref().map(|u| u.id);
             command::end_login(&self.ctx, &mut self.state).await;
             self.ctx.metrics.connection(Some(self.conn_state), None);
+            self.ctx.metrics.closed(reason.label());
             self.transport.close(&reason).await;
             // One line per connection end, with what an operator asks first.
             let address = self.state.peer_ip;
@@ -346,7 +347,9 @@ impl<T: Transport> Connection<T> {
             AfterWrite::ReadInbox => {
                 self.confirm_written().await;
                 let span = self.span.clone();
-                Box::pin(self.catch_up().instrument(span)).await
+                let (messages, bytes) = Box::pin(self.catch_up().instrument(span)).await?;
+                self.ctx.metrics.replayed(messages, bytes);
+                Ok(())
             }
         }
     }
@@ -367,7 +370,8 @@ impl<T: Transport> Connection<T> {
                     mailbox.take_behind();
                 }
                 let span = self.span.clone();
-                Box::pin(self.catch_up().instrument(span)).await
+                Box::pin(self.catch_up().instrument(span)).await?;
+                Ok(())
             }
         }
     }
@@ -430,11 +434,12 @@ impl<T: Transport> Connection<T> {
 
     /// Writes every inbox message after the written cursor, a page at a
     /// time, oldest first. v1 receivers confirm as they go; v2 clients
-    /// confirm with DELIVERED.
-    async fn catch_up(&mut self) -> Result<(), Closing> {
+    /// confirm with DELIVERED. Returns how many messages and bytes went out.
+    async fn catch_up(&mut self) -> Result<(usize, usize), Closing> {
         let Some(user) = self.state.user.as_ref().map(|u| u.id) else {
-            return Ok(());
+            return Ok((0, 0));
         };
+        let (mut messages, mut bytes) = (0, 0);
         loop {
             let page = match self
                 .ctx
@@ -446,7 +451,7 @@ impl<T: Transport> Connection<T> {
                 Err(error) => {
                     // The messages stay stored; the next push or login reads them.
                     tracing::error!(%error, "could not read the inbox");
-                    return Ok(());
+                    return Ok((messages, bytes));
                 }
             };
             let complete = page.len() < INBOX_PAGE as usize;
@@ -457,17 +462,20 @@ impl<T: Transport> Connection<T> {
                     Version::V1 => out.extend_from_slice(&v1_frame(&stored.body)),
                 }
                 self.state.inbox.written = stored.seq;
+                messages += 1;
                 if self.state.version == Version::V1 || out.len() >= COALESCE_BYTES {
+                    bytes += out.len();
                     self.write(&out).await?;
                     out.clear();
                     self.confirm_written_v1().await;
                 }
             }
             if !out.is_empty() {
+                bytes += out.len();
                 self.write(&out).await?;
             }
             if complete {
-                return Ok(());
+                return Ok((messages, bytes));
             }
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
-use crate::store::{Counters, InboxRow, NewMessage, Store};
+use crate::store::{Confirmation, Counters, InboxRow, NewMessage, Store};
 
 /// Requests waiting for the writer at most.
 const QUEUE: usize = 4096;
@@ -229,19 +229,32 @@ async fn write_batch(
     users.dedup();
     let mut counters = tx.lock_inboxes(&users).await?;
     let mut changed: BTreeMap<i64, ()> = BTreeMap::new();
-    for (&user, &upto) in confirms {
-        let Some(c) = counters.get_mut(&user) else {
+    let ranges: Vec<Confirmation> = confirms
+        .iter()
+        .filter_map(|(&user, &upto)| {
+            let c = counters.get(&user)?;
+            let upto = upto.min(c.last_seq);
+            (upto > c.delivered_seq).then_some(Confirmation {
+                user_id: user,
+                after: c.delivered_seq,
+                upto,
+            })
+        })
+        .collect();
+    let removed = if ranges.is_empty() {
+        HashMap::new()
+    } else {
+        tx.confirm(&ranges).await?
+    };
+    for range in &ranges {
+        let Some(c) = counters.get_mut(&range.user_id) else {
             continue;
         };
-        let upto = upto.min(c.last_seq);
-        if upto <= c.delivered_seq {
-            continue;
-        }
-        let (count, bytes) = tx.confirm(user, c.delivered_seq, upto).await?;
-        c.delivered_seq = upto;
+        let (count, bytes) = removed.get(&range.user_id).copied().unwrap_or_default();
+        c.delivered_seq = range.upto;
         c.pending_count = (c.pending_count - count).max(0);
         c.pending_bytes = (c.pending_bytes - bytes).max(0);
-        changed.insert(user, ());
+        changed.insert(range.user_id, ());
     }
     let plan = plan_sends(sends, &stored_cids, &mut counters, limits);
     for user in &plan.touched {

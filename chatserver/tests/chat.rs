@@ -157,7 +157,8 @@ async fn v2_replies_carry_rid_and_lists_are_objects(storage: Storage) {
         pong.frame,
         ServerFrame::Reply(Reply::Pong(protocol::Pong {
             server: "test-server".into(),
-            load: 1
+            load: 1,
+            ready: true,
         }))
     );
 

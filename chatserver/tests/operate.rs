@@ -92,28 +92,60 @@ async fn metrics_count_a_scripted_session() {
     alice.chat(bob_id, "hi").await;
     bob.recv_chat().await;
     alice.chat(carol_id, "hi carol").await;
+    // Two messages wait for dave, replayed right after his LOGIN_ACK.
+    let dave_id = Client::connect(addr).await.register("dave", "pw").await;
+    alice.chat(dave_id, "one").await;
+    alice.chat(dave_id, "two").await;
+    let mut dave = Client::connect(addr).await;
+    let ack = dave.login(dave_id, "pw").await;
+    assert_eq!(ack.offline.len(), 2, "the backlog, as testkit collects it");
 
     let after = scrape(admin).await;
     let m = |key: &str| moved(&before, &after, key);
-    assert_eq!(m("chatserver_registrations_total"), 3.0);
-    assert_eq!(m("chatserver_logins_total{errno=\"0\"}"), 4.0);
+    assert_eq!(m("chatserver_registrations_total"), 4.0);
+    assert_eq!(m("chatserver_logins_total{errno=\"0\"}"), 5.0);
     assert_eq!(m("chatserver_logins_total{errno=\"1\"}"), 1.0);
     assert_eq!(m("chatserver_token_logins_total"), 1.0);
     assert_eq!(
         m("chatserver_requests_total{msgid=\"one_chat\",errno=\"0\"}"),
-        2.0
+        4.0
     );
     assert_eq!(
         m("chatserver_requests_total{msgid=\"register\",errno=\"0\"}"),
-        3.0
+        4.0
     );
-    assert_eq!(m("chatserver_deliveries_total{path=\"stored\"}"), 2.0);
+    assert_eq!(m("chatserver_deliveries_total{path=\"stored\"}"), 4.0);
     assert_eq!(m("chatserver_deliveries_total{path=\"local\"}"), 2.0);
     assert_eq!(m("chatserver_deliveries_total{path=\"cluster\"}"), 0.0);
-    assert_eq!(after["chatserver_connections{state=\"v2\"}"], 2.0);
+    assert_eq!(after["chatserver_connections{state=\"v2\"}"], 3.0);
     assert_eq!(after["chatserver_connections{state=\"v1\"}"], 1.0);
     assert_eq!(after["chatserver_connections{state=\"pre_login\"}"], 1.0);
-    assert!(m("chatserver_hash_seconds_count") >= 5.0);
+    // 4 registrations and 5 password checks; the token login hashed nothing.
+    assert_eq!(m("chatserver_hash_seconds_count"), 9.0);
+    assert_eq!(m("chatserver_hash_wait_seconds_count"), 9.0);
+    // Every login is followed by its inbox replay: dave's two messages.
+    assert_eq!(m("chatserver_inbox_replay_messages_count"), 5.0);
+    assert_eq!(m("chatserver_inbox_replay_messages_sum"), 2.0);
+    assert!(m("chatserver_inbox_replay_bytes_sum") > 2.0 * "two".len() as f64);
+    // Database calls by operation, timed in the store.
+    assert_eq!(
+        m("chatserver_db_call_seconds_count{op=\"create_user\"}"),
+        4.0
+    );
+    assert_eq!(
+        m("chatserver_db_call_errors_total{op=\"create_user\"}"),
+        0.0
+    );
+    assert_eq!(
+        m("chatserver_db_call_seconds_count{op=\"token_owner\"}"),
+        1.0
+    );
+    assert_eq!(
+        m("chatserver_db_call_seconds_count{op=\"credentials\"}"),
+        5.0
+    );
+    assert_eq!(after["chatserver_cluster_breaker_open"], 0.0);
+    assert_eq!(m("chatserver_mailbox_deferrals_total"), 0.0);
     assert!(after.contains_key("chatserver_hash_queue"));
     assert!(after.contains_key("chatserver_unavailable_errors_total{system=\"database\"}"));
     assert_eq!(
@@ -132,6 +164,45 @@ async fn metrics_count_a_scripted_session() {
             "chatserver_limit_refusals_total{kind=\"frame_too_large\"}"
         ),
         1.0
+    );
+    assert_eq!(
+        moved(
+            &after,
+            &last,
+            "chatserver_connection_closes_total{reason=\"frame_too_large\"}"
+        ),
+        1.0
+    );
+}
+
+/// A receiver that does not read: once its socket buffers are full, pushes
+/// are deferred (counted) instead of queued, and all of them are still
+/// stored and counted as local deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_pushes_are_counted() {
+    const MESSAGES: usize = 250;
+    let dir = temp_dir("op-defer");
+    let (_child, addr, admin) = start_with_admin(
+        &dir,
+        &["--outbound-queue", "1", "--outbound-queue-bytes", "65536"],
+    );
+    let (_sleeper, sleeper_id) = Client::user(addr, "sleeper").await;
+    let (mut sender, _) = Client::user(addr, "flood").await;
+    let before = scrape(admin).await;
+    let body = "s".repeat(60_000);
+    for _ in 0..MESSAGES {
+        sender.call_ok(&req::chat(sleeper_id, &body)).await;
+    }
+    let after = scrape(admin).await;
+    let m = |key: &str| moved(&before, &after, key);
+    assert_eq!(
+        m("chatserver_deliveries_total{path=\"local\"}"),
+        MESSAGES as f64
+    );
+    let deferred = m("chatserver_mailbox_deferrals_total");
+    assert!(
+        deferred > 0.0 && deferred < MESSAGES as f64,
+        "{deferred} deferred"
     );
 }
 
@@ -370,8 +441,36 @@ async fn readyz_follows_redis_in_cluster_mode() {
         ],
     );
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    let before = scrape(admin).await;
+    assert_eq!(before["chatserver_cluster_breaker_open"], 0.0);
+    assert!(before["chatserver_redis_call_seconds_count{op=\"beat\"}"] >= 1.0);
     redis.kill();
     wait_for_ready(admin, 503, "redis").await;
+    let down = scrape(admin).await;
+    assert_eq!(down["chatserver_cluster_breaker_open"], 1.0);
+    let errors = |m: &HashMap<String, f64>| -> f64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with("chatserver_redis_call_errors_total"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert!(errors(&down) > errors(&before), "redis errors counted");
     let _redis = testkit::redis::RedisServer::start(port);
     wait_for_ready(admin, 200, "ready").await;
+    // The subscriber is cut off with Redis and comes back once.
+    let deadline = Deadline::after(WAIT);
+    loop {
+        let back = scrape(admin).await;
+        if moved(
+            &before,
+            &back,
+            "chatserver_cluster_subscription_resets_total",
+        ) == 1.0
+        {
+            assert_eq!(back["chatserver_cluster_breaker_open"], 0.0);
+            break;
+        }
+        assert!(!deadline.passed(), "subscription never reset");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

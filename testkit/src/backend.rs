@@ -139,6 +139,7 @@ async fn serve_conn(mut stream: TcpStream, name: String, mode: Mode) {
                         let pong = Reply::Pong(Pong {
                             server: name.clone(),
                             load: 0,
+                            ready: true,
                         });
                         let version = parsed.version.unwrap_or_default();
                         let mut bytes = pong

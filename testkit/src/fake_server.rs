@@ -346,6 +346,7 @@ fn handle(conn: u64, parsed: Parsed, state: &Mutex<State>) {
         Request::Ping => Reply::Pong(Pong {
             server: "fake".into(),
             load: s.online.len() as u64,
+            ready: true,
         }),
         Request::Delivered(_) => Reply::Silent,
         Request::History(_) => Reply::error(Some(msgid), Errno::BadRequest),

@@ -5,7 +5,7 @@
 //! are checked as a real client would see them.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::{Chat, ChatTarget, Credential, Errno, Login, Reply, Request, SendChat, ServerFrame};
 
@@ -27,6 +27,18 @@ pub struct ResumingClient {
     pub repeated: u64,
     /// Logins made, the first one included.
     pub logins: u32,
+    /// Logins that sent the password (and so cost the server a hash).
+    pub password_logins: u32,
+    /// Longest time from noticing the connection was gone to being logged
+    /// in again.
+    pub longest_outage: Duration,
+    /// Each time the connection was found gone, and when the client was
+    /// logged in again.
+    pub outages: Vec<(Instant, Instant)>,
+    /// When the connection was found gone, until the next login.
+    lost_at: Option<Instant>,
+    /// A GOAWAY's `retry_ms`: the next reconnection waits a random part of it.
+    retry_within: Option<Duration>,
     client: Option<Client>,
     cids: u64,
 }
@@ -42,6 +54,11 @@ impl ResumingClient {
             last_seq: 0,
             repeated: 0,
             logins: 0,
+            password_logins: 0,
+            longest_outage: Duration::ZERO,
+            outages: Vec::new(),
+            lost_at: None,
+            retry_within: None,
             client: None,
             cids: 0,
         }
@@ -50,6 +67,10 @@ impl ResumingClient {
     /// The connection, (re)connecting and logging in as needed.
     async fn connected(&mut self) -> &mut Client {
         if self.client.is_none() {
+            // As PROTOCOL.md asks: after GOAWAY, a random delay in [0, retry_ms].
+            if let Some(within) = self.retry_within.take() {
+                tokio::time::sleep(within.mul_f64(rand::random::<f64>())).await;
+            }
             let deadline = Deadline::after(RECONNECT_FOR);
             loop {
                 if let Some(client) = self.try_login().await {
@@ -77,8 +98,15 @@ impl ResumingClient {
         match client.try_call(&login).await.ok()? {
             Reply::LoginOk(ack) => {
                 assert!(ack.offline.is_empty(), "v2 offlinemsg stays empty");
+                if self.token.is_none() {
+                    self.password_logins += 1;
+                }
                 self.token = ack.token.clone();
                 self.logins += 1;
+                if let Some(lost_at) = self.lost_at.take() {
+                    self.longest_outage = self.longest_outage.max(lost_at.elapsed());
+                    self.outages.push((lost_at, Instant::now()));
+                }
                 Some(client)
             }
             // The old login's lease, or a server not ready: try again.
@@ -89,6 +117,11 @@ impl ResumingClient {
             }
             other => panic!("login of {} refused: {other:?}", self.id),
         }
+    }
+
+    /// Connects and logs in now (a first login sends the password).
+    pub async fn log_in(&mut self) {
+        self.connected().await;
     }
 
     /// Sends a chat until it is acknowledged (re-sending it with the same
@@ -116,7 +149,7 @@ impl ResumingClient {
                     return reply.mid().expect("an ACK carries the mid");
                 }
                 Err(_) => {
-                    self.client = None;
+                    self.lose();
                     deadline.check("never acknowledged");
                 }
             }
@@ -141,11 +174,14 @@ impl ResumingClient {
                         return Some(chat);
                     }
                     // GOAWAY, or a late reply: the next read tells more.
-                    ServerFrame::GoAway(_) => self.client = None,
+                    ServerFrame::GoAway(goaway) => {
+                        self.retry_within = Some(Duration::from_millis(goaway.retry_ms));
+                        self.lose();
+                    }
                     _ => {}
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return None,
-                Err(_) => self.client = None,
+                Err(_) => self.lose(),
             }
         }
     }
@@ -167,6 +203,12 @@ impl ResumingClient {
 
     /// Drops the connection (as a crashed client would).
     pub fn disconnect(&mut self) {
+        self.lose();
+    }
+
+    /// The connection is gone: the outage runs until the next login.
+    fn lose(&mut self) {
         self.client = None;
+        self.lost_at.get_or_insert_with(Instant::now);
     }
 }

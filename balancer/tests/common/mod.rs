@@ -24,6 +24,7 @@ fn answer(frame: &[u8], name: &str) -> Vec<u8> {
             let pong = Reply::Pong(Pong {
                 server: name.to_string(),
                 load: 0,
+                ready: true,
             });
             let mut bytes = pong
                 .render(parsed.version.unwrap_or_default(), parsed.rid.as_ref())

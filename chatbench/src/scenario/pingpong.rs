@@ -11,7 +11,9 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::conn::{chat_seq, BenchChat, BenchError, ChatTarget, Conn, User};
+use protocol::{Request, ServerFrame};
+
+use crate::conn::{chat_seq, parse, BenchChat, BenchError, ChatTarget, Conn, User};
 use crate::stats::RunReport;
 use crate::{lock, Bench, Phase, SharedSlot, Slot, MEASURE, STOP};
 
@@ -87,6 +89,7 @@ pub async fn start_pairs(
             phase: phase.clone(),
             slot,
             timeout: bench.common.timeout,
+            confirm: bench.common.delivered && version == protocol::Version::V2,
         };
         tasks.push(tokio::spawn(task.run()));
     }
@@ -106,6 +109,8 @@ struct PairTask {
     phase: Arc<Phase>,
     slot: SharedSlot,
     timeout: Duration,
+    /// Receivers answer each push with DELIVERED.
+    confirm: bool,
 }
 
 impl PairTask {
@@ -121,8 +126,15 @@ impl PairTask {
                 Ok(()) => wait_for(receiver, seq, started + self.timeout, &self.slot).await,
                 Err(e) => Err(e),
             };
+            let result = match result {
+                Ok(Some(inbox_seq)) if self.confirm => receiver
+                    .send(&Request::Delivered(protocol::Delivered { seq: inbox_seq }))
+                    .await
+                    .map(|()| None),
+                other => other,
+            };
             match result {
-                Ok(()) => {
+                Ok(_) => {
                     if self.phase.get() == MEASURE {
                         lock(&self.slot).latency.record(started.elapsed());
                     }
@@ -140,21 +152,27 @@ impl PairTask {
     }
 }
 
-/// Reads until the chat with sequence number `seq` arrives. Older ones
-/// (after a timeout) are counted as `late`; error replies and other
-/// frames are counted; v2 ACKs without error are skipped.
+/// Reads until the chat with sequence number `seq` arrives and returns
+/// its inbox `seq` (v2). Older ones (after a timeout) are counted as
+/// `late`; error replies and other frames are counted; v2 ACKs without
+/// error are skipped.
 pub async fn wait_for(
     conn: &mut Conn,
     seq: u64,
     deadline: Instant,
     slot: &SharedSlot,
-) -> Result<(), BenchError> {
+) -> Result<Option<i64>, BenchError> {
     loop {
         let frame = tokio::time::timeout_at(deadline, conn.recv())
             .await
             .unwrap_or(Err(BenchError::Timeout))?;
         match chat_seq(&frame) {
-            Ok(Some(s)) if s == seq => return Ok(()),
+            Ok(Some(s)) if s == seq => {
+                return Ok(match parse(&frame) {
+                    Ok(ServerFrame::Chat(chat)) => chat.seq,
+                    _ => None,
+                })
+            }
             Ok(Some(s)) if s < seq => lock(slot).errors.add("late"),
             Ok(Some(_)) => return Err(BenchError::Sequence),
             Ok(None) => {}

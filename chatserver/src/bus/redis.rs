@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
+use crate::calls::CallTimer;
 use crate::error::BusError;
 use crate::mid::MAX_NODE;
 
@@ -131,6 +132,8 @@ pub struct RedisBus {
     /// again: while Redis is away, requests fail at once instead of each
     /// waiting for a timeout.
     pub(crate) reachable: AtomicBool,
+    /// Times each call (the metrics' Redis latency and errors).
+    calls: CallTimer,
     /// Where users were last handed to: user id to server token and when.
     locations: Mutex<HashMap<i64, (Arc<str>, Instant)>>,
     /// Users whose release failed while Redis was away; retried by the heartbeat.
@@ -145,6 +148,7 @@ impl RedisBus {
         prefix: &str,
         name: &str,
         lease: Duration,
+        calls: CallTimer,
     ) -> Result<Self, BusError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
@@ -168,6 +172,7 @@ impl RedisBus {
             keep_node: Script::new(KEEP_NODE),
             node: Mutex::new(0),
             reachable: AtomicBool::new(true),
+            calls,
             locations: Mutex::default(),
             pending_releases: Mutex::default(),
         };
@@ -205,6 +210,15 @@ impl RedisBus {
         self.connection.clone()
     }
 
+    /// One bounded Redis call, timed as operation `op`.
+    pub(crate) async fn call<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BusError> {
+        self.calls.time(op, bounded(call)).await
+    }
+
     /// Runs a request-path call, failing fast while Redis is known to be away.
     async fn guarded<T>(
         &self,
@@ -225,7 +239,10 @@ impl RedisBus {
         let mut conn = self.conn();
         let key = self.alive_key();
         let lease = self.lease.as_millis() as u64;
-        bounded(async move { conn.pset_ex::<_, _, ()>(key, 1, lease).await }).await
+        self.call("beat", async move {
+            conn.pset_ex::<_, _, ()>(key, 1, lease).await
+        })
+        .await
     }
 
     pub(crate) async fn lease_node(&self) -> Result<(), BusError> {
@@ -250,7 +267,11 @@ impl RedisBus {
             .arg(&self.token)
             .arg(NODE_LEASE.as_millis() as u64);
         let mut conn = self.conn();
-        let kept: i64 = bounded(async move { invocation.invoke_async(&mut conn).await }).await?;
+        let kept: i64 = self
+            .call("keep_node", async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
         Ok(kept == 1)
     }
 
@@ -266,7 +287,12 @@ impl RedisBus {
             .arg(&self.prefix)
             .arg(&self.token);
         let mut conn = self.conn();
-        let claimed: i64 = bounded(async move { invocation.invoke_async(&mut conn).await }).await?;
+        let claimed: i64 = self
+            .call(
+                "claim",
+                async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await?;
         self.pending_releases
             .lock()
             .expect("pending lock")
@@ -290,7 +316,10 @@ impl RedisBus {
         let mut invocation = self.release.prepare_invoke();
         invocation.key(self.user_key(user)).arg(&self.token);
         let mut conn = self.conn();
-        bounded(async move { invocation.invoke_async::<i64>(&mut conn).await }).await?;
+        self.call("release", async move {
+            invocation.invoke_async::<i64>(&mut conn).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -309,8 +338,12 @@ impl RedisBus {
         }
         invocation.arg(&self.prefix);
         let mut conn = self.conn();
-        let flags: Vec<i64> =
-            bounded(async move { invocation.invoke_async(&mut conn).await }).await?;
+        let flags: Vec<i64> = self
+            .call(
+                "online",
+                async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await?;
         Ok(users
             .iter()
             .zip(flags)
@@ -333,7 +366,7 @@ impl RedisBus {
             let mut conn = self.conn();
             let channel = format!("{}server:{server}", self.prefix);
             let published = self
-                .guarded(bounded(async move {
+                .guarded(self.call("publish", async move {
                     conn.publish::<_, _, i64>(channel, frame).await
                 }))
                 .await;
@@ -424,7 +457,10 @@ impl RedisBus {
             invocation.arg(label);
         }
         let mut conn = self.conn();
-        bounded(async move { invocation.invoke_async(&mut conn).await }).await
+        self.call("fan_out", async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await
     }
 
     /// Tells every server that a group's members changed.
@@ -432,7 +468,7 @@ impl RedisBus {
         let mut conn = self.conn();
         let channel = self.cluster_channel();
         let published = self
-            .guarded(bounded(async move {
+            .guarded(self.call("publish", async move {
                 conn.publish::<_, _, i64>(channel, format!("G {group}"))
                     .await
             }))
@@ -470,7 +506,9 @@ impl RedisBus {
             self.alive_key(),
             format!("{}node:{}", self.prefix, self.node()),
         ];
-        let _ = bounded(async move { conn.del::<_, i64>(keys).await }).await;
+        let _ = self
+            .call("leave", async move { conn.del::<_, i64>(keys).await })
+            .await;
     }
 }
 

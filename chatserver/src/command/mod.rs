@@ -162,6 +162,7 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, request: Request) 
         Request::Ping => Reply::Pong(protocol::Pong {
             server: ctx.server_name.clone(),
             load: ctx.registry.len() as u64,
+            ready: crate::readiness::is_ready(ctx),
         })
         .into(),
         Request::Logout(_) => logout::apply(ctx, session).await.into(),

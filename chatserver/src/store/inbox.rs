@@ -15,6 +15,7 @@ use sqlx::{Any, QueryBuilder, Row, Transaction};
 use super::{
     is_unique_violation, long_text, placeholders, update_states, Dialect, Store, INSERT_CHUNK,
 };
+use crate::calls::CallTimer;
 use crate::error::StoreError;
 
 /// A message to store: its body once, whoever receives it.
@@ -56,22 +57,34 @@ pub struct StoredPush {
     pub body: String,
 }
 
+/// A receiver's confirmed range of its inbox: `after < seq <= upto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmation {
+    pub user_id: i64,
+    pub after: i64,
+    pub upto: i64,
+}
+
 /// One transaction of the writer task.
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
     dialect: Dialect,
+    calls: CallTimer,
 }
 
 impl Store {
     pub async fn begin_writes(&self) -> Result<WriteTx, StoreError> {
+        let tx = self.calls.time("begin", self.writes.begin()).await?;
         Ok(WriteTx {
-            tx: self.writes.begin().await?,
+            tx,
             dialect: self.dialect,
+            calls: self.calls.clone(),
         })
     }
 
     /// The user's counters (zero for a user who never received anything).
     pub async fn inbox_counters(&self, user_id: i64) -> Result<Counters, StoreError> {
+        self.calls.time("inbox_counters", async {
         let row = sqlx::query(
             "SELECT last_seq, delivered_seq, pending_count, pending_bytes FROM inboxes WHERE user_id = ?",
         )
@@ -82,6 +95,7 @@ impl Store {
             .map(|row| counters(&row, 0))
             .transpose()?
             .unwrap_or_default())
+        }).await
     }
 
     /// Inbox messages after `after_seq`, oldest first, at most `limit`.
@@ -91,23 +105,27 @@ impl Store {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<StoredPush>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT i.seq, m.body FROM inbox i JOIN messages m ON m.mid = i.mid \
+        self.calls
+            .time("inbox_after", async {
+                let rows = sqlx::query(
+                    "SELECT i.seq, m.body FROM inbox i JOIN messages m ON m.mid = i.mid \
              WHERE i.user_id = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
-        )
-        .bind(user_id)
-        .bind(after_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredPush {
-                    seq: row.try_get(0)?,
-                    body: long_text(row, 1)?,
-                })
+                )
+                .bind(user_id)
+                .bind(after_seq)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(StoredPush {
+                            seq: row.try_get(0)?,
+                            body: long_text(row, 1)?,
+                        })
+                    })
+                    .collect()
             })
-            .collect()
+            .await
     }
 
     /// A conversation's messages before `before_mid`, newest first; one more
@@ -118,6 +136,7 @@ impl Store {
         before_mid: i64,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
+        self.calls.time("history", async {
         let rows = sqlx::query(
             "SELECT body FROM messages WHERE conversation = ? AND mid < ? ORDER BY mid DESC LIMIT ?",
         )
@@ -129,6 +148,7 @@ impl Store {
         rows.iter()
             .map(|row| long_text(row, 0).map_err(Into::into))
             .collect()
+        }).await
     }
 
     pub async fn insert_token(
@@ -137,80 +157,101 @@ impl Store {
         user_id: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO tokens (hash, user_id, expires_at) VALUES (?, ?, ?)")
-            .bind(hash)
-            .bind(user_id)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.calls
+            .time("insert_token", async {
+                sqlx::query("INSERT INTO tokens (hash, user_id, expires_at) VALUES (?, ?, ?)")
+                    .bind(hash)
+                    .bind(user_id)
+                    .bind(expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     /// The user a token hash belongs to and when it expires.
     pub async fn token_owner(&self, hash: &str) -> Result<Option<(i64, i64)>, StoreError> {
-        let row = sqlx::query("SELECT user_id, expires_at FROM tokens WHERE hash = ?")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|row| -> Result<_, sqlx::Error> { Ok((row.try_get(0)?, row.try_get(1)?)) })
-            .transpose()?)
+        self.calls
+            .time("token_owner", async {
+                let row = sqlx::query("SELECT user_id, expires_at FROM tokens WHERE hash = ?")
+                    .bind(hash)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row
+                    .map(|row| -> Result<_, sqlx::Error> { Ok((row.try_get(0)?, row.try_get(1)?)) })
+                    .transpose()?)
+            })
+            .await
     }
 
     pub async fn delete_token(&self, hash: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM tokens WHERE hash = ?")
-            .bind(hash)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.calls
+            .time("delete_token", async {
+                sqlx::query("DELETE FROM tokens WHERE hash = ?")
+                    .bind(hash)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     /// Deletes up to `chunk` expired tokens; returns how many.
     pub async fn purge_tokens(&self, now_ms: i64, chunk: u32) -> Result<u64, StoreError> {
-        let hashes: Vec<String> =
-            sqlx::query_scalar("SELECT hash FROM tokens WHERE expires_at < ? LIMIT ?")
-                .bind(now_ms)
-                .bind(i64::from(chunk))
-                .fetch_all(&self.pool)
-                .await?;
-        if hashes.is_empty() {
-            return Ok(0);
-        }
-        let sql = format!(
-            "DELETE FROM tokens WHERE hash IN ({})",
-            placeholders(hashes.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for hash in &hashes {
-            query = query.bind(hash);
-        }
-        Ok(query.execute(&self.pool).await?.rows_affected())
+        self.calls
+            .time("purge_tokens", async {
+                let hashes: Vec<String> =
+                    sqlx::query_scalar("SELECT hash FROM tokens WHERE expires_at < ? LIMIT ?")
+                        .bind(now_ms)
+                        .bind(i64::from(chunk))
+                        .fetch_all(&self.pool)
+                        .await?;
+                if hashes.is_empty() {
+                    return Ok(0);
+                }
+                let sql = format!(
+                    "DELETE FROM tokens WHERE hash IN ({})",
+                    placeholders(hashes.len())
+                );
+                let mut query = sqlx::query(&sql);
+                for hash in &hashes {
+                    query = query.bind(hash);
+                }
+                Ok(query.execute(&self.pool).await?.rows_affected())
+            })
+            .await
     }
 
     /// Deletes up to `chunk` messages older than `cutoff_mid`; returns how many.
     pub async fn purge_messages(&self, cutoff_mid: i64, chunk: u32) -> Result<u64, StoreError> {
-        let mids: Vec<i64> =
-            sqlx::query_scalar("SELECT mid FROM messages WHERE mid < ? ORDER BY mid LIMIT ?")
+        self.calls
+            .time("purge_messages", async {
+                let mids: Vec<i64> = sqlx::query_scalar(
+                    "SELECT mid FROM messages WHERE mid < ? ORDER BY mid LIMIT ?",
+                )
                 .bind(cutoff_mid)
                 .bind(i64::from(chunk))
                 .fetch_all(&self.pool)
                 .await?;
-        if mids.is_empty() {
-            return Ok(0);
-        }
-        // Their cids first, so that no cid ever names a missing message.
-        for table in ["message_cids", "messages"] {
-            let sql = format!(
-                "DELETE FROM {table} WHERE mid IN ({})",
-                placeholders(mids.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for mid in &mids {
-                query = query.bind(*mid);
-            }
-            query.execute(&self.pool).await?;
-        }
-        Ok(mids.len() as u64)
+                if mids.is_empty() {
+                    return Ok(0);
+                }
+                // Their cids first, so that no cid ever names a missing message.
+                for table in ["message_cids", "messages"] {
+                    let sql = format!(
+                        "DELETE FROM {table} WHERE mid IN ({})",
+                        placeholders(mids.len())
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for mid in &mids {
+                        query = query.bind(*mid);
+                    }
+                    query.execute(&self.pool).await?;
+                }
+                Ok(mids.len() as u64)
+            })
+            .await
     }
 
     /// Up to `chunk` undelivered inbox rows older than `cutoff_mid`.
@@ -219,21 +260,26 @@ impl Store {
         cutoff_mid: i64,
         chunk: u32,
     ) -> Result<Vec<InboxRow>, StoreError> {
-        let rows = sqlx::query("SELECT user_id, seq, mid, size FROM inbox WHERE mid < ? LIMIT ?")
-            .bind(cutoff_mid)
-            .bind(i64::from(chunk))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(InboxRow {
-                    user_id: row.try_get(0)?,
-                    seq: row.try_get(1)?,
-                    mid: row.try_get(2)?,
-                    size: row.try_get(3)?,
-                })
+        self.calls
+            .time("expired_inbox_rows", async {
+                let rows =
+                    sqlx::query("SELECT user_id, seq, mid, size FROM inbox WHERE mid < ? LIMIT ?")
+                        .bind(cutoff_mid)
+                        .bind(i64::from(chunk))
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(InboxRow {
+                            user_id: row.try_get(0)?,
+                            seq: row.try_get(1)?,
+                            mid: row.try_get(2)?,
+                            size: row.try_get(3)?,
+                        })
+                    })
+                    .collect()
             })
-            .collect()
+            .await
     }
 }
 
@@ -247,29 +293,41 @@ fn counters(row: &sqlx::any::AnyRow, first: usize) -> Result<Counters, sqlx::Err
 }
 
 impl WriteTx {
-    /// The `mid` and body already stored under each (sender, cid).
+    /// The `mid` and body already stored under each (sender, cid): one
+    /// query per chunk of keys, not one per key.
     pub async fn find_cids(
         &mut self,
         keys: &[(i64, &str)],
     ) -> Result<HashMap<(i64, String), (i64, String)>, StoreError> {
-        let mut found = HashMap::new();
-        for &(sender, cid) in keys {
-            let row = sqlx::query(
-                "SELECT m.mid, m.body FROM message_cids c JOIN messages m ON m.mid = c.mid \
-                 WHERE c.sender_id = ? AND c.cid = ?",
-            )
-            .bind(sender)
-            .bind(cid)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-            if let Some(row) = row {
-                found.insert(
-                    (sender, cid.to_owned()),
-                    (row.try_get(0)?, long_text(&row, 1)?),
-                );
-            }
-        }
-        Ok(found)
+        let calls = self.calls.clone();
+        calls
+            .time("find_cids", async {
+                let mut found = HashMap::new();
+                for chunk in keys.chunks(INSERT_CHUNK) {
+                    let mut select = QueryBuilder::<Any>::new(
+                        "SELECT c.sender_id, c.cid, m.mid, m.body FROM message_cids c \
+                         JOIN messages m ON m.mid = c.mid WHERE ",
+                    );
+                    for (i, &(sender, cid)) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            select.push(" OR ");
+                        }
+                        select.push("(c.sender_id = ");
+                        select.push_bind(sender);
+                        select.push(" AND c.cid = ");
+                        select.push_bind(cid.to_owned());
+                        select.push(")");
+                    }
+                    for row in select.build().fetch_all(&mut *self.tx).await? {
+                        found.insert(
+                            (row.try_get(0)?, long_text(&row, 1)?),
+                            (row.try_get(2)?, long_text(&row, 3)?),
+                        );
+                    }
+                }
+                Ok(found)
+            })
+            .await
     }
 
     /// The counters of `users` (sorted, distinct), locked until commit on
@@ -278,6 +336,8 @@ impl WriteTx {
         &mut self,
         users: &[i64],
     ) -> Result<HashMap<i64, Counters>, StoreError> {
+        let calls = self.calls.clone();
+        calls.time("lock_inboxes", async {
         let mut found = self.select_counters(users).await?;
         let missing: Vec<i64> = users
             .iter()
@@ -302,6 +362,7 @@ impl WriteTx {
             found.extend(self.select_counters(&missing).await?);
         }
         Ok(found)
+        }).await
     }
 
     async fn select_counters(
@@ -330,105 +391,125 @@ impl WriteTx {
         Ok(found)
     }
 
-    /// Removes the user's inbox rows with `after < seq <= upto`; returns
-    /// their count and bytes.
+    /// Removes each user's inbox rows with `after < seq <= upto` (one
+    /// `DELETE ... RETURNING` per chunk of users, SQLite and MariaDB alike);
+    /// returns the count and bytes removed per user.
     pub async fn confirm(
         &mut self,
-        user_id: i64,
-        after: i64,
-        upto: i64,
-    ) -> Result<(i64, i64), StoreError> {
-        // SUM is DECIMAL on MySQL, which `Any` does not decode.
-        let sum = match self.dialect {
-            Dialect::MySql => "CAST(COALESCE(SUM(size), 0) AS SIGNED)",
-            Dialect::Sqlite => "COALESCE(SUM(size), 0)",
-        };
-        let sql =
-            format!("SELECT COUNT(*), {sum} FROM inbox WHERE user_id = ? AND seq > ? AND seq <= ?");
-        let row = sqlx::query(&sql)
-            .bind(user_id)
-            .bind(after)
-            .bind(upto)
-            .fetch_one(&mut *self.tx)
-            .await?;
-        let count: i64 = row.try_get(0)?;
-        let bytes: i64 = row.try_get(1)?;
-        if count > 0 {
-            sqlx::query("DELETE FROM inbox WHERE user_id = ? AND seq > ? AND seq <= ?")
-                .bind(user_id)
-                .bind(after)
-                .bind(upto)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        Ok((count, bytes))
+        ranges: &[Confirmation],
+    ) -> Result<HashMap<i64, (i64, i64)>, StoreError> {
+        let calls = self.calls.clone();
+        calls
+            .time("confirm", async {
+                let mut removed: HashMap<i64, (i64, i64)> = HashMap::with_capacity(ranges.len());
+                for chunk in ranges.chunks(INSERT_CHUNK) {
+                    let mut delete = QueryBuilder::<Any>::new("DELETE FROM inbox WHERE ");
+                    for (i, range) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            delete.push(" OR ");
+                        }
+                        delete.push("(user_id = ");
+                        delete.push_bind(range.user_id);
+                        delete.push(" AND seq > ");
+                        delete.push_bind(range.after);
+                        delete.push(" AND seq <= ");
+                        delete.push_bind(range.upto);
+                        delete.push(")");
+                    }
+                    delete.push(" RETURNING user_id, size");
+                    for row in delete.build().fetch_all(&mut *self.tx).await? {
+                        let entry = removed.entry(row.try_get(0)?).or_default();
+                        entry.0 += 1;
+                        entry.1 += row.try_get::<i64, _>(1)?;
+                    }
+                }
+                Ok(removed)
+            })
+            .await
     }
 
     /// Removes specific inbox rows (retention).
     pub async fn delete_inbox_rows(&mut self, rows: &[InboxRow]) -> Result<(), StoreError> {
-        for row in rows {
-            sqlx::query("DELETE FROM inbox WHERE user_id = ? AND seq = ?")
-                .bind(row.user_id)
-                .bind(row.seq)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        Ok(())
+        let calls = self.calls.clone();
+        calls
+            .time("delete_inbox_rows", async {
+                for row in rows {
+                    sqlx::query("DELETE FROM inbox WHERE user_id = ? AND seq = ?")
+                        .bind(row.user_id)
+                        .bind(row.seq)
+                        .execute(&mut *self.tx)
+                        .await?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Stores messages; `false` when a (sender, cid) is already taken (a
     /// race with another batch: the caller retries and finds it).
     pub async fn insert_messages(&mut self, messages: &[NewMessage]) -> Result<bool, StoreError> {
-        for chunk in messages.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::<Any>::new(
-                "INSERT INTO messages (mid, sender_id, conversation, body) ",
-            );
-            insert.push_values(chunk, |mut row, message| {
-                row.push_bind(message.mid)
-                    .push_bind(message.sender_id)
-                    .push_bind(message.conversation.clone())
-                    .push_bind(message.body.to_string());
-            });
-            insert.build().execute(&mut *self.tx).await?;
-        }
-        let with_cid: Vec<(&NewMessage, &str)> = messages
-            .iter()
-            .filter_map(|m| Some((m, m.cid.as_deref()?)))
-            .collect();
-        for chunk in with_cid.chunks(INSERT_CHUNK) {
-            let mut insert =
-                QueryBuilder::<Any>::new("INSERT INTO message_cids (sender_id, cid, mid) ");
-            insert.push_values(chunk, |mut row, (message, cid)| {
-                row.push_bind(message.sender_id)
-                    .push_bind(cid.to_string())
-                    .push_bind(message.mid);
-            });
-            match insert.build().execute(&mut *self.tx).await {
-                Ok(_) => {}
-                Err(error) if is_unique_violation(&error) => return Ok(false),
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Ok(true)
+        let calls = self.calls.clone();
+        calls
+            .time("insert_messages", async {
+                for chunk in messages.chunks(INSERT_CHUNK) {
+                    let mut insert = QueryBuilder::<Any>::new(
+                        "INSERT INTO messages (mid, sender_id, conversation, body) ",
+                    );
+                    insert.push_values(chunk, |mut row, message| {
+                        row.push_bind(message.mid)
+                            .push_bind(message.sender_id)
+                            .push_bind(message.conversation.clone())
+                            .push_bind(message.body.to_string());
+                    });
+                    insert.build().execute(&mut *self.tx).await?;
+                }
+                let with_cid: Vec<(&NewMessage, &str)> = messages
+                    .iter()
+                    .filter_map(|m| Some((m, m.cid.as_deref()?)))
+                    .collect();
+                for chunk in with_cid.chunks(INSERT_CHUNK) {
+                    let mut insert =
+                        QueryBuilder::<Any>::new("INSERT INTO message_cids (sender_id, cid, mid) ");
+                    insert.push_values(chunk, |mut row, (message, cid)| {
+                        row.push_bind(message.sender_id)
+                            .push_bind(cid.to_string())
+                            .push_bind(message.mid);
+                    });
+                    match insert.build().execute(&mut *self.tx).await {
+                        Ok(_) => {}
+                        Err(error) if is_unique_violation(&error) => return Ok(false),
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                Ok(true)
+            })
+            .await
     }
 
     pub async fn insert_inbox(&mut self, rows: &[InboxRow]) -> Result<(), StoreError> {
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut insert =
-                QueryBuilder::<Any>::new("INSERT INTO inbox (user_id, seq, mid, size) ");
-            insert.push_values(chunk, |mut row, inbox| {
-                row.push_bind(inbox.user_id)
-                    .push_bind(inbox.seq)
-                    .push_bind(inbox.mid)
-                    .push_bind(inbox.size);
-            });
-            insert.build().execute(&mut *self.tx).await?;
-        }
-        Ok(())
+        let calls = self.calls.clone();
+        calls
+            .time("insert_inbox", async {
+                for chunk in rows.chunks(INSERT_CHUNK) {
+                    let mut insert =
+                        QueryBuilder::<Any>::new("INSERT INTO inbox (user_id, seq, mid, size) ");
+                    insert.push_values(chunk, |mut row, inbox| {
+                        row.push_bind(inbox.user_id)
+                            .push_bind(inbox.seq)
+                            .push_bind(inbox.mid)
+                            .push_bind(inbox.size);
+                    });
+                    insert.build().execute(&mut *self.tx).await?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Writes counters back (rows exist: `lock_inboxes` made them).
     pub async fn save_counters(&mut self, changed: &[(i64, Counters)]) -> Result<(), StoreError> {
+        let calls = self.calls.clone();
+        calls.time("save_counters", async {
         let upsert = match self.dialect {
             Dialect::MySql => {
                 " ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq), \
@@ -456,15 +537,21 @@ impl WriteTx {
             insert.build().execute(&mut *self.tx).await?;
         }
         Ok(())
+        }).await
     }
 
     /// `users.state` of `user_ids`, in this transaction.
     pub async fn set_online(&mut self, user_ids: &[i64], online: bool) -> Result<(), StoreError> {
-        update_states(&mut self.tx, user_ids, online).await
+        let calls = self.calls.clone();
+        calls
+            .time("set_online", async {
+                update_states(&mut self.tx, user_ids, online).await
+            })
+            .await
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
+        self.calls.time("commit", self.tx.commit()).await?;
         Ok(())
     }
 }

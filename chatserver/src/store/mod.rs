@@ -9,12 +9,13 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::{Any, AnyPool, Row};
 
+use crate::calls::CallTimer;
 use crate::config::{mask_url, SqliteSync};
 use crate::error::StoreError;
 
 mod inbox;
 
-pub use inbox::{Counters, InboxRow, NewMessage, StoredPush, WriteTx};
+pub use inbox::{Confirmation, Counters, InboxRow, NewMessage, StoredPush, WriteTx};
 
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -87,8 +88,13 @@ pub struct Store {
     pool: AnyPool,
     /// One connection, for the transactions of the writer task.
     writes: AnyPool,
+    /// One connection for readiness checks, so they measure the database
+    /// and not how busy the main pool is.
+    probe: AnyPool,
     dialect: Dialect,
     sync: SqliteSync,
+    /// Times every call below (the metrics' database latency and errors).
+    calls: CallTimer,
 }
 
 fn now_ms() -> i64 {
@@ -155,15 +161,41 @@ impl Store {
         // for a pooled one, and on SQLite the one writer's page cache stays
         // warm (a pooled connection's cache is dropped whenever another one
         // wrote).
-        let writes = Self::pool_options(dialect, sync, WRITER_SHARDS_MYSQL as u32, 1)
-            .connect(url)
-            .await?;
+        let mut writes = Self::pool_options(dialect, sync, WRITER_SHARDS_MYSQL as u32, 1);
+        if dialect == Dialect::MySql {
+            // Row locks only: under REPEATABLE READ a confirmation's range
+            // DELETE on one user's inbox rows also locked the gap before the
+            // next user's, and deadlocked with a batch inserting that
+            // user's rows on another server (errno 10 to senders, under
+            // steady traffic with receipts). Seq assignment is serialized
+            // by the `FOR UPDATE` row locks on `inboxes`, which stay.
+            writes = writes.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let writes = writes.connect(url).await?;
+        // Readiness checks' own connection: a pool busy with a login burst
+        // is not a database that is away.
+        let probe = Self::pool_options(dialect, sync, 1, 1).connect_lazy(url)?;
         Ok(Store {
             pool,
             writes,
+            probe,
             dialect,
             sync,
+            calls: CallTimer::default(),
         })
+    }
+
+    /// The same store, reporting each call (by operation) to `calls`.
+    pub fn timed(mut self, calls: CallTimer) -> Store {
+        self.calls = calls;
+        self
     }
 
     fn pool_options(dialect: Dialect, sync: SqliteSync, mysql: u32, sqlite: u32) -> AnyPoolOptions {
@@ -193,14 +225,20 @@ impl Store {
                 // batch of the writer ten times slower): `checkpoint`
                 // runs them in the background.
                 conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+                // Statement journals (a multi-row INSERT inside the writer's
+                // transaction needs one to undo itself alone) in memory
+                // rather than in temporary files: a file per statement
+                // was a tenth of the writer's time.
+                conn.execute("PRAGMA temp_store = MEMORY").await?;
                 Ok(())
             })
         })
     }
 
     /// What a committed transaction survives on this engine, for the
-    /// start-up log: SQLite runs WAL with `synchronous = FULL`; on MySQL it
-    /// depends on the server's `innodb_flush_log_at_trx_commit`.
+    /// start-up log: SQLite runs WAL with `--sqlite-synchronous` (`NORMAL`
+    /// by default); on MySQL it depends on the server's
+    /// `innodb_flush_log_at_trx_commit`.
     pub async fn durability(&self) -> Result<Durability, StoreError> {
         match self.dialect {
             Dialect::Sqlite => Ok(match self.sync {
@@ -225,18 +263,26 @@ impl Store {
     /// writers (`PASSIVE`); called every second by a background task, since
     /// commits do not checkpoint. Nothing to do on MySQL.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
-        if self.dialect == Dialect::Sqlite {
-            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&self.pool)
-                .await?;
-        }
-        Ok(())
+        self.calls
+            .time("checkpoint", async {
+                if self.dialect == Dialect::Sqlite {
+                    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                        .execute(&self.pool)
+                        .await?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// One round trip to the database, for readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.calls
+            .time("ping", async {
+                sqlx::query("SELECT 1").execute(&self.probe).await?;
+                Ok(())
+            })
+            .await
     }
 
     /// How many writer tasks may commit at once: SQLite has one writer at
@@ -251,6 +297,7 @@ impl Store {
 
     pub async fn close(&self) {
         self.writes.close().await;
+        self.probe.close().await;
         self.pool.close().await;
     }
 
@@ -260,19 +307,24 @@ impl Store {
         name: &str,
         password_hash: &str,
     ) -> Result<Option<i64>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let result =
-            sqlx::query("INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)")
+        self.calls
+            .time("create_user", async {
+                let mut conn = self.pool.acquire().await?;
+                let result = sqlx::query(
+                    "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)",
+                )
                 .bind(name)
                 .bind(password_hash)
                 .bind(now_ms())
                 .execute(&mut *conn)
                 .await;
-        match result {
-            Ok(_) => Ok(Some(self.inserted_id(&mut conn).await?)),
-            Err(error) if is_unique_violation(&error) => Ok(None),
-            Err(error) => Err(error.into()),
-        }
+                match result {
+                    Ok(_) => Ok(Some(self.inserted_id(&mut conn).await?)),
+                    Err(error) if is_unique_violation(&error) => Ok(None),
+                    Err(error) => Err(error.into()),
+                }
+            })
+            .await
     }
 
     /// The id generated by the connection's last INSERT (the `Any` driver
@@ -284,33 +336,45 @@ impl Store {
     }
 
     pub async fn credentials(&self, user_id: i64) -> Result<Option<Credentials>, StoreError> {
-        let row = sqlx::query("SELECT name, password_hash FROM users WHERE id = ?")
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|row| -> Result<_, sqlx::Error> {
-                Ok(Credentials {
-                    name: row.try_get(0)?,
-                    password_hash: row.try_get(1)?,
-                })
+        self.calls
+            .time("credentials", async {
+                let row = sqlx::query("SELECT name, password_hash FROM users WHERE id = ?")
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row
+                    .map(|row| -> Result<_, sqlx::Error> {
+                        Ok(Credentials {
+                            name: row.try_get(0)?,
+                            password_hash: row.try_get(1)?,
+                        })
+                    })
+                    .transpose()?)
             })
-            .transpose()?)
+            .await
     }
 
     pub async fn user_name(&self, user_id: i64) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT name FROM users WHERE id = ?")
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|row| row.try_get(0)).transpose()?)
+        self.calls
+            .time("user_name", async {
+                let row = sqlx::query("SELECT name FROM users WHERE id = ?")
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|row| row.try_get(0)).transpose()?)
+            })
+            .await
     }
 
     /// Records users as online or offline (kept for operators and for the
     /// original schema's readers; presence itself lives in memory).
     pub async fn set_online(&self, user_ids: &[i64], online: bool) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        update_states(&mut conn, user_ids, online).await
+        self.calls
+            .time("set_online", async {
+                let mut conn = self.pool.acquire().await?;
+                update_states(&mut conn, user_ids, online).await
+            })
+            .await
     }
 
     /// Marks everyone offline: a single server that starts owns every session.
@@ -323,31 +387,39 @@ impl Store {
 
     /// Makes two users friends of each other; repeating it changes nothing.
     pub async fn add_friends(&self, a: i64, b: i64) -> Result<(), StoreError> {
-        let sql = format!(
-            "{} INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)",
-            self.dialect.insert_ignore()
-        );
-        sqlx::query(&sql)
-            .bind(a)
-            .bind(b)
-            .bind(b)
-            .bind(a)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.calls
+            .time("add_friends", async {
+                let sql = format!(
+                    "{} INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)",
+                    self.dialect.insert_ignore()
+                );
+                sqlx::query(&sql)
+                    .bind(a)
+                    .bind(b)
+                    .bind(b)
+                    .bind(a)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     pub async fn friends(&self, user_id: i64) -> Result<Vec<(i64, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id \
+        self.calls
+            .time("friends", async {
+                let rows = sqlx::query(
+                    "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id \
              WHERE f.user_id = ? ORDER BY u.id",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect()
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                    .collect()
+            })
+            .await
     }
 
     /// Creates a group with its creator as first member; `None` when the
@@ -358,88 +430,108 @@ impl Store {
         name: &str,
         desc: &str,
     ) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let inserted =
-            sqlx::query("INSERT INTO chat_groups (name, description, created_at) VALUES (?, ?, ?)")
+        self.calls
+            .time("create_group", async {
+                let mut tx = self.pool.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO chat_groups (name, description, created_at) VALUES (?, ?, ?)",
+                )
                 .bind(name)
                 .bind(desc)
                 .bind(now_ms())
                 .execute(&mut *tx)
                 .await;
-        let group_id = match inserted {
-            Ok(_) => self.inserted_id(&mut tx).await?,
-            Err(error) if is_unique_violation(&error) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        sqlx::query("INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, 'creator')")
-            .bind(group_id)
-            .bind(creator)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(group_id))
+                let group_id = match inserted {
+                    Ok(_) => self.inserted_id(&mut tx).await?,
+                    Err(error) if is_unique_violation(&error) => return Ok(None),
+                    Err(error) => return Err(error.into()),
+                };
+                sqlx::query(
+                    "INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, 'creator')",
+                )
+                .bind(group_id)
+                .bind(creator)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some(group_id))
+            })
+            .await
     }
 
     /// The member ids of a group, or `None` when there is no such group.
     pub async fn group_members(&self, group_id: i64) -> Result<Option<Vec<i64>>, StoreError> {
-        let exists = sqlx::query("SELECT 1 FROM chat_groups WHERE id = ?")
-            .bind(group_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        let rows =
-            sqlx::query("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id")
+        self.calls
+            .time("group_members", async {
+                let exists = sqlx::query("SELECT 1 FROM chat_groups WHERE id = ?")
+                    .bind(group_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                if exists.is_none() {
+                    return Ok(None);
+                }
+                let rows = sqlx::query(
+                    "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id",
+                )
                 .bind(group_id)
                 .fetch_all(&self.pool)
                 .await?;
-        let members = rows
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()?;
-        Ok(Some(members))
+                let members = rows
+                    .iter()
+                    .map(|row| row.try_get(0))
+                    .collect::<Result<_, _>>()?;
+                Ok(Some(members))
+            })
+            .await
     }
 
     /// Adds a normal member; `false` when there is no such group. Joining
     /// twice, or joining one's own group, changes nothing.
     pub async fn join_group(&self, group_id: i64, user_id: i64) -> Result<bool, StoreError> {
-        let exists = sqlx::query("SELECT 1 FROM chat_groups WHERE id = ?")
-            .bind(group_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        if exists.is_none() {
-            return Ok(false);
-        }
-        let sql = format!(
-            "{} INTO group_members (group_id, user_id, role) VALUES (?, ?, 'normal')",
-            self.dialect.insert_ignore()
-        );
-        sqlx::query(&sql)
-            .bind(group_id)
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(true)
+        self.calls
+            .time("join_group", async {
+                let exists = sqlx::query("SELECT 1 FROM chat_groups WHERE id = ?")
+                    .bind(group_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                if exists.is_none() {
+                    return Ok(false);
+                }
+                let sql = format!(
+                    "{} INTO group_members (group_id, user_id, role) VALUES (?, ?, 'normal')",
+                    self.dialect.insert_ignore()
+                );
+                sqlx::query(&sql)
+                    .bind(group_id)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(true)
+            })
+            .await
     }
 
     /// Every member of every group the user belongs to, in one query.
     pub async fn groups_of(&self, user_id: i64) -> Result<Vec<GroupMemberRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT g.id, g.name, g.description, u.id, u.name, all_members.role \
+        self.calls
+            .time("groups_of", async {
+                let rows = sqlx::query(
+                    "SELECT g.id, g.name, g.description, u.id, u.name, all_members.role \
              FROM group_members mine \
              JOIN chat_groups g ON g.id = mine.group_id \
              JOIN group_members all_members ON all_members.group_id = g.id \
              JOIN users u ON u.id = all_members.user_id \
              WHERE mine.user_id = ? ORDER BY g.id, u.id",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(group_member_row)
-            .collect::<Result<_, _>>()
-            .map_err(Into::into)
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(group_member_row)
+                    .collect::<Result<_, _>>()
+                    .map_err(Into::into)
+            })
+            .await
     }
 }
 
@@ -492,12 +584,16 @@ fn group_member_row(row: &AnyRow) -> Result<GroupMemberRow, sqlx::Error> {
 impl Store {
     /// How many groups `user_id` created (and still holds as creator).
     pub async fn groups_created_by(&self, user_id: i64) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) FROM group_members WHERE user_id = ? AND role = 'creator'",
-        )
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
+        self.calls
+            .time("groups_created_by", async {
+                let row = sqlx::query(
+                    "SELECT COUNT(*) FROM group_members WHERE user_id = ? AND role = 'creator'",
+                )
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(row.try_get(0)?)
+            })
+            .await
     }
 }

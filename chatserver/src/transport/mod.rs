@@ -38,6 +38,25 @@ pub enum Closing {
     Shutdown,
 }
 
+impl Closing {
+    /// The `reason` label of `connection_closes_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Closing::PeerClosed => "peer_closed",
+            Closing::ClosedMidFrame(_) => "closed_mid_frame",
+            Closing::ReadFailed(_) => "read_failed",
+            Closing::WriteFailed(_) => "write_failed",
+            Closing::WriteStalled => "write_stalled",
+            Closing::FrameTooLarge => "frame_too_large",
+            Closing::BinaryMessage => "binary_message",
+            Closing::WebSocket(_) => "websocket_error",
+            Closing::Idle(_) => "idle",
+            Closing::Evicted => "evicted",
+            Closing::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// What arrived from the peer.
 #[derive(Debug)]
 pub enum Received {

@@ -20,6 +20,31 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "text/css; charset=utf-8",
         include_bytes!("../../web/style.css"),
     ),
+    (
+        "/connection.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/connection.js"),
+    ),
+    (
+        "/model.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/model.js"),
+    ),
+    (
+        "/storage.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/storage.js"),
+    ),
+    (
+        "/view.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/view.js"),
+    ),
+    (
+        "/words.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/words.js"),
+    ),
 ];
 
 /// The page `/` serves.

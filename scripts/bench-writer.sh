@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# A/B of two chat server builds on the write path of the delivery work:
+# 100-pair v2 ping-pong whose receivers confirm every push (DELIVERED),
+# on SQLite and on MariaDB, rounds interleaved (A, B, A, B ...) so that load
+# from elsewhere hits both alike. Prints one JSON line per run (to $OUT
+# too) and the medians per label: deliveries/s and server CPU per delivery.
+#
+#   A_BIN=/tmp/before-chatserver B_BIN=target/release/chatserver scripts/bench-writer.sh
+#
+# Environment: A_BIN, B_BIN (required), ROUNDS (3), DURATION (5s),
+# WARMUP (2s), PAIRS (100), ENGINES ("sqlite mariadb"),
+# MYSQL_URL (mysql://root@127.0.0.1:3306; a fresh database per server),
+# OUT (bench-writer.jsonl).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+: "${A_BIN:?set A_BIN}" "${B_BIN:?set B_BIN}"
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-5s}"
+WARMUP="${WARMUP:-2s}"
+PAIRS="${PAIRS:-100}"
+ENGINES="${ENGINES:-sqlite mariadb}"
+MYSQL_URL="${MYSQL_URL:-mysql://root@127.0.0.1:3306}"
+OUT="${OUT:-$PWD/bench-writer.jsonl}"
+
+(cd "$ROOT" && cargo build --release -p chatbench)
+BENCH_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/chatbench"
+
+WORK="$(mktemp -d -t bench-writer.XXXXXX)"
+PID=""
+ADDR=""
+DATABASES=()
+stop_server() {
+    if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then
+        kill -TERM "$PID"
+        for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$PID" 2>/dev/null || true
+        wait "$PID" 2>/dev/null || true
+    fi
+    PID=""
+}
+cleanup() {
+    stop_server
+    for db in "${DATABASES[@]}"; do mysql -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS \`$db\`" || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+LIFT=(--register-per-address 1000000 --login-failures-per-address 1000000
+      --max-connections-per-ip 1000000 --drain-period 0s)
+start() {
+    local bin="$1" name="$2" url="$3"
+    local dir="$WORK/$name"
+    mkdir -p "$dir"
+    (cd "$dir" && exec env RUST_LOG=warn "$bin" 127.0.0.1 0 --database-url "$url" \
+        --hash-memory-kib 64 --hash-iterations 1 "${LIFT[@]}" >stdout 2>stderr) &
+    PID=$!
+    for _ in $(seq 600); do
+        ADDR="$(sed -n 's/^listening on //p' "$dir/stdout" 2>/dev/null || true)"
+        [[ -n "$ADDR" ]] && return 0
+        kill -0 "$PID" 2>/dev/null || { cat "$dir/stderr" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "$name did not start" >&2; exit 1
+}
+url_for() {
+    local engine="$1" name="$2"
+    if [[ $engine == sqlite ]]; then
+        echo "sqlite://$WORK/$name.db?mode=rwc"
+    else
+        local db="bench_writer_${name//-/_}_$$"
+        DATABASES+=("$db")
+        echo "$MYSQL_URL/$db"
+    fi
+}
+
+echo "# $(date -u +%FT%TZ) $(nproc) cpus, $(uptime)" >&2
+for round in $(seq "$ROUNDS"); do
+    for engine in $ENGINES; do
+        for side in A B; do
+            bin="$A_BIN"; [[ $side == B ]] && bin="$B_BIN"
+            name="$side-$engine-$round"
+            start "$bin" "$name" "$(url_for "$engine" "$name")"
+            "$BENCH_BIN" --server "$ADDR" --server-pid "$PID" --json --delivered \
+                --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs "$PAIRS" \
+                | { grep '^{' || echo "# $name: no result" >&2; } \
+                | sed "s/^{/{\"label\":\"$side-$engine\",/" | tee -a "$OUT" || true
+            stop_server
+        done
+    done
+done
+
+python3 - "$OUT" <<'PY'
+import json, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    runs.setdefault(r["label"], []).append(r)
+for label, rs in sorted(runs.items()):
+    rate = statistics.median(r["per_s"] for r in rs)
+    p99 = statistics.median(r["latency"]["p99_us"] for r in rs) / 1000
+    cpu = statistics.median(r["server_cpu_us_per_delivery"] for r in rs)
+    errors = sum(r["error_count"] for r in rs)
+    print(f"{label:16} {len(rs)} runs  median {rate:9.0f}/s  p99 {p99:6.2f} ms  server CPU {cpu:6.1f} us/delivery  errors {errors}")
+PY
