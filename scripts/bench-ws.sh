@@ -40,11 +40,12 @@ start_server() {
 B() { "$CHATBENCH_BIN" --json --server "$ADDR" --server-pid "$PID" --warmup 2s "$@" | tee -a "$OUT"; }
 
 DB="sqlite://$(mktemp -d)/pp.db?mode=rwc"
-USERS=$(mktemp)
 start_server --database-url "$DB"
 for run in $(seq 1 "$RUNS"); do
-    B --runs 1 --duration "$DURATION" --users-file "$USERS" pingpong --pairs "$PAIRS"
-    B --runs 1 --duration "$DURATION" --users-file "$USERS" --ws-server "$WEB" pingpong --pairs "$PAIRS"
+    # Fresh users per invocation: an earlier run's unconfirmed pushes would
+    # replay at login.
+    B --runs 1 --duration "$DURATION" pingpong --pairs "$PAIRS"
+    B --runs 1 --duration "$DURATION" --ws-server "$WEB" pingpong --pairs "$PAIRS"
 done
 kill "$PID"; wait "$PID" || true
 
