@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
 use protocol::{
     Errno, Failure, FrameCodec, FrameError, Login, LoginAck, Logout, MsgId, Register, Reply,
     Request, SendChat, ServerFrame, Version,
@@ -15,6 +16,9 @@ use protocol::{
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::Decoder;
 
 pub use protocol::ChatTarget;
@@ -158,8 +162,15 @@ impl BenchChat {
     }
 }
 
+/// What a connection runs over: frames on TCP, or one frame per text
+/// message on a WebSocket (the chat server's `--ws-listen`).
+pub enum Link {
+    Tcp(TcpStream),
+    Ws(Box<WebSocketStream<TcpStream>>),
+}
+
 pub struct Conn {
-    stream: TcpStream,
+    stream: Link,
     buf: BytesMut,
     codec: FrameCodec,
     /// The version this connection writes: v1 frames as the original client
@@ -194,13 +205,33 @@ impl Conn {
         .map_err(BenchError::Connect)?;
         let _ = stream.set_nodelay(true);
         Ok(Conn {
-            stream,
+            stream: Link::Tcp(stream),
             buf: BytesMut::with_capacity(4096),
             codec: FrameCodec::new(1 << 24),
             version,
             out: Vec::with_capacity(256),
             next_rid: 1,
         })
+    }
+
+    /// [`connect`](Self::connect), then a WebSocket handshake for `/ws`
+    /// (v2 only: WebSocket sessions are v2).
+    pub async fn connect_ws(
+        server: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> Result<Conn, BenchError> {
+        let mut conn = Self::connect(server, source, Version::V2).await?;
+        let Link::Tcp(stream) = conn.stream else {
+            unreachable!("connect opens TCP")
+        };
+        let request = format!("ws://{server}/ws")
+            .into_client_request()
+            .map_err(|e| BenchError::BadFrame(e.to_string()))?;
+        let (ws, _) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .map_err(|e| BenchError::Connect(std::io::Error::other(e)))?;
+        conn.stream = Link::Ws(Box::new(ws));
+        Ok(conn)
     }
 
     /// Writes a request in this connection's version (v2: with the next
@@ -211,14 +242,32 @@ impl Conn {
             Value::from(self.next_rid - 1)
         });
         request.encode_into(&mut self.out, self.version, rid.as_ref());
-        self.stream
-            .write_all(&self.out)
-            .await
-            .map_err(BenchError::Io)
+        match &mut self.stream {
+            Link::Tcp(stream) => stream.write_all(&self.out).await.map_err(BenchError::Io),
+            Link::Ws(ws) => {
+                let frame = self.out.strip_suffix(b"\n").unwrap_or(&self.out);
+                let text = String::from_utf8(frame.to_vec())
+                    .map_err(|e| BenchError::BadFrame(e.to_string()))?;
+                ws.send(Message::text(text))
+                    .await
+                    .map_err(|e| BenchError::Io(std::io::Error::other(e)))
+            }
+        }
     }
 
     /// Reads the next frame.
     pub async fn recv(&mut self) -> Result<Bytes, BenchError> {
+        let stream = match &mut self.stream {
+            Link::Tcp(stream) => stream,
+            Link::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => return Ok(Bytes::from(text)),
+                    Some(Ok(Message::Close(_))) | None => return Err(BenchError::Closed),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(BenchError::Io(std::io::Error::other(e))),
+                }
+            },
+        };
         loop {
             match self.codec.decode(&mut self.buf) {
                 Ok(Some(frame)) => return Ok(frame),
@@ -229,7 +278,7 @@ impl Conn {
             if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(4096);
             }
-            match self.stream.read_buf(&mut self.buf).await {
+            match stream.read_buf(&mut self.buf).await {
                 Ok(0) => return Err(BenchError::Closed),
                 Ok(_) => {}
                 Err(e) => return Err(BenchError::Io(e)),
@@ -360,7 +409,7 @@ impl Conn {
 
     /// Drops the read buffer and codec state, keeping only the socket (for
     /// connections held idle in large numbers).
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> Link {
         self.stream
     }
 }

@@ -363,8 +363,12 @@ impl Bench {
             .map(|(i, user)| {
                 let bar = bar.clone();
                 async move {
-                    let mut conn =
-                        Conn::connect(server_of(i), self.source(i), self.version()).await?;
+                    let ws = &self.common.ws_servers;
+                    let mut conn = if ws.is_empty() {
+                        Conn::connect(server_of(i), self.source(i), self.version()).await?
+                    } else {
+                        Conn::connect_ws(ws[i % ws.len()], self.source(i)).await?
+                    };
                     conn.login(
                         user.id,
                         &self.common.password,

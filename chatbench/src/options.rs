@@ -70,6 +70,12 @@ pub struct Common {
     /// 127.0.0.1,127.0.0.2): each gives about 28,000 ephemeral ports.
     #[arg(long, global = true, value_delimiter = ',')]
     pub source_ips: Vec<IpAddr>,
+    /// Log the measured connections in over WebSocket to these addresses
+    /// (the chat servers' --ws-listen), round robin, instead of TCP to
+    /// --server; users are still registered over TCP on the first
+    /// --server. v2 only.
+    #[arg(long = "ws-server", global = true, value_delimiter = ',')]
+    pub ws_servers: Vec<SocketAddr>,
     /// Reuse users listed in this file (`id name` per line) and append the
     /// ones registered, so repeated runs against one database skip
     /// registration.

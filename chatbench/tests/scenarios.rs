@@ -21,9 +21,14 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Server {
         let (process, addr) = Process::start_listening(
             Command::new(bin::path("chatserver"))
                 .args(["127.0.0.1", "0"])
+                .args(extra)
                 .args(bin::CHEAP_HASHING)
                 .args(bin::GENEROUS_LIMITS)
                 .current_dir(testkit::run::temp_dir("chatbench"))
@@ -124,4 +129,27 @@ fn ping_pong_offline_and_fan_out_against_the_real_server() {
     let run = &lines[0];
     assert_eq!(run["server_load"], 20, "{run}");
     assert!(run["rss_after_kib"].as_u64().unwrap() > 0, "{run}");
+}
+
+/// `--ws-server`: the measured connections log in over WebSocket (the
+/// server's web listener); users are registered over TCP.
+#[test]
+fn ping_pong_over_websocket() {
+    let web = format!("127.0.0.1:{}", testkit::free_port());
+    let server = Server::start_with(&["--ws-listen", &web]);
+    let lines = server.bench(&[
+        "--ws-server",
+        &web,
+        "pingpong",
+        "--pairs",
+        "2",
+        "--warmup",
+        "200ms",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let run = &lines[0];
+    assert_eq!(run["error_count"], 0, "{run}");
+    assert!(run["deliveries"].as_u64().unwrap() > 50, "{run}");
 }

@@ -27,7 +27,14 @@ fn nginx_conf_renders_with_our_ports_only() {
         .map(str::trim)
         .filter(|l| !l.starts_with('#'))
         .collect();
-    for stale in [":6000", ":6002", "listen 8000"] {
+    for stale in [
+        ":6000",
+        ":6002",
+        "listen 8000",
+        ":7000",
+        ":7002",
+        "listen 8080",
+    ] {
         assert!(
             !directives.iter().any(|l| l.contains(stale)),
             "{stale} left in {conf}"
@@ -124,4 +131,51 @@ async fn nginx_passes_client_addresses_to_the_limits() {
     other.ping().await;
     drop(nginx);
     a.stop().await;
+}
+
+/// The web block: the web client and a WebSocket session through Nginx's
+/// stream proxy (PROXY header on) to the chat servers' web listeners; a
+/// browser-side user and a terminal-side user, each through Nginx, chat
+/// both ways across the two servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_carries_the_web_client_and_websockets() {
+    let cluster = Cluster::new();
+    let a = cluster.start_node_behind_proxy(100_000).await;
+    let b = cluster.start_node_behind_proxy(100_000).await;
+    let nginx = Nginx::start_web(&[a.addr, b.addr], &[a.web, b.web]).await;
+    let web = nginx.web.expect("the web block");
+
+    let (status, body) = testkit::backend::http_get(web, "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<html"), "{body}");
+
+    // Several WebSocket users land on both servers (weight 1 each).
+    let mut browsers = Vec::new();
+    for i in 0..4 {
+        browsers.push(testkit::ws::user(web, &format!("browser{i}")).await);
+    }
+    let mut terminal = Client::connect(nginx.addr).await;
+    let terminal_id = terminal.register("terminal", "pw").await;
+    terminal.login(terminal_id, "pw").await;
+    for (browser, id) in &mut browsers {
+        browser.chat(terminal_id, "from the browser").await;
+        assert_eq!(terminal.recv_chat().await.msg, "from the browser");
+        terminal.chat(*id, "from the terminal").await;
+        assert_eq!(browser.recv_chat().await.msg, "from the terminal");
+    }
+    let servers: std::collections::HashSet<String> = {
+        let mut names = std::collections::HashSet::new();
+        for (browser, _) in &mut browsers {
+            names.insert(browser.served_by().await);
+        }
+        names
+    };
+    assert_eq!(
+        servers.len(),
+        2,
+        "WebSockets went to one server only: {servers:?}"
+    );
+    drop(nginx);
+    a.stop().await;
+    b.stop().await;
 }

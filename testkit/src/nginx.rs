@@ -84,26 +84,53 @@ pub fn with_tls(rendered: &str, tls_port: u16, cert: &str, key: &str) -> String 
 
 /// `template` with its upstream servers replaced by `backends` (weight 1
 /// each, the file's own health and retry settings kept) and its `listen` by
-/// `127.0.0.1:listen_port`. Everything else is as shipped.
+/// `127.0.0.1:listen_port`. Everything else is as shipped. The web block
+/// (upstream `chat_web`, `listen 8080`) gets a free port and the same
+/// backends: [`render_conf_with_web`] for tests that use it.
 pub fn render_conf(template: &str, listen_port: u16, backends: &[SocketAddr]) -> String {
+    render_conf_with_web(template, listen_port, backends, wait::free_port(), backends)
+}
+
+/// [`render_conf`], with the web block on `127.0.0.1:web_port` in front of
+/// `web_backends` (the chat servers' web listeners).
+pub fn render_conf_with_web(
+    template: &str,
+    listen_port: u16,
+    backends: &[SocketAddr],
+    web_port: u16,
+    web_backends: &[SocketAddr],
+) -> String {
     let mut out = String::new();
-    let (mut replaced_listen, mut in_upstream, mut servers) = (false, false, 0);
+    let (mut replaced_listen, mut replaced_web, mut servers) = (false, false, 0);
+    let mut upstream: Option<&[SocketAddr]> = None;
     for line in template.lines() {
         let trimmed = line.trim_start();
-        if trimmed.starts_with("upstream chat {") {
-            in_upstream = true;
+        let opened = if trimmed.starts_with("upstream chat {") {
+            Some(backends)
+        } else if trimmed.starts_with("upstream chat_web {") {
+            Some(web_backends)
+        } else {
+            None
+        };
+        if let Some(list) = opened {
+            upstream = Some(list);
             out += line;
             out += "\n";
-            for b in backends {
+            for b in list {
                 out += &format!("        server {b} weight=1 max_fails=3 fail_timeout=10s;\n");
             }
             continue;
         }
-        if in_upstream && trimmed.starts_with('}') {
-            in_upstream = false;
+        if upstream.is_some() && trimmed.starts_with('}') {
+            upstream = None;
         }
-        if in_upstream && trimmed.starts_with("server ") {
+        if upstream.is_some() && trimmed.starts_with("server ") {
             servers += 1;
+            continue;
+        }
+        if trimmed.starts_with("listen 8080;") {
+            out += &format!("        listen 127.0.0.1:{web_port};\n");
+            replaced_web = true;
             continue;
         }
         if trimmed.starts_with("listen ") {
@@ -115,8 +142,9 @@ pub fn render_conf(template: &str, listen_port: u16, backends: &[SocketAddr]) ->
         out += "\n";
     }
     assert!(
-        replaced_listen && servers > 0,
-        "config/nginx.conf changed shape: no `listen` or no upstream `server` lines to replace"
+        replaced_listen && replaced_web && servers > 0,
+        "config/nginx.conf changed shape: no `listen`, no `listen 8080` or no upstream \
+         `server` lines to replace"
     );
     out
 }
@@ -124,6 +152,9 @@ pub fn render_conf(template: &str, listen_port: u16, backends: &[SocketAddr]) ->
 /// A running Nginx (own process group), stopped on drop.
 pub struct Nginx {
     pub addr: SocketAddr,
+    /// The web block's address (WebSockets and the web client), when
+    /// started by [`Nginx::start_web`].
+    pub web: Option<SocketAddr>,
     pub prefix: PathBuf,
     child: Child,
 }
@@ -134,6 +165,16 @@ impl Nginx {
     pub async fn start(backends: &[SocketAddr]) -> Nginx {
         let port = wait::free_port();
         Self::start_conf(&render_conf(&template(), port, backends), port).await
+    }
+
+    /// Starts Nginx in front of `backends` (chat) and `web_backends` (the
+    /// chat servers' web listeners).
+    pub async fn start_web(backends: &[SocketAddr], web_backends: &[SocketAddr]) -> Nginx {
+        let (port, web_port) = (wait::free_port(), wait::free_port());
+        let conf = render_conf_with_web(&template(), port, backends, web_port, web_backends);
+        let mut nginx = Self::start_conf(&conf, port).await;
+        nginx.web = Some(SocketAddr::from(([127, 0, 0, 1], web_port)));
+        nginx
     }
 
     /// Starts Nginx with the whole `conf` text (tests that change more than
@@ -167,6 +208,7 @@ impl Nginx {
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         let mut nginx = Nginx {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            web: None,
             prefix,
             child,
         };
