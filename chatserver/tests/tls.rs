@@ -22,7 +22,7 @@ use testkit::ws;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
@@ -71,19 +71,10 @@ async fn metric(admin: SocketAddr, name: &str) -> f64 {
 type Conn = Framed<TlsStream<TcpStream>, FrameCodec>;
 
 async fn connect(addr: SocketAddr, tls: &TlsConnector) -> Conn {
-    Framed::new(tls_stream(addr, tls).await, FrameCodec::default())
-}
-
-/// A TLS connection to `addr`, the server named `localhost`.
-async fn tls_stream(addr: SocketAddr, tls: &TlsConnector) -> TlsStream<TcpStream> {
-    let go = async {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        tls.connect(name, tcp).await.expect("TLS handshake")
-    };
-    tokio::time::timeout(WAIT, go)
-        .await
-        .expect("TLS connect timed out")
+    Framed::new(
+        testkit::certs::connect(addr, tls).await,
+        FrameCodec::default(),
+    )
 }
 
 /// Writes `request` and reads the answer until the server closes.
@@ -242,7 +233,7 @@ async fn wss_user_chats_with_a_tls_line_user_and_the_page_comes_over_https() {
 
     // The web client's page, over https.
     let get = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let page = exchange(tls_stream(web, &tls).await, &get).await;
+    let page = exchange(testkit::certs::connect(web, &tls).await, &get).await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("<!doctype html>"), "{page}");
     // Plain HTTP on that port gets no page, and counts as a failed handshake.
@@ -255,17 +246,10 @@ async fn wss_user_chats_with_a_tls_line_user_and_the_page_comes_over_https() {
 
     // A browser's WebSocket, wss:// from that page, and a terminal on the
     // TLS chat port.
-    let socket = ws::handshake_at(
-        tls_stream(web, &tls).await,
-        &format!("wss://{host}/ws"),
-        Some(&format!("https://{host}")),
-    )
-    .await
-    .expect("wss handshake");
-    let (mut browser, _closed) = ws::client_over(socket);
+    let (mut browser, _closed) = ws::connect_tls(web, &tls).await;
     let browser_id = browser.register("browser", "pw").await;
     browser.login(browser_id, "pw").await;
-    let mut terminal = Client::over_io(Box::new(tls_stream(addr, &tls).await));
+    let mut terminal = Client::over_io(Box::new(testkit::certs::connect(addr, &tls).await));
     let terminal_id = terminal.register("terminal", "pw").await;
     terminal.login(terminal_id, "pw").await;
 

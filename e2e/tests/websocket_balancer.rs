@@ -4,17 +4,11 @@
 //! TCP user, each through a balancer, chat both ways across two servers.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use futures::{SinkExt, StreamExt};
-use rustls::pki_types::{CertificateDer, ServerName};
+use testkit::certs::{connector, TestCert};
 use testkit::lb::{config_toml, Lb};
 use testkit::prelude::*;
 use testkit::server::Cluster;
-use testkit::ws::tungstenite::Message;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// A balancer in front of the web listeners: health checks connect only
 /// (a chat PING means nothing to an HTTP port). `tls`: extra config lines.
@@ -73,83 +67,24 @@ async fn wss_through_the_balancer_terminating_tls() {
     let a = cluster.start_node().await;
     let (mut terminal, terminal_id) = a.user("terminal").await;
 
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = TestCert::new();
     let dir = testkit::run::temp_dir("wss");
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let (cert_path, key_path) = cert.install(&dir);
     let tls = format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
+        cert_path.display(),
+        key_path.display()
     );
     let lb = Lb::start(&web_lb_toml(&[a.web], &tls), false).await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ck.cert.der().to_vec()))
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(lb.addr).await.unwrap();
-    let stream = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("TLS handshake with the balancer");
-    let mut request = format!("wss://localhost:{}/ws", lb.addr.port())
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "origin",
-        format!("https://localhost:{}", lb.addr.port())
-            .parse()
-            .unwrap(),
-    );
-    let (mut socket, _) =
-        tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, stream))
-            .await
-            .expect("handshake in time")
-            .expect("wss handshake");
-
-    let browser_id = {
-        let mut setup = a.client().await;
-        setup.register("secure", "pw").await
-    };
-    socket
-        .send(Message::text(format!(
-            r#"{{"msgid":1,"id":{browser_id},"password":"pw","rid":1}}"#
-        )))
-        .await
-        .unwrap();
-    socket
-        .send(Message::text(format!(
-            r#"{{"msgid":6,"toid":{terminal_id},"msg":"over wss","rid":2}}"#
-        )))
-        .await
-        .unwrap();
+    let (mut browser, _closed) = testkit::ws::connect_tls(lb.addr, &connector(&[&cert])).await;
+    let browser_id = browser.register("secure", "pw").await;
+    browser.login(browser_id, "pw").await;
+    browser.chat(terminal_id, "over wss").await;
     assert_eq!(terminal.recv_chat().await.msg, "over wss");
     terminal.chat(browser_id, "back over wss").await;
-    let mut got = None;
-    while got.is_none() {
-        let message = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a message in time")
-            .expect("open")
-            .expect("a message");
-        if let Message::Text(text) = message {
-            let frame: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
-            if frame["msgid"] == 6 {
-                got = Some(frame["msg"].as_str().unwrap().to_owned());
-            }
-        }
-    }
-    assert_eq!(got.as_deref(), Some("back over wss"));
+    assert_eq!(browser.recv_chat().await.msg, "back over wss");
     lb.shutdown().await;
     a.stop().await;
 }

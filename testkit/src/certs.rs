@@ -2,11 +2,16 @@
 //! for `localhost` and 127.0.0.1): no private key is committed. Files are
 //! installed by rename, as a certificate manager would.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tlsconf::rustls::pki_types::CertificateDer;
+use tlsconf::rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+use crate::WAIT;
 
 /// A self-signed certificate and its key.
 pub struct TestCert {
@@ -60,4 +65,17 @@ pub fn connector(trusted: &[&TestCert]) -> TlsConnector {
         roots.add(cert.der.clone()).unwrap();
     }
     TlsConnector::from(Arc::new(tlsconf::client_config(roots)))
+}
+
+/// A TLS connection to `addr`, expecting the name `localhost` (what
+/// [`TestCert`] carries), within [`WAIT`].
+pub async fn connect(addr: SocketAddr, tls: &TlsConnector) -> TlsStream<TcpStream> {
+    let go = async {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("a server name");
+        tls.connect(name, tcp).await.expect("TLS handshake")
+    };
+    tokio::time::timeout(WAIT, go)
+        .await
+        .unwrap_or_else(|_| panic!("TLS connect to {addr} timed out"))
 }

@@ -101,6 +101,20 @@ where
     (Client::over_io(Box::new(local)), closed)
 }
 
+/// A typed [`Client`] over `wss://localhost:PORT/ws` on `addr`, from a
+/// page of that origin (https), trusting what `tls` trusts.
+pub async fn connect_tls(addr: SocketAddr, tls: &tokio_rustls::TlsConnector) -> (Client, Closed) {
+    let host = format!("localhost:{}", addr.port());
+    let socket = handshake_at(
+        crate::certs::connect(addr, tls).await,
+        &format!("wss://{host}/ws"),
+        Some(&format!("https://{host}")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("wss to {addr}: {e}"));
+    client_over(socket)
+}
+
 /// A new WebSocket user `name` (password `pw`), registered and logged in.
 pub async fn user(addr: SocketAddr, name: &str) -> (Client, i64) {
     let (mut client, _) = connect(addr).await;
