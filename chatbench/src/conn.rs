@@ -90,7 +90,7 @@ pub fn parse(frame: &[u8]) -> Result<ServerFrame, BenchError> {
 pub fn chat_seq(frame: &[u8]) -> Result<Option<u64>, BenchError> {
     match parse(frame)? {
         ServerFrame::Chat(chat) => parse_seq(&chat.msg).map(Some).ok_or(BenchError::Sequence),
-        ServerFrame::Reply(Reply::Done(_)) => Ok(None),
+        ServerFrame::Reply(Reply::Done(_) | Reply::Joined(_)) => Ok(None),
         ServerFrame::Reply(Reply::Error(failure)) => Err(BenchError::refused(&failure)),
         // Presence and list updates come between chats; not measured.
         ServerFrame::Notice(_) => Ok(None),
@@ -310,7 +310,7 @@ impl Conn {
                 }
                 ServerFrame::Reply(reply) => match pick(reply) {
                     Ok(picked) => return Ok(picked),
-                    Err(Reply::Done(_)) => {}
+                    Err(Reply::Done(_) | Reply::Joined(_)) => {}
                     Err(other) => {
                         return Err(BenchError::Unexpected(msgid_of(&ServerFrame::Reply(other))))
                     }
