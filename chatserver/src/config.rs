@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::error::ConfigError;
 use crate::tls::TlsFiles;
-use crate::web::AllowedOrigins;
+use crate::web::origin::AllowedOrigins;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://chat.db?mode=rwc";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
