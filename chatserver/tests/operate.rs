@@ -457,7 +457,8 @@ async fn readyz_follows_redis_in_cluster_mode() {
     assert!(errors(&down) > errors(&before), "redis errors counted");
     let _redis = testkit::redis::RedisServer::start(port);
     wait_for_ready(admin, 200, "ready").await;
-    // The subscriber is cut off with Redis and comes back once.
+    // The subscriber is cut off with Redis and comes back (more than once
+    // when a first attempt meets Redis still starting: each counts).
     let deadline = Deadline::after(WAIT);
     loop {
         let back = scrape(admin).await;
@@ -465,7 +466,7 @@ async fn readyz_follows_redis_in_cluster_mode() {
             &before,
             &back,
             "chatserver_cluster_subscription_resets_total",
-        ) == 1.0
+        ) >= 1.0
         {
             assert_eq!(back["chatserver_cluster_breaker_open"], 0.0);
             break;
