@@ -6,114 +6,24 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::get_with;
-use futures::{SinkExt, StreamExt};
-use protocol::{parse_server_frame, FrameCodec, Reply, Request, ServerFrame, Version};
-use rustls::pki_types::{CertificateDer, ServerName};
 use testkit::backend::{Mode, TestBackend};
 use testkit::bin::Process;
+use testkit::certs::{connect, connector_with_versions, framed, ping, presented, TestCert};
 use testkit::lb::{config_toml, Lb};
 use testkit::{free_port, run, wait_until, Deadline, WAIT};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
-use tokio_util::codec::Framed;
-
-struct Pair {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-fn new_pair() -> Pair {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    Pair {
-        cert_pem: ck.cert.pem(),
-        key_pem: ck.key_pair.serialize_pem(),
-        der: ck.cert.der().clone(),
-    }
-}
-
-/// Writes `pair` into `dir` as cert.pem and key.pem, each by rename.
-fn install(dir: &Path, pair: &Pair) {
-    for (name, text) in [("key.pem", &pair.key_pem), ("cert.pem", &pair.cert_pem)] {
-        let tmp = dir.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, dir.join(name)).unwrap();
-    }
-}
-
-fn connector(
-    trusted: &[&Pair],
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for p in trusted {
-        roots.add(p.der.clone()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(versions)
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
-
-type Conn = Framed<TlsStream<TcpStream>, FrameCodec>;
-
-async fn connect(addr: SocketAddr, tls: &TlsConnector) -> Conn {
-    let go = async {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let stream = tls.connect(name, tcp).await.expect("TLS handshake");
-        Framed::new(stream, FrameCodec::default())
-    };
-    tokio::time::timeout(WAIT, go)
-        .await
-        .expect("TLS connect timed out")
-}
-
-/// PING over `conn`; the PONG's server name.
-async fn ping(conn: &mut Conn) -> String {
-    let go = async {
-        let mut frame = Request::Ping.encode(Version::V1, None);
-        frame.pop(); // the codec adds the terminator
-        conn.send(&frame[..]).await.unwrap();
-        while let Some(frame) = conn.next().await {
-            if let Ok(incoming) = parse_server_frame(&frame.unwrap()) {
-                if let ServerFrame::Reply(Reply::Pong(p)) = incoming.frame {
-                    return p.server;
-                }
-            }
-        }
-        panic!("closed before PONG");
-    };
-    tokio::time::timeout(WAIT, go)
-        .await
-        .expect("no PONG in time")
-}
-
-/// The certificate the balancer presents to a new connection.
-fn presented(conn: &Conn) -> CertificateDer<'static> {
-    conn.get_ref().get_ref().1.peer_certificates().unwrap()[0]
-        .clone()
-        .into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_end_to_end_and_failed_handshakes_are_counted_not_logged() {
     let a = TestBackend::start("a", Mode::Chat).await;
     let dir = run::temp_dir("lb-tls");
-    let pair = new_pair();
-    install(&dir, &pair);
+    let pair = TestCert::new();
+    pair.install(&dir);
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let head = format!(
         "admin = \"{admin}\"\n[health]\nkind = \"tcp\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"",
@@ -133,7 +43,7 @@ async fn tls_end_to_end_and_failed_handshakes_are_counted_not_logged() {
         &[&rustls::version::TLS13][..],
         &[&rustls::version::TLS12][..],
     ] {
-        let mut conn = connect(addr, &connector(&[&pair], versions)).await;
+        let mut conn = framed(addr, &connector_with_versions(&[&pair], versions)).await;
         assert_eq!(ping(&mut conn).await, "a");
     }
     // Plaintext and garbage: 20 failed handshakes.
@@ -177,31 +87,31 @@ async fn tls_end_to_end_and_failed_handshakes_are_counted_not_logged() {
 async fn certificate_rotation_under_100_open_connections_drops_none() {
     let a = TestBackend::start("a", Mode::Chat).await;
     let dir = run::temp_dir("lb-tls-rotate");
-    let (old, new) = (new_pair(), new_pair());
-    install(&dir, &old);
+    let (old, new) = (TestCert::new(), TestCert::new());
+    old.install(&dir);
     let head = format!(
         "[health]\nkind = \"tcp\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"",
         dir.join("cert.pem").display(),
         dir.join("key.pem").display()
     );
     let lb = Lb::start(&config_toml(&head, &[(&a.address(), 1)]), false).await;
-    let both = connector(
+    let both = connector_with_versions(
         &[&old, &new],
         &[&rustls::version::TLS13, &rustls::version::TLS12],
     );
 
     let mut open = Vec::new();
     for _ in 0..100 {
-        let mut conn = connect(lb.addr, &both).await;
+        let mut conn = framed(lb.addr, &both).await;
         assert_eq!(presented(&conn), old.der);
         assert_eq!(ping(&mut conn).await, "a");
         open.push(conn);
     }
 
-    install(&dir, &new);
+    new.install(&dir);
     let deadline = Deadline::after(WAIT);
     loop {
-        let conn = connect(lb.addr, &both).await;
+        let conn = framed(lb.addr, &both).await;
         if presented(&conn) == new.der {
             break;
         }
@@ -215,7 +125,11 @@ async fn certificate_rotation_under_100_open_connections_drops_none() {
     assert!(wait_until(WAIT, || lb.status().tls.unwrap().reloads >= 1).await);
     assert_eq!(lb.status().backends[0].active, 100);
     // Only the new certificate is trusted: new clients need it.
-    let mut fresh = connect(lb.addr, &connector(&[&new], &[&rustls::version::TLS13])).await;
+    let mut fresh = framed(
+        lb.addr,
+        &connector_with_versions(&[&new], &[&rustls::version::TLS13]),
+    )
+    .await;
     assert_eq!(ping(&mut fresh).await, "a");
     drop((open, fresh));
     lb.shutdown().await;
@@ -241,20 +155,16 @@ async fn tls_half_close_and_large_payloads() {
         }
     });
     let dir = run::temp_dir("lb-tls-half");
-    let pair = new_pair();
-    install(&dir, &pair);
+    let pair = TestCert::new();
+    pair.install(&dir);
     let head = format!(
         "[health]\nkind = \"tcp\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"",
         dir.join("cert.pem").display(),
         dir.join("key.pem").display()
     );
     let lb = Lb::start(&config_toml(&head, &[(&address, 1)]), false).await;
-    let tls = connector(&[&pair], &[&rustls::version::TLS13]);
-    let tcp = TcpStream::connect(lb.addr).await.unwrap();
-    let mut stream = tls
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = connector_with_versions(&[&pair], &[&rustls::version::TLS13]);
+    let mut stream = connect(lb.addr, &tls).await;
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let sum: u64 = payload.iter().map(|&b| u64::from(b)).sum();
     stream.write_all(&payload).await.unwrap();

@@ -11,20 +11,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
-use protocol::{parse_server_frame, FrameCodec, Reply, Request, ServerFrame, Version};
+use protocol::{Request, Version};
 use testkit::backend::http_get;
 use testkit::bin::{Process, CHEAP_HASHING, GENEROUS_LIMITS};
-use testkit::certs::{connector, TestCert};
+use testkit::certs::{connector, framed, ping, presented, TestCert};
 use testkit::prelude::*;
 use testkit::run::temp_dir;
 use testkit::ws;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::CertificateDer;
-use tokio_rustls::TlsConnector;
-use tokio_util::codec::Framed;
 
 const BIN: &str = env!("CARGO_BIN_EXE_chatserver");
 
@@ -81,15 +76,6 @@ async fn counter_reaches(admin: SocketAddr, name: &str, want: f64) -> f64 {
     }
 }
 
-type Conn = Framed<TlsStream<TcpStream>, FrameCodec>;
-
-async fn connect(addr: SocketAddr, tls: &TlsConnector) -> Conn {
-    Framed::new(
-        testkit::certs::connect(addr, tls).await,
-        FrameCodec::default(),
-    )
-}
-
 /// Writes `request` and reads the answer until the server closes.
 async fn exchange(mut stream: impl AsyncReadExt + AsyncWriteExt + Unpin, request: &str) -> String {
     let go = async {
@@ -103,32 +89,6 @@ async fn exchange(mut stream: impl AsyncReadExt + AsyncWriteExt + Unpin, request
         .expect("no close in time")
 }
 
-/// PING over `conn`; the PONG's server name.
-async fn ping(conn: &mut Conn) -> String {
-    let go = async {
-        let mut frame = Request::Ping.encode(Version::V1, None);
-        frame.pop(); // the codec adds the terminator
-        conn.send(&frame[..]).await.unwrap();
-        while let Some(frame) = conn.next().await {
-            if let Ok(incoming) = parse_server_frame(&frame.unwrap()) {
-                if let ServerFrame::Reply(Reply::Pong(p)) = incoming.frame {
-                    return p.server;
-                }
-            }
-        }
-        panic!("closed before PONG");
-    };
-    tokio::time::timeout(WAIT, go)
-        .await
-        .expect("no PONG in time")
-}
-
-fn presented(conn: &Conn) -> CertificateDer<'static> {
-    conn.get_ref().get_ref().1.peer_certificates().unwrap()[0]
-        .clone()
-        .into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_on_the_chat_port_and_failed_handshakes_counted_not_logged() {
     let dir = temp_dir("server-tls");
@@ -136,7 +96,7 @@ async fn tls_on_the_chat_port_and_failed_handshakes_counted_not_logged() {
     cert.install(&dir);
     let (process, addr, admin) = start(&dir, &["--login-idle-timeout", "1s"]);
     let tls = connector(&[&cert]);
-    let mut conn = connect(addr, &tls).await;
+    let mut conn = framed(addr, &tls).await;
     assert_eq!(ping(&mut conn).await, addr.to_string());
 
     // Plaintext: no reply in clear, the connection closed; 10 of them.
@@ -175,7 +135,7 @@ async fn tls_on_the_chat_port_and_failed_handshakes_counted_not_logged() {
     );
     // TLS clients are still served (the first one was closed by the
     // login idle timeout meanwhile).
-    let mut conn = connect(addr, &tls).await;
+    let mut conn = framed(addr, &tls).await;
     assert_eq!(ping(&mut conn).await, addr.to_string());
     assert_eq!(
         counter_reaches(admin, "chatserver_tls_handshakes_total", 2.0).await,
@@ -203,7 +163,7 @@ async fn certificate_rotation_under_100_open_tls_connections_drops_none() {
     let both = connector(&[&old, &new]);
     let mut open = Vec::new();
     for _ in 0..100 {
-        let mut conn = connect(addr, &both).await;
+        let mut conn = framed(addr, &both).await;
         assert_eq!(presented(&conn), old.der);
         ping(&mut conn).await;
         open.push(conn);
@@ -212,7 +172,7 @@ async fn certificate_rotation_under_100_open_tls_connections_drops_none() {
     new.install(&dir);
     let deadline = Deadline::after(WAIT);
     loop {
-        let conn = connect(addr, &both).await;
+        let conn = framed(addr, &both).await;
         if presented(&conn) == new.der {
             break;
         }
@@ -230,7 +190,7 @@ async fn certificate_rotation_under_100_open_tls_connections_drops_none() {
         deadline.check("a broken key was not noticed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut fresh = connect(addr, &connector(&[&new])).await;
+    let mut fresh = framed(addr, &connector(&[&new])).await;
     ping(&mut fresh).await;
     for conn in &mut open {
         ping(conn).await;
