@@ -6,7 +6,10 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{chat_scenario, stop_alices_server_and_carry_on};
+use common::{
+    chat_scenario, guesses_from_one_address, other_addresses_are_served,
+    stop_alices_server_and_carry_on,
+};
 use testkit::nginx::{render_conf, Nginx};
 use testkit::prelude::*;
 use testkit::server::Cluster;
@@ -84,51 +87,8 @@ async fn nginx_passes_client_addresses_to_the_limits() {
     let cluster = Cluster::new();
     let a = cluster.start_node_behind_proxy(3).await;
     let nginx = Nginx::start(&[a.addr]).await;
-    let guesser_ip = [127, 0, 0, 2].into();
-    let user_ip = [127, 0, 0, 3].into();
-
-    let mut setup = Client::connect_from(nginx.addr, user_ip).await;
-    let mut accounts = Vec::new();
-    for i in 0..8 {
-        accounts.push(setup.register(&format!("nginx-user{i}"), "pw").await);
-    }
-    drop(setup);
-    // 40 wrong guesses from 127.0.0.2, over 8 accounts, on fresh connections.
-    let mut refused = 0;
-    for round in 0..40 {
-        let mut guesser = Client::connect_from(nginx.addr, guesser_ip).await;
-        match guesser
-            .call(&req::login(accounts[round % accounts.len()], "guess"))
-            .await
-            .errno()
-        {
-            Errno::BadCredentials => {}
-            Errno::RateLimited => refused += 1,
-            other => panic!("{other:?}"),
-        }
-    }
-    assert!(refused >= 10, "only {refused} of 40 guesses refused");
-    // 127.0.0.3 is another client: its users log in.
-    for &account in &accounts[..3] {
-        let mut user = Client::connect_from(nginx.addr, user_ip).await;
-        user.login(account, "pw").await;
-        user.logout().await;
-    }
-    // Three connections per client address, however many Nginx carries.
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut c = Client::connect_from(nginx.addr, user_ip).await;
-        c.ping().await;
-        held.push(c);
-    }
-    let mut fourth = Client::connect_from(nginx.addr, user_ip).await;
-    let frames = fourth.expect_closed(WAIT).await;
-    assert!(
-        matches!(frames.first().map(|f| &f.frame), Some(ServerFrame::Reply(reply)) if reply.errno() == Errno::RateLimited),
-        "{frames:?}"
-    );
-    let mut other = Client::connect_from(nginx.addr, guesser_ip).await;
-    other.ping().await;
+    let accounts = guesses_from_one_address(nginx.addr, "nginx").await;
+    other_addresses_are_served(nginx.addr, &accounts).await;
     drop(nginx);
     a.stop().await;
 }

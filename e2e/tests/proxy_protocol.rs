@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::lb_toml;
+use common::{guesses_from_one_address, lb_toml, other_addresses_are_served, GUESSER_IP};
 use testkit::lb::Lb;
 use testkit::prelude::*;
 use testkit::server::Cluster;
@@ -18,58 +18,17 @@ async fn balancer_passes_client_addresses_to_the_limits() {
     let server = cluster.start_node_behind_proxy(3).await;
     let toml = format!("proxy_protocol = true\n{}", lb_toml(&[server.addr]));
     let lb = Lb::start(&toml, false).await;
-    let guesser_ip = [127, 0, 0, 2].into();
-    let user_ip = [127, 0, 0, 3].into();
-
-    let mut setup = Client::connect_from(lb.addr, user_ip).await;
-    let mut accounts = Vec::new();
-    for i in 0..8 {
-        accounts.push(setup.register(&format!("pp-user{i}"), "pw").await);
-    }
-    drop(setup);
-    // 40 wrong guesses from 127.0.0.2 over 8 accounts, on fresh connections.
-    let mut refused = 0;
-    for round in 0..40 {
-        let mut guesser = Client::connect_from(lb.addr, guesser_ip).await;
-        match guesser
-            .call(&req::login(accounts[round % accounts.len()], "guess"))
-            .await
-            .errno()
-        {
-            Errno::BadCredentials => {}
-            Errno::RateLimited => refused += 1,
-            other => panic!("{other:?}"),
-        }
-    }
-    assert!(refused >= 10, "only {refused} of 40 guesses refused");
+    let accounts = guesses_from_one_address(lb.addr, "pp").await;
     // 127.0.0.2 is locked out even with the right password...
-    let mut guesser = Client::connect_from(lb.addr, guesser_ip).await;
+    let mut guesser = Client::connect_from(lb.addr, GUESSER_IP.into()).await;
     assert_eq!(
         guesser.call(&req::login(accounts[0], "pw")).await.errno(),
         Errno::RateLimited
     );
-    // ...while 127.0.0.3's users log in.
-    for &account in &accounts[..3] {
-        let mut user = Client::connect_from(lb.addr, user_ip).await;
-        user.login(account, "pw").await;
-        user.logout().await;
-    }
     drop(guesser);
-    // Three connections per client address, however many the balancer carries.
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut c = Client::connect_from(lb.addr, user_ip).await;
-        c.ping().await;
-        held.push(c);
-    }
-    let mut fourth = Client::connect_from(lb.addr, user_ip).await;
-    let frames = fourth.expect_closed(WAIT).await;
-    assert!(
-        matches!(frames.first().map(|f| &f.frame), Some(ServerFrame::Reply(reply)) if reply.errno() == Errno::RateLimited),
-        "{frames:?}"
-    );
-    let mut other = Client::connect_from(lb.addr, guesser_ip).await;
-    other.ping().await;
+    // ...while 127.0.0.3's users log in, and connections count per client
+    // address, however many the balancer carries.
+    other_addresses_are_served(lb.addr, &accounts).await;
     // The chat health checks (a LOCAL header, then PING, every second)
     // pass: a check without a header would be refused by the server.
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;

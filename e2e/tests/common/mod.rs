@@ -9,6 +9,65 @@ use std::net::SocketAddr;
 use testkit::prelude::*;
 use testkit::server::ChatServer;
 
+/// The guesser's and the user's addresses of the PROXY-protocol tests.
+pub const GUESSER_IP: [u8; 4] = [127, 0, 0, 2];
+pub const USER_IP: [u8; 4] = [127, 0, 0, 3];
+
+/// Through `front` (which passes client addresses on with the PROXY
+/// protocol), registers 8 accounts from [`USER_IP`], then makes 40 wrong
+/// guesses at them from [`GUESSER_IP`], each on a fresh connection: the
+/// server's per-address login limit refuses at least 10. Returns the
+/// accounts (password "pw").
+pub async fn guesses_from_one_address(front: SocketAddr, tag: &str) -> Vec<i64> {
+    let mut setup = Client::connect_from(front, USER_IP.into()).await;
+    let mut accounts = Vec::new();
+    for i in 0..8 {
+        accounts.push(setup.register(&format!("{tag}-user{i}"), "pw").await);
+    }
+    drop(setup);
+    let mut refused = 0;
+    for round in 0..40 {
+        let mut guesser = Client::connect_from(front, GUESSER_IP.into()).await;
+        match guesser
+            .call(&req::login(accounts[round % accounts.len()], "guess"))
+            .await
+            .errno()
+        {
+            Errno::BadCredentials => {}
+            Errno::RateLimited => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 40 guesses refused");
+    accounts
+}
+
+/// After [`guesses_from_one_address`]: users at [`USER_IP`] log in, and the
+/// server's limit of 3 connections per address counts [`USER_IP`]'s
+/// connections, not the front's (a fourth is refused, one from
+/// [`GUESSER_IP`] is not).
+pub async fn other_addresses_are_served(front: SocketAddr, accounts: &[i64]) {
+    for &account in &accounts[..3] {
+        let mut user = Client::connect_from(front, USER_IP.into()).await;
+        user.login(account, "pw").await;
+        user.logout().await;
+    }
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect_from(front, USER_IP.into()).await;
+        c.ping().await;
+        held.push(c);
+    }
+    let mut fourth = Client::connect_from(front, USER_IP.into()).await;
+    let frames = fourth.expect_closed(WAIT).await;
+    assert!(
+        matches!(frames.first().map(|f| &f.frame), Some(ServerFrame::Reply(reply)) if reply.errno() == Errno::RateLimited),
+        "{frames:?}"
+    );
+    let mut other = Client::connect_from(front, GUESSER_IP.into()).await;
+    other.ping().await;
+}
+
 /// Our balancer's config for the e2e cluster: chat-level health checks as
 /// in `config/lb.toml` (every 1 s, down after 3 failures), 2 retries on a
 /// failed connect.
