@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::backend::http_get;
+use testkit::backend::{http_get, scrape};
 use testkit::bin::{run_to_exit, Process, CHEAP_HASHING, GENEROUS_LIMITS};
 use testkit::prelude::*;
 use testkit::relay::mariadb_relay;
@@ -40,19 +40,6 @@ fn start_with_admin(dir: &Path, args: &[&str]) -> (Process, SocketAddr, SocketAd
         .stderr(Stdio::inherit());
     let (process, addr) = Process::start_listening(&mut command);
     (process, addr, admin)
-}
-
-/// `/metrics` as a map from `name{labels}` to value.
-async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
-    let (code, body) = http_get(admin, "/metrics").await;
-    assert_eq!(code, 200, "{body}");
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            Some((key.to_owned(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 fn moved(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {

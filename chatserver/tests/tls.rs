@@ -5,14 +5,13 @@
 //! connections open, dropping none. With `--ws-listen`, the web listener is
 //! https and `wss://`. Certificates are made at test time.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use protocol::{Request, Version};
-use testkit::backend::http_get;
+use testkit::backend::scrape;
 use testkit::bin::{Process, CHEAP_HASHING, GENEROUS_LIMITS};
 use testkit::certs::{connector, framed, ping, presented, TestCert};
 use testkit::prelude::*;
@@ -48,19 +47,10 @@ fn start(dir: &Path, args: &[&str]) -> (Process, SocketAddr, SocketAddr) {
 }
 
 async fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let (code, body) = http_get(admin, "/metrics").await;
-    assert_eq!(code, 200, "{body}");
-    let values: HashMap<&str, f64> = body
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            Some((key, value.parse().ok()?))
-        })
-        .collect();
-    *values
+    *scrape(admin)
+        .await
         .get(name)
-        .unwrap_or_else(|| panic!("{name} missing from /metrics: {body}"))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
 /// The counter once it reaches `want` (the server counts a handshake after

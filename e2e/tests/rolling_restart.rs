@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::lb_toml;
-use testkit::backend::http_get;
+use testkit::backend::scrape;
 use testkit::bin::{path, Process, CHEAP_HASHING, GENEROUS_LIMITS};
 use testkit::lb::Lb;
 use testkit::prelude::*;
@@ -107,15 +107,7 @@ impl Node {
     }
 
     async fn metrics(&self) -> HashMap<String, f64> {
-        let (code, body) = http_get(self.admin, "/metrics").await;
-        assert_eq!(code, 200, "{body}");
-        body.lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| {
-                let (key, value) = line.rsplit_once(' ')?;
-                Some((key.to_owned(), value.parse().ok()?))
-            })
-            .collect()
+        scrape(self.admin).await
     }
 }
 

@@ -246,3 +246,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_else(|| panic!("no status in {head:?}"));
     (code, body.to_string())
 }
+
+/// An admin server's `/metrics` (Prometheus text) as a map from
+/// `name{labels}` to value.
+pub async fn scrape(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let (code, body) = http_get(admin, "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
