@@ -4,6 +4,7 @@
 #
 #   bench_begin NAME          scratch directory, exit trap
 #   start BIN DIR URL [args]  a server in $BENCH_WORK/DIR; sets PID, ADDR
+#                             (and WEB, its --ws-listen address, if given)
 #   stop_server               SIGTERM, then SIGKILL after 5 s
 #   sqlite_url NAME / mysql_url NAME   a fresh database for one server
 #
@@ -12,6 +13,7 @@
 MYSQL_URL="${MYSQL_URL:-mysql://root@127.0.0.1:3306}"
 PID=""
 ADDR=""
+WEB=""
 
 bench_begin() {
     BENCH_WORK="$(mktemp -d -t "$1.XXXXXX")"
@@ -52,9 +54,12 @@ start() {
     (cd "$dir" && exec env RUST_LOG=warn "$bin" 127.0.0.1 0 --database-url "$url" \
         --hash-memory-kib 64 --hash-iterations 1 "$@" >stdout 2>stderr) &
     PID=$!
+    local wants_web=""
+    [[ " $* " == *" --ws-listen "* ]] && wants_web=1
     for _ in $(seq 600); do
         ADDR="$(sed -n 's/^listening on //p' "$dir/stdout" 2>/dev/null || true)"
-        [[ -n "$ADDR" ]] && return 0
+        WEB="$(sed -n 's/^web listening on //p' "$dir/stdout" 2>/dev/null || true)"
+        [[ -n "$ADDR" && ( -z "$wants_web" || -n "$WEB" ) ]] && return 0
         kill -0 "$PID" 2>/dev/null || { cat "$dir/stderr" >&2; exit 1; }
         sleep 0.1
     done

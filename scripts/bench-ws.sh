@@ -23,41 +23,31 @@ if [[ -z "${CHATSERVER_BIN:-}" || -z "${CHATBENCH_BIN:-}" ]]; then
 fi
 ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 
-LIMITS=(--hash-memory-kib 64 --hash-iterations 1 --register-per-address 1000000
+# shellcheck source=scripts/bench-server.sh
+. "$ROOT/scripts/bench-server.sh"
+bench_begin bench-ws
+LIMITS=(--ws-listen 127.0.0.1:0 --register-per-address 1000000
         --max-connections 1000000 --max-connections-per-ip 1000000)
-# start_server [OPTIONS]: sets ADDR, WEB and PID of a fresh chatserver whose
-# web listener is on a free port.
-start_server() {
-    local dir; dir=$(mktemp -d)
-    (cd "$dir" && exec env RUST_LOG=warn "$CHATSERVER_BIN" 127.0.0.1 0 \
-        --ws-listen 127.0.0.1:0 "${LIMITS[@]}" "$@" >stdout 2>stderr) &
-    PID=$!
-    until WEB=$(sed -n 's/^web listening on //p' "$dir/stdout") && [ -n "$WEB" ]; do
-        kill -0 "$PID" 2>/dev/null || { cat "$dir/stderr"; return 1; }; sleep 0.1
-    done
-    ADDR=$(sed -n 's/^listening on //p' "$dir/stdout")
-}
 B() { "$CHATBENCH_BIN" --json --server "$ADDR" --server-pid "$PID" --warmup 2s "$@" | tee -a "$OUT"; }
 
-DB="sqlite://$(mktemp -d)/pp.db?mode=rwc"
-start_server --database-url "$DB"
+start "$CHATSERVER_BIN" pingpong "$(sqlite_url pp)" "${LIMITS[@]}"
 for run in $(seq 1 "$RUNS"); do
     # Fresh users per invocation: an earlier run's unconfirmed pushes would
     # replay at login.
     B --runs 1 --duration "$DURATION" pingpong --pairs "$PAIRS"
     B --runs 1 --duration "$DURATION" --ws-server "$WEB" pingpong --pairs "$PAIRS"
 done
-kill "$PID"; wait "$PID" || true
+stop_server
 
-IDLE_DB="sqlite://$(mktemp -d)/idle.db?mode=rwc"
-IDLE_USERS=$(mktemp)
+# One database for every idle run, its users registered once.
+IDLE_USERS="$BENCH_WORK/idle.users"
 for run in $(seq 1 "$RUNS"); do
     for transport in tcp ws; do
-        start_server --database-url "$IDLE_DB"
+        start "$CHATSERVER_BIN" "idle-$run-$transport" "$(sqlite_url idle)" "${LIMITS[@]}"
         extra=()
         [[ $transport == ws ]] && extra=(--ws-server "$WEB")
         B --runs 1 --users-file "$IDLE_USERS" --setup-concurrency 128 "${extra[@]}" \
             idle --connections "$IDLE_CONNECTIONS" --hold 3s
-        kill "$PID"; wait "$PID" || true
+        stop_server
     done
 done
