@@ -123,7 +123,26 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
     related.retain(|user| *user != id);
     related.sort_unstable();
     related.dedup();
-    notices::presence(ctx, id, &related, Presence::Online).await;
+    // Only those online now can hear it (one who logs in later reads this
+    // user's presence in its own LOGIN_ACK): a login among offline
+    // friends publishes nothing to the cluster.
+    let mut listening: Vec<i64> = ack
+        .friends
+        .iter()
+        .filter(|friend| friend.state == Presence::Online)
+        .map(|friend| friend.id)
+        .chain(
+            ack.groups
+                .iter()
+                .flat_map(|g| g.users.iter())
+                .filter(|member| member.state == Presence::Online)
+                .map(|member| member.id),
+        )
+        .filter(|user| *user != id)
+        .collect();
+    listening.sort_unstable();
+    listening.dedup();
+    notices::presence(ctx, id, &listening, Presence::Online).await;
     session.related = related;
     session.user = Some(User { id, name });
     session.mailbox = Some(mailbox);
