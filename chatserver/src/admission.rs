@@ -78,7 +78,7 @@ pub async fn serve(
     let (client, _ip_slot) = if guard.proxy.trusts(peer.ip()) {
         let header = tokio::select! {
             _ = shutdown.drain.cancelled() => return,
-            header = tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut stream, peer)) => header,
+            header = tokio::time::timeout(HEADER_TIMEOUT, Box::pin(read_header(&mut stream, peer))) => header,
         };
         let client = match header {
             Ok(Ok(client)) => client,
@@ -141,50 +141,76 @@ pub async fn serve(
         (peer, ip_slot)
     };
     let Listener { serves, tls } = listener;
-    let Some(tls) = tls else {
-        return serve_as(serves, ctx, stream, client, conn_id, connected, shutdown).await;
-    };
+    match (tls, serves) {
+        // The one path served inline: this task's size is what every idle
+        // chat connection costs, so the others (TLS state, hyper, larger
+        // by kilobytes) are boxed and cost only the connections using them.
+        (None, Serves::Chat) => serve_chat(ctx, stream, client, conn_id, connected, shutdown).await,
+        (None, Serves::Web(site)) => {
+            Box::pin(web::serve(
+                ctx, site, stream, client, conn_id, connected, shutdown,
+            ))
+            .await
+        }
+        (Some(tls), serves) => {
+            Box::pin(serve_tls(
+                tls, serves, ctx, stream, client, conn_id, connected, shutdown,
+            ))
+            .await
+        }
+    }
+}
+
+/// The TLS handshake, then what the listener serves over it.
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    tls: Arc<Tls>,
+    serves: Serves,
+    ctx: Arc<Context>,
+    stream: TcpStream,
+    client: SocketAddr,
+    conn_id: u64,
+    connected: Instant,
+    shutdown: session::Shutdown,
+) {
     let deadline = connected + TLS_HANDSHAKE_TIMEOUT.min(ctx.limits.login_idle_timeout);
     let handshake = tokio::select! {
         _ = shutdown.drain.cancelled() => return,
         handshake = tls.accept(stream, deadline) => handshake,
     };
-    match handshake {
-        Ok(stream) => serve_as(serves, ctx, stream, client, conn_id, connected, shutdown).await,
+    let stream = match handshake {
+        Ok(stream) => stream,
         // Counted by `tls`; at debug only, since scanners fail handshakes
         // all day.
-        Err(error) => tracing::debug!(%client, %error, "connection closed"),
+        Err(error) => return tracing::debug!(%client, %error, "connection closed"),
+    };
+    match serves {
+        Serves::Chat => serve_chat(ctx, stream, client, conn_id, connected, shutdown).await,
+        Serves::Web(site) => {
+            web::serve(ctx, site, stream, client, conn_id, connected, shutdown).await
+        }
     }
 }
 
-/// Runs what the listener serves over `stream` (TCP or TLS).
-async fn serve_as<S: ByteStream>(
-    serves: Serves,
+/// A chat session over `stream` (TCP or TLS).
+fn serve_chat<S: ByteStream>(
     ctx: Arc<Context>,
     stream: S,
     client: SocketAddr,
     conn_id: u64,
     connected: Instant,
     shutdown: session::Shutdown,
-) {
-    match serves {
-        Serves::Chat => {
-            let transport = Lines::new(stream, ctx.limits.max_frame);
-            session::serve(
-                ctx,
-                transport,
-                client,
-                conn_id,
-                connected,
-                shutdown,
-                Version::V1,
-            )
-            .await
-        }
-        Serves::Web(site) => {
-            web::serve(ctx, site, stream, client, conn_id, connected, shutdown).await
-        }
-    }
+) -> impl std::future::Future<Output = ()> + Send {
+    let transport = Lines::new(stream, ctx.limits.max_frame);
+    session::serve(
+        ctx,
+        transport,
+        client,
+        conn_id,
+        connected,
+        shutdown,
+        Version::V1,
+    )
 }
 
 const TOO_MANY_FROM_ADDRESS: &str = "too many connections from your address";
@@ -200,7 +226,22 @@ fn open_ip_slot(ctx: &Context, ip: IpAddr) -> Option<IpSlot> {
 }
 
 /// Writes one error line (an HTTP response on the web listener) and closes.
-async fn refuse(mut stream: TcpStream, listener: &Listener, errno: Errno, message: &'static str) {
+/// Boxed, as every path but the main one: see [`serve`].
+fn refuse<'a>(
+    stream: TcpStream,
+    listener: &'a Listener,
+    errno: Errno,
+    message: &'static str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    Box::pin(write_refusal(stream, listener, errno, message))
+}
+
+async fn write_refusal(
+    mut stream: TcpStream,
+    listener: &Listener,
+    errno: Errno,
+    message: &'static str,
+) {
     let bytes = match &listener.serves {
         // A TLS client could not read a refusal in clear: it is just closed.
         _ if listener.tls.is_some() => None,
