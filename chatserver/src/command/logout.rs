@@ -28,9 +28,8 @@ pub async fn end_login(ctx: &Context, session: &mut SessionState) {
     let Some(user) = session.user.take() else {
         return;
     };
-    if let Some(mut mailbox) = session.mailbox.take() {
-        mailbox.close();
-    }
+    // Further offers find the session gone.
+    drop(session.mailbox.take());
     // The session's DELIVERED confirmations (and its presence) are
     // committed before the login is free again, so the user's next login
     // starts after them.

@@ -32,7 +32,16 @@ impl ByteStream for TcpStream {
             self.readable().await?;
             buf.reserve(READ_CHUNK);
             match self.try_read_buf(buf) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    // Readiness is reported until a read finds nothing: after
+                    // each frame the first wait returns at once and this read
+                    // comes back empty. Give the reservation back before
+                    // waiting, or every idle connection keeps 4 KiB.
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    }
+                    continue;
+                }
                 result => return result,
             }
         }
