@@ -54,109 +54,117 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Admits the connection, then serves it as a session; the slots are held
 /// until the session ends.
-pub async fn serve(
+///
+/// Not an `async fn`: one would copy its arguments into its state a second
+/// time; a block uses what it captured in place (every idle connection
+/// holds this future).
+pub fn serve(
     ctx: Arc<Context>,
     mut stream: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
     shutdown: session::Shutdown,
     listener: Listener,
-) {
-    let connected = Instant::now();
-    let guard = &ctx.guard;
-    let Some(_slot) = guard.connections.open() else {
-        ctx.refusals.note(Refusal::MaxConnections, peer.ip());
-        refuse(
-            stream,
-            &listener,
-            Errno::RateLimited,
-            "server full, try again later",
-        )
-        .await;
-        return;
-    };
-    let (client, _ip_slot) = if guard.proxy.trusts(peer.ip()) {
-        let header = tokio::select! {
-            _ = shutdown.drain.cancelled() => return,
-            header = tokio::time::timeout(HEADER_TIMEOUT, Box::pin(read_header(&mut stream, peer))) => header,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let connected = Instant::now();
+        let guard = &ctx.guard;
+        let Some(_slot) = guard.connections.open() else {
+            ctx.refusals.note(Refusal::MaxConnections, peer.ip());
+            refuse(
+                stream,
+                &listener,
+                Errno::RateLimited,
+                "server full, try again later",
+            )
+            .await;
+            return;
         };
-        let client = match header {
-            Ok(Ok(client)) => client,
-            Ok(Err(error)) => {
-                tracing::debug!(%peer, %error, "connection from a trusted proxy refused");
-                ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
-                refuse(
-                    stream,
-                    &listener,
-                    Errno::BadRequest,
-                    "expected a PROXY header",
-                )
-                .await;
-                return;
+        let (client, _ip_slot) = if guard.proxy.trusts(peer.ip()) {
+            let header = tokio::select! {
+                _ = shutdown.drain.cancelled() => return,
+                header = tokio::time::timeout(HEADER_TIMEOUT, Box::pin(read_header(&mut stream, peer))) => header,
+            };
+            let client = match header {
+                Ok(Ok(client)) => client,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "connection from a trusted proxy refused");
+                    ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
+                    refuse(
+                        stream,
+                        &listener,
+                        Errno::BadRequest,
+                        "expected a PROXY header",
+                    )
+                    .await;
+                    return;
+                }
+                Err(_) => {
+                    ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
+                    refuse(
+                        stream,
+                        &listener,
+                        Errno::BadRequest,
+                        "no PROXY header in time",
+                    )
+                    .await;
+                    return;
+                }
+            };
+            let Some(ip_slot) = open_ip_slot(&ctx, client.ip()) else {
+                return refuse(stream, &listener, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
+            };
+            (client, ip_slot)
+        } else {
+            let Some(ip_slot) = open_ip_slot(&ctx, peer.ip()) else {
+                return refuse(stream, &listener, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
+            };
+            // Clients speak first: wait for their first bytes, within the login
+            // idle timeout, to turn away a PROXY header nobody may send here.
+            let first = tokio::select! {
+                _ = shutdown.drain.cancelled() => return,
+                first = tokio::time::timeout_at(connected + ctx.limits.login_idle_timeout, starts_with_header(&stream)) => first,
+            };
+            match first {
+                Ok(Ok(false)) | Ok(Err(_)) => {}
+                Ok(Ok(true)) => {
+                    ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
+                    refuse(
+                        stream,
+                        &listener,
+                        Errno::BadRequest,
+                        "PROXY header from an address that is not a trusted proxy",
+                    )
+                    .await;
+                    return;
+                }
+                Err(_) => {
+                    ctx.refusals.note(Refusal::LoginIdle, peer.ip());
+                    return;
+                }
             }
-            Err(_) => {
-                ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
-                refuse(
-                    stream,
-                    &listener,
-                    Errno::BadRequest,
-                    "no PROXY header in time",
-                )
-                .await;
-                return;
+            (peer, ip_slot)
+        };
+        let Listener { serves, tls } = listener;
+        match (tls, serves) {
+            // The one path served inline: this task's size is what every idle
+            // chat connection costs, so the others (TLS state, hyper, larger
+            // by kilobytes) are boxed and cost only the connections using them.
+            (None, Serves::Chat) => {
+                serve_chat(ctx, stream, client, conn_id, connected, shutdown).await
             }
-        };
-        let Some(ip_slot) = open_ip_slot(&ctx, client.ip()) else {
-            return refuse(stream, &listener, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
-        };
-        (client, ip_slot)
-    } else {
-        let Some(ip_slot) = open_ip_slot(&ctx, peer.ip()) else {
-            return refuse(stream, &listener, Errno::RateLimited, TOO_MANY_FROM_ADDRESS).await;
-        };
-        // Clients speak first: wait for their first bytes, within the login
-        // idle timeout, to turn away a PROXY header nobody may send here.
-        let first = tokio::select! {
-            _ = shutdown.drain.cancelled() => return,
-            first = tokio::time::timeout_at(connected + ctx.limits.login_idle_timeout, starts_with_header(&stream)) => first,
-        };
-        match first {
-            Ok(Ok(false)) | Ok(Err(_)) => {}
-            Ok(Ok(true)) => {
-                ctx.refusals.note(Refusal::ProxyHeader, peer.ip());
-                refuse(
-                    stream,
-                    &listener,
-                    Errno::BadRequest,
-                    "PROXY header from an address that is not a trusted proxy",
-                )
-                .await;
-                return;
+            (None, Serves::Web(site)) => {
+                Box::pin(web::serve(
+                    ctx, site, stream, client, conn_id, connected, shutdown,
+                ))
+                .await
             }
-            Err(_) => {
-                ctx.refusals.note(Refusal::LoginIdle, peer.ip());
-                return;
+            (Some(tls), serves) => {
+                Box::pin(serve_tls(
+                    tls, serves, ctx, stream, client, conn_id, connected, shutdown,
+                ))
+                .await
             }
-        }
-        (peer, ip_slot)
-    };
-    let Listener { serves, tls } = listener;
-    match (tls, serves) {
-        // The one path served inline: this task's size is what every idle
-        // chat connection costs, so the others (TLS state, hyper, larger
-        // by kilobytes) are boxed and cost only the connections using them.
-        (None, Serves::Chat) => serve_chat(ctx, stream, client, conn_id, connected, shutdown).await,
-        (None, Serves::Web(site)) => {
-            Box::pin(web::serve(
-                ctx, site, stream, client, conn_id, connected, shutdown,
-            ))
-            .await
-        }
-        (Some(tls), serves) => {
-            Box::pin(serve_tls(
-                tls, serves, ctx, stream, client, conn_id, connected, shutdown,
-            ))
-            .await
         }
     }
 }

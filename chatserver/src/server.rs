@@ -277,8 +277,11 @@ impl Server {
                         peer,
                         next_conn_id,
                         session::Shutdown {
-                            drain: drain.child_token(),
-                            stop: stop.child_token(),
+                            // Clones, not child tokens: nothing cancels
+                            // one session alone, and a child is a 120-byte
+                            // allocation for every connection.
+                            drain: drain.clone(),
+                            stop: stop.clone(),
                         },
                         Listener {
                             serves,

@@ -64,7 +64,7 @@ pub fn serve<T: Transport>(
         tracing::info_span!("conn", conn = conn_id, peer = %peer, user = tracing::field::Empty);
     let mut state = SessionState::new(conn_id, peer.ip());
     state.version = version;
-    let connection = Connection {
+    let mut connection = Connection {
         span,
         state,
         ctx,
@@ -77,7 +77,9 @@ pub fn serve<T: Transport>(
         connected,
         bytes_out: 0,
     };
-    connection.run(shutdown)
+    // The block's captures are used in place; an `async fn` taking the
+    // connection by value would copy it into its state a second time.
+    async move { connection.run(&shutdown).await }
 }
 
 struct Connection<T> {
@@ -102,55 +104,59 @@ struct Connection<T> {
 }
 
 impl<T: Transport> Connection<T> {
-    async fn run(mut self, shutdown: Shutdown) {
+    async fn run(&mut self, shutdown: &Shutdown) {
         self.span.in_scope(|| tracing::debug!("connected"));
         self.ctx.metrics.connection(None, Some(self.conn_state));
-        let reason = self.serve(&shutdown).await;
+        let reason = self.serve(shutdown).await;
         let span = self.span.clone();
-        Box::pin(async move {
-            if matches!(reason, Closing::Shutdown) && self.state.version == Version::V2 {
-                self.go_away().await;
-            }
-            let user = self.state.user.as_ref().map(|u| u.id);
-            command::end_login(&self.ctx, &mut self.state).await;
-            self.ctx.metrics.connection(Some(self.conn_state), None);
-            self.ctx.metrics.closed(reason.label());
-            self.transport.close(&reason).await;
-            // One line per connection end, with what an operator asks first.
-            let address = self.state.peer_ip;
-            let duration_ms = self.connected.elapsed().as_millis() as u64;
-            let (bytes_in, bytes_out) = (self.transport.bytes_in(), self.bytes_out);
-            macro_rules! closed {
-                ($level:ident) => {
-                    tracing::$level!(
-                        user,
-                        %address,
-                        duration_ms,
-                        bytes_in,
-                        bytes_out,
-                        %reason,
-                        "connection closed"
-                    )
-                };
-            }
-            match reason {
-                Closing::PeerClosed | Closing::Shutdown => closed!(info),
-                // Limits: counted, and logged once a minute per address by
-                // `refusals`, so a flood of them cannot flood the log.
-                Closing::Idle(LOGIN_IDLE) => {
-                    self.ctx
-                        .refusals
-                        .note(Refusal::LoginIdle, self.state.peer_ip);
-                    closed!(debug)
-                }
-                Closing::FrameTooLarge | Closing::BinaryMessage => closed!(debug),
-                _ => closed!(warn),
-            }
-        })
-        .instrument(span)
-        .await;
+        Box::pin(self.finish(reason).instrument(span)).await;
     }
 
+    /// Cleans up after the connection ended for `reason`, and logs it.
+    async fn finish(&mut self, reason: Closing) {
+        if matches!(reason, Closing::Shutdown) && self.state.version == Version::V2 {
+            self.go_away().await;
+        }
+        let user = self.state.user.as_ref().map(|u| u.id);
+        command::end_login(&self.ctx, &mut self.state).await;
+        self.ctx.metrics.connection(Some(self.conn_state), None);
+        self.ctx.metrics.closed(reason.label());
+        self.transport.close(&reason).await;
+        // One line per connection end, with what an operator asks first.
+        let address = self.state.peer_ip;
+        let duration_ms = self.connected.elapsed().as_millis() as u64;
+        let (bytes_in, bytes_out) = (self.transport.bytes_in(), self.bytes_out);
+        macro_rules! closed {
+            ($level:ident) => {
+                tracing::$level!(
+                    user,
+                    %address,
+                    duration_ms,
+                    bytes_in,
+                    bytes_out,
+                    %reason,
+                    "connection closed"
+                )
+            };
+        }
+        match reason {
+            Closing::PeerClosed | Closing::Shutdown => closed!(info),
+            // Limits: counted, and logged once a minute per address by
+            // `refusals`, so a flood of them cannot flood the log.
+            Closing::Idle(LOGIN_IDLE) => {
+                self.ctx
+                    .refusals
+                    .note(Refusal::LoginIdle, self.state.peer_ip);
+                closed!(debug)
+            }
+            Closing::FrameTooLarge | Closing::BinaryMessage => closed!(debug),
+            _ => closed!(warn),
+        }
+    }
+
+    /// Waits for whatever comes first. What is done about it (a request,
+    /// a push, a catch-up) runs boxed: this loop's state is held by every
+    /// idle connection, those futures only while they run.
     async fn serve(&mut self, shutdown: &Shutdown) -> Closing {
         // One timer for all timeouts, re-armed only when it fires early or
         // must fire sooner: no timer work per frame.
@@ -169,7 +175,8 @@ impl<T: Transport> Connection<T> {
             }
             if self.state.mailbox.as_ref().is_some_and(|m| m.take_behind()) {
                 // Pushes were left out of a full queue: read them from the inbox.
-                if let Err(reason) = self.catch_up().await {
+                let span = self.span.clone();
+                if let Err(reason) = Box::pin(self.catch_up().instrument(span)).await {
                     return reason;
                 }
             }
@@ -202,7 +209,7 @@ impl<T: Transport> Connection<T> {
                 }
                 item = async { match next_item { Some(next) => next.await, None => std::future::pending().await } } => {
                     if let Some(item) = item {
-                        if let Err(reason) = self.outbound(item).await {
+                        if let Err(reason) = Box::pin(self.outbound(item)).await {
                             return reason;
                         }
                     }
@@ -226,7 +233,7 @@ impl<T: Transport> Connection<T> {
                     }
                 }
                 received = self.transport.next_frame() => {
-                    if let Err(reason) = self.received(received).await {
+                    if let Err(reason) = Box::pin(self.received(received)).await {
                         return reason;
                     }
                 }
@@ -271,9 +278,7 @@ impl<T: Transport> Connection<T> {
             Received::Frame(frame) => {
                 self.last_frame = Instant::now();
                 let span = self.span.clone();
-                // Boxed: the request futures (SQL, hashing) are large, and
-                // an idle session should not carry their space.
-                Box::pin(self.handle(&frame).instrument(span)).await
+                self.handle(&frame).instrument(span).await
             }
             Received::Partial => Ok(()),
             Received::TooLarge => {
