@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::task::{ready, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -27,24 +28,31 @@ pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl ByteStream for TcpStream {
-    async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        loop {
-            self.readable().await?;
+    /// Polled by hand rather than an `async fn` awaiting `readable()`: the
+    /// readiness future would take 200 bytes in the state of every idle
+    /// session, this one the two references.
+    fn read_some<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        std::future::poll_fn(move |cx| loop {
+            if let Err(error) = ready!(self.poll_read_ready(cx)) {
+                return Poll::Ready(Err(error));
+            }
             buf.reserve(READ_CHUNK);
             match self.try_read_buf(buf) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     // Readiness is reported until a read finds nothing: after
-                    // each frame the first wait returns at once and this read
+                    // each frame the first poll says ready and this read
                     // comes back empty. Give the reservation back before
                     // waiting, or every idle connection keeps 4 KiB.
                     if buf.is_empty() {
                         *buf = BytesMut::new();
                     }
-                    continue;
                 }
-                result => return result,
+                result => return Poll::Ready(result),
             }
-        }
+        })
     }
 }
 
