@@ -58,6 +58,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Not an `async fn`: one would copy its arguments into its state a second
 /// time; a block uses what it captured in place (every idle connection
 /// holds this future).
+#[allow(clippy::manual_async_fn)]
 pub fn serve(
     ctx: Arc<Context>,
     mut stream: TcpStream,
