@@ -179,8 +179,19 @@ async fn handle_client(
     if !nodelay_inherited {
         let _ = client.set_nodelay(true);
     }
+    if shared.tls.is_none() {
+        return serve(shared, client, peer, span).await;
+    }
+    // Boxed: the handshake and a TLS stream (rustls state) would make every
+    // connection's future several KiB, which spawning copies around even
+    // for plain TCP (`memmove` was 3 % of a plain connect's CPU).
+    Box::pin(handle_tls(shared, client, peer, span)).await
+}
+
+/// The TLS handshake, then [`serve`].
+async fn handle_tls(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, span: Span) {
     let Some(tls) = &shared.tls else {
-        return serve(shared.clone(), client, peer, span).await;
+        return;
     };
     let acceptor = tls.acceptor();
     let handshake = tokio::select! {
@@ -661,5 +672,26 @@ mod tests {
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(accepted.nodelay().unwrap());
+    }
+
+    /// Spawning moves each connection's future around by value: the TLS
+    /// path (handshake, rustls state) is boxed so that a plain connection's
+    /// future stays small (7.6 KiB before, `memmove` 3 % of a connect).
+    #[tokio::test]
+    async fn a_plain_connections_future_stays_small() {
+        let config = crate::config::Config::parse(
+            "listen = \"127.0.0.1:0\"\n[[backend]]\naddress = \"a:1\"\n",
+            "t",
+        )
+        .unwrap();
+        let shared = std::sync::Arc::new(crate::shared::Shared::new(config, None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let peer = client.local_addr().unwrap();
+        let f = super::handle_client(shared, client, peer, true, tracing::Span::none());
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 3 * 1024, "{size} bytes");
     }
 }
