@@ -84,6 +84,63 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     debug!("accept loop stopped");
 }
 
+/// Polls `inner` on its first poll and then only after `inner` itself
+/// asked for it (woke the task), not on every wake-up of the task.
+///
+/// For the stop signals of a connection, which are shared: polling a
+/// pending `CancellationToken::cancelled()` takes the token's two mutexes,
+/// the same ones for every connection of a backend (drain) or of the
+/// balancer (shutdown). Polled on every wake-up, that is four contended
+/// locks per message on a busy keep-alive connection.
+struct WokenOnly<F> {
+    inner: F,
+    flag: Arc<WakeFlag>,
+    first: bool,
+}
+
+/// `inner`'s waker: notes that `inner` wants a poll and wakes the task.
+#[derive(Default)]
+struct WakeFlag {
+    woken: std::sync::atomic::AtomicBool,
+    task: futures::task::AtomicWaker,
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future + Unpin> WokenOnly<F> {
+    fn new(inner: F) -> Self {
+        Self {
+            inner,
+            flag: Arc::default(),
+            first: true,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for WokenOnly<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        // Cheap when the task's waker is unchanged (it is compared, not cloned).
+        this.flag.task.register(cx.waker());
+        if !std::mem::take(&mut this.first) && !this.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = std::task::Waker::from(this.flag.clone());
+        Pin::new(&mut this.inner).poll(&mut Context::from_waker(&waker))
+    }
+}
+
 /// Releases the backend slot however the connection ends.
 struct Slot(Arc<BackendState>);
 
@@ -291,10 +348,16 @@ async fn serve(shared: Arc<Shared>, client: impl ClientSide, peer: SocketAddr, s
     let kill = state.kill_token();
     span.in_scope(|| debug!(%peer, "proxying"));
     let started = Instant::now();
+    let stop = std::pin::pin!(async {
+        tokio::select! {
+            _ = kill.cancelled() => "drain timeout",
+            _ = shared.hard_stop.cancelled() => "shutdown grace period over",
+        }
+    });
     let reason = tokio::select! {
+        biased;
         r = pump(client, backend, &state, idle, half_close, response.as_ref()) => r,
-        _ = kill.cancelled() => "drain timeout",
-        _ = shared.hard_stop.cancelled() => "shutdown grace period over",
+        r = WokenOnly::new(stop) => r,
     };
     span.in_scope(|| debug!(reason, duration = ?started.elapsed(), "connection closed"));
     drop(slot);
@@ -693,5 +756,32 @@ mod tests {
         let f = super::handle_client(shared, client, peer, true, tracing::Span::none());
         let size = std::mem::size_of_val(&f);
         assert!(size <= 3 * 1024, "{size} bytes");
+    }
+
+    /// A connection's stop signal is polled once, then only when it fired,
+    /// however often the connection's task wakes for its traffic.
+    #[test]
+    fn woken_only_polls_its_future_only_when_that_future_woke() {
+        use std::future::Future;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Context, Poll};
+
+        let token = tokio_util::sync::CancellationToken::new();
+        let polls = AtomicUsize::new(0);
+        let mut cancelled = std::pin::pin!(token.cancelled());
+        let inner = std::future::poll_fn(|cx| {
+            polls.fetch_add(1, Ordering::Relaxed);
+            cancelled.as_mut().poll(cx)
+        });
+        let mut gate = std::pin::pin!(super::WokenOnly::new(inner));
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..10 {
+            assert_eq!(gate.as_mut().poll(&mut cx), Poll::Pending);
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+        token.cancel();
+        assert_eq!(gate.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
     }
 }
