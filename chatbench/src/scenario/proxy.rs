@@ -240,7 +240,7 @@ pub async fn run(bench: &Bench, opts: Options) -> anyhow::Result<Vec<RunReport>>
     if let Some(path) = &opts.markdown {
         let nginx_version = nginx_version(&opts.nginx_bin);
         let section = summary.markdown(&MarkdownContext {
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            command: shell_words(std::env::args()),
             threads,
             load_before,
             load_after,
@@ -1277,9 +1277,43 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown model".into())
 }
 
+/// The arguments as a shell command to paste back: an argument with a
+/// space or a shell metacharacter is single-quoted
+/// (`--balancer-setting 'half_close = false'`).
+fn shell_words(args: impl IntoIterator<Item = String>) -> String {
+    args.into_iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+            if plain {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recorded_command_quotes_what_the_shell_would_split() {
+        let args = [
+            "chatbench",
+            "proxy",
+            "--balancer-setting",
+            "half_close = false",
+            "it's",
+        ];
+        assert_eq!(
+            shell_words(args.map(String::from)),
+            r"chatbench proxy --balancer-setting 'half_close = false' 'it'\''s'"
+        );
+    }
 
     #[test]
     fn configs_name_every_backend() {
