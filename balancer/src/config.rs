@@ -52,6 +52,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::ZERO;
 /// Default `response_timeout` (0 = off: a v1 chat message gets no reply, so
 /// silence after a client's bytes is normal there).
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::ZERO;
+/// Default `half_close`: a side's EOF is passed on to the other side as a
+/// TCP half-close, and the connection ends once both sides have sent theirs
+/// (what a plain TCP connection does; Nginx's `proxy_half_close on`).
+pub const DEFAULT_HALF_CLOSE: bool = true;
 /// Default `proxy_protocol`: backends get the client's bytes only.
 pub const DEFAULT_PROXY_PROTOCOL: bool = false;
 /// Largest config file read; a bigger one is refused unread.
@@ -152,6 +156,11 @@ pub struct Config {
     /// A client sent bytes and the backend answered none within this: a
     /// backend failure. `None`: off.
     pub response_timeout: Option<Duration>,
+    /// `false`: the first EOF from either side closes both (Nginx's
+    /// default, `proxy_half_close off`). Chat clients never half-close, and
+    /// not waiting for the backend's own EOF saves a wake-up, a read and a
+    /// `shutdown` per connection.
+    pub half_close: bool,
     pub health: HealthConfig,
     /// `None`: plain TCP on `listen`.
     pub tls: Option<TlsConfig>,
@@ -221,6 +230,7 @@ struct RawConfig {
     admin_token: Option<Spanned<String>>,
     response_timeout: Option<Dur>,
     proxy_protocol: Option<bool>,
+    half_close: Option<bool>,
     connect_timeout: Option<Spanned<Dur>>,
     retries: Option<u32>,
     max_connections: Option<u32>,
@@ -640,6 +650,7 @@ impl Config {
             shutdown_grace: raw.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
             idle_timeout: nonzero(raw.idle_timeout, DEFAULT_IDLE_TIMEOUT),
             response_timeout: nonzero(raw.response_timeout, DEFAULT_RESPONSE_TIMEOUT),
+            half_close: raw.half_close.unwrap_or(DEFAULT_HALF_CLOSE),
             health,
             tls,
             backends,
@@ -943,6 +954,25 @@ max_connections = 5
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn half_close_defaults_to_on_and_can_be_turned_off() {
+        let c = Config::parse(
+            "listen = \"127.0.0.1:0\"\n[[backend]]\naddress = \"a:1\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.half_close);
+        let c = Config::parse(
+            "listen = \"127.0.0.1:0\"\nhalf_close = false\n[[backend]]\naddress = \"a:1\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(!c.half_close);
+        let e =
+            err("listen = \"127.0.0.1:0\"\nhalf_close = \"no\"\n[[backend]]\naddress = \"a:1\"\n");
+        assert!(e.contains("half_close"), "{e}");
     }
 
     #[test]

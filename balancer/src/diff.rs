@@ -132,6 +132,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         || old.shutdown_grace != new.shutdown_grace
         || old.idle_timeout != new.idle_timeout
         || old.response_timeout != new.response_timeout
+        || old.half_close != new.half_close
         || old.admin_token != new.admin_token;
     d
 }

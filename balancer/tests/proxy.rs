@@ -308,3 +308,80 @@ async fn half_close_is_passed_on_and_large_payloads_arrive_whole() {
     assert_eq!(answer, format!("got 300000 sum {sum}").repeat(5000));
     lb.shutdown().await;
 }
+
+/// A backend that reads until the client's EOF, reports what it got, then
+/// answers: an answer that only a passed-on half-close lets through.
+async fn answer_after_eof_backend() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = backend.local_addr().unwrap().to_string();
+    let (got_tx, got_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = backend.accept().await else {
+                return;
+            };
+            let got_tx = got_tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                let _ = got_tx.send(got);
+                // May fail: without half-close the balancer has closed.
+                let _ = s.write_all(b"late answer").await;
+            });
+        }
+    });
+    (address, got_rx)
+}
+
+/// Client: send `hello`, half-close, read until EOF.
+async fn hello_then_half_close(lb: &Lb) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut client = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    client.write_all(b"hello").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends")
+        .expect("an orderly close, not a reset");
+    answer
+}
+
+/// `half_close = false` (Nginx's `proxy_half_close off`): the client's EOF
+/// closes both sides. The backend reads the client's bytes and then EOF,
+/// and the client gets EOF without the backend's late answer. With the
+/// default (`true`) the same exchange passes the half-close on and the
+/// answer comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_half_close_the_first_eof_closes_both_sides() {
+    let (address, mut got) = answer_after_eof_backend().await;
+
+    let toml = config_toml("[health]\nkind = \"tcp\"", &[(&address, 1)]);
+    let lb = Lb::start(&toml, false).await;
+    assert_eq!(hello_then_half_close(&lb).await, b"late answer");
+    assert_eq!(got.recv().await.unwrap(), b"hello");
+    lb.shutdown().await;
+
+    let toml = config_toml(
+        "half_close = false\n[health]\nkind = \"tcp\"",
+        &[(&address, 1)],
+    );
+    let lb = Lb::start(&toml, false).await;
+    assert_eq!(
+        hello_then_half_close(&lb).await,
+        b"",
+        "no answer after the EOF"
+    );
+    let seen = tokio::time::timeout(Duration::from_secs(10), got.recv())
+        .await
+        .expect("the backend saw EOF: its side was closed too")
+        .unwrap();
+    assert_eq!(seen, b"hello");
+    // Nothing was left open: the balancer holds no connection any more.
+    assert!(
+        wait_until(WAIT, || lb.status().backends[0].active == 0).await,
+        "the balancer still holds the connection"
+    );
+    lb.shutdown().await;
+}

@@ -23,6 +23,9 @@ pub struct Cli {
     pub scenario: Scenario,
 }
 
+// Parsed once per process: the size of the largest variant (`proxy`'s
+// options) costs nothing, and boxing would only clutter the clap derive.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Subcommand)]
 pub enum Scenario {
     /// Register N users (rate and latency of REGISTER at the server's
@@ -154,6 +157,11 @@ pub enum Scenario {
         /// (no resumption): the connect test measures handshakes/s.
         #[arg(long)]
         tls: bool,
+        /// A top-level lb.toml line added to the balancer's generated
+        /// config, e.g. 'half_close = false' (Nginx's own default); may
+        /// be given more than once.
+        #[arg(long = "balancer-setting", value_name = "LINE")]
+        balancer_settings: Vec<String>,
     },
 }
 

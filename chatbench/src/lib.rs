@@ -75,6 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Vec<RunReport>> {
             tests,
             markdown,
             tls,
+            balancer_settings,
         } => {
             // Its own summary (medians per test and target, ratios) replaces
             // the generic median line.
@@ -93,6 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Vec<RunReport>> {
                 tests,
                 markdown,
                 tls,
+                balancer_settings,
             };
             return scenario::proxy::run(&bench, opts).await;
         }

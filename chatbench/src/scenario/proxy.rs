@@ -109,6 +109,8 @@ pub struct Options {
     pub markdown: Option<PathBuf>,
     /// Clients speak TLS, both proxies terminate it (see [`TlsSetup`]).
     pub tls: bool,
+    /// Top-level lines added to the balancer's lb.toml (`--balancer-setting`).
+    pub balancer_settings: Vec<String>,
 }
 
 /// Runtime threads the balancer gets: TOKIO_WORKER_THREADS when set (as
@@ -155,7 +157,17 @@ pub async fn run(bench: &Bench, opts: Options) -> anyhow::Result<Vec<RunReport>>
             Some(p) => p.clone(),
             None => default_balancer_bin()?,
         };
-        balancer = Some(Balancer::start(&bin, dir.path(), &echo.addrs, threads, files).await?);
+        balancer = Some(
+            Balancer::start(
+                &bin,
+                dir.path(),
+                &echo.addrs,
+                threads,
+                files,
+                &opts.balancer_settings,
+            )
+            .await?,
+        );
     }
     if opts.targets.contains(&Target::Nginx) {
         nginx = Some(
@@ -228,7 +240,7 @@ pub async fn run(bench: &Bench, opts: Options) -> anyhow::Result<Vec<RunReport>>
     if let Some(path) = &opts.markdown {
         let nginx_version = nginx_version(&opts.nginx_bin);
         let section = summary.markdown(&MarkdownContext {
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            command: shell_words(std::env::args()),
             threads,
             load_before,
             load_after,
@@ -710,12 +722,22 @@ impl Drop for TempDir {
 }
 
 /// The lb.toml the balancer runs with: the echo servers as backends, TCP
-/// health checks, no admin server, no idle timeout.
-pub fn balancer_config(backends: &[SocketAddr], tls: Option<(&Path, &Path)>) -> String {
+/// health checks, no admin server, no idle timeout, and the `settings`
+/// lines (top-level keys, so before the first table).
+pub fn balancer_config(
+    backends: &[SocketAddr],
+    tls: Option<(&Path, &Path)>,
+    settings: &[String],
+) -> String {
     let mut out = String::from(
         "listen = \"127.0.0.1:0\"\nconnect_timeout = \"1s\"\nidle_timeout = \"0s\"\n\
-         shutdown_grace = \"1s\"\n\n[health]\nkind = \"tcp\"\ninterval = \"1s\"\n\
-         timeout = \"500ms\"\nrise = 2\nfall = 3\n",
+         shutdown_grace = \"1s\"\n",
+    );
+    for line in settings {
+        let _ = writeln!(out, "{}", line.trim());
+    }
+    out.push_str(
+        "\n[health]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 3\n",
     );
     if let Some((cert, key)) = tls {
         let _ = write!(
@@ -788,9 +810,10 @@ impl Balancer {
         backends: &[SocketAddr],
         threads: usize,
         tls: Option<(&Path, &Path)>,
+        settings: &[String],
     ) -> anyhow::Result<Self> {
         let conf = dir.join("lb.toml");
-        std::fs::write(&conf, balancer_config(backends, tls))?;
+        std::fs::write(&conf, balancer_config(backends, tls, settings))?;
         let log = std::fs::File::create(dir.join("balancer.log"))?;
         let mut child = tokio::process::Command::new(bin)
             .arg("--config")
@@ -1254,9 +1277,43 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown model".into())
 }
 
+/// The arguments as a shell command to paste back: an argument with a
+/// space or a shell metacharacter is single-quoted
+/// (`--balancer-setting 'half_close = false'`).
+fn shell_words(args: impl IntoIterator<Item = String>) -> String {
+    args.into_iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+            if plain {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recorded_command_quotes_what_the_shell_would_split() {
+        let args = [
+            "chatbench",
+            "proxy",
+            "--balancer-setting",
+            "half_close = false",
+            "it's",
+        ];
+        assert_eq!(
+            shell_words(args.map(String::from)),
+            r"chatbench proxy --balancer-setting 'half_close = false' 'it'\''s'"
+        );
+    }
 
     #[test]
     fn configs_name_every_backend() {
@@ -1264,8 +1321,12 @@ mod tests {
             "127.0.0.1:5001".parse().unwrap(),
             "127.0.0.1:5002".parse().unwrap(),
         ];
-        let lb = balancer_config(&backends, None);
+        let lb = balancer_config(&backends, None, &["half_close = false".into()]);
         assert!(lb.contains("kind = \"tcp\""));
+        assert!(
+            lb.contains("shutdown_grace = \"1s\"\nhalf_close = false\n\n[health]"),
+            "{lb}"
+        );
         assert!(lb.contains("address = \"127.0.0.1:5002\""));
         assert!(!lb.contains("admin"));
         let ng = nginx_config(Some(Path::new("/m.so")), 3, 4000, &backends, None);
@@ -1277,7 +1338,7 @@ mod tests {
         assert!(!nginx_config(None, 1, 1, &backends, None).contains("load_module"));
         assert!(!ng.contains("ssl"));
         let files = Some((Path::new("/c.pem"), Path::new("/k.pem")));
-        let lb = balancer_config(&backends, files);
+        let lb = balancer_config(&backends, files, &[]);
         assert!(
             lb.contains("[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\""),
             "{lb}"
