@@ -134,10 +134,10 @@ impl PasswordHasher {
 
 /// How much less a hashing thread counts for the kernel's scheduler than
 /// a thread serving connections (a nice value: 10 weighs about a tenth of
-/// 0). A login storm then takes the CPU chat leaves idle, not the CPU chat
-/// needs: without it, with as many hashing threads as cores, chat latency
-/// during a storm doubled. Hashing is never starved: a busy server still
-/// gives it its share.
+/// 0). A login storm then takes the CPU chat leaves idle rather than the
+/// CPU chat needs (measured in docs/BENCHMARKS.md: it helps, but the
+/// storm's own database work still slows chat). Hashing is never starved:
+/// a busy server still gives it its share.
 const HASHING_NICE: i32 = 10;
 
 /// Gives the calling thread [`HASHING_NICE`]. On Linux `setpriority` with
