@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_FRAME: usize = protocol::DEFAULT_MAX_FRAME;
 /// OWASP's minimum recommendation for argon2id: 19 MiB, 2 passes, 1 lane.
 pub const DEFAULT_HASH_MEMORY_KIB: u32 = 19 * 1024;
 pub const DEFAULT_HASH_ITERATIONS: u32 = 2;
+/// A login storm takes the CPU chat leaves idle (hasher.rs).
+pub const DEFAULT_HASH_NICE: i32 = 10;
 pub const DEFAULT_LOGIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_V2_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEFAULT_FRAME_STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -105,6 +107,11 @@ pub struct Args {
     /// Threads that may hash passwords at once [default: number of CPUs]
     #[arg(long, env = "CHAT_HASH_THREADS", value_name = "N")]
     pub hash_threads: Option<usize>,
+    /// Nice value of the hashing threads, 0 to 19: how much less they count
+    /// than the threads serving chat. 0 on a host shared with other busy
+    /// processes, where a lower priority would slow logins [default 10]
+    #[arg(long, env = "CHAT_HASH_NICE", value_name = "N")]
+    pub hash_nice: Option<i32>,
     /// Close a connection not logged in this long after it connected (or
     /// logged out), whatever it sends [default 10m]
     #[arg(long, env = "CHAT_LOGIN_IDLE_TIMEOUT", value_name = "DURATION")]
@@ -364,6 +371,7 @@ pub struct Config {
     pub max_frame: usize,
     pub hash_cost: HashCost,
     pub hash_threads: usize,
+    pub hash_nice: i32,
     pub login_idle_timeout: Duration,
     pub v2_idle_timeout: Duration,
     pub frame_stall_timeout: Duration,
@@ -426,6 +434,7 @@ impl std::fmt::Debug for Config {
             .field("max_frame", &self.max_frame)
             .field("hash_cost", &self.hash_cost)
             .field("hash_threads", &self.hash_threads)
+            .field("hash_nice", &self.hash_nice)
             .field("login_idle_timeout", &self.login_idle_timeout)
             .field("v2_idle_timeout", &self.v2_idle_timeout)
             .field("frame_stall_timeout", &self.frame_stall_timeout)
@@ -465,6 +474,7 @@ impl Default for Config {
             max_frame: DEFAULT_MAX_FRAME,
             hash_cost: HashCost::default(),
             hash_threads: default_threads(),
+            hash_nice: DEFAULT_HASH_NICE,
             login_idle_timeout: DEFAULT_LOGIN_IDLE_TIMEOUT,
             v2_idle_timeout: DEFAULT_V2_IDLE_TIMEOUT,
             frame_stall_timeout: DEFAULT_FRAME_STALL_TIMEOUT,
@@ -524,6 +534,7 @@ impl Config {
                 iterations: args.hash_iterations.unwrap_or(DEFAULT_HASH_ITERATIONS),
             },
             hash_threads: args.hash_threads.unwrap_or(defaults.hash_threads),
+            hash_nice: args.hash_nice.unwrap_or(defaults.hash_nice),
             login_idle_timeout: duration(
                 "login-idle-timeout",
                 args.login_idle_timeout,
@@ -671,6 +682,9 @@ impl Config {
         }
         if self.hash_threads == 0 {
             return invalid("hash-threads", "must be at least 1");
+        }
+        if !(0..=19).contains(&self.hash_nice) {
+            return invalid("hash-nice", "must be between 0 and 19");
         }
         if self.worker_threads == 0 {
             return invalid("worker-threads", "must be at least 1");
@@ -822,6 +836,7 @@ mod tests {
         assert_eq!(config.database_url, defaults.database_url);
         assert_eq!(config.max_frame, defaults.max_frame);
         assert_eq!(config.hash_cost, defaults.hash_cost);
+        assert_eq!(config.hash_nice, defaults.hash_nice);
         assert_eq!(config.login_idle_timeout, defaults.login_idle_timeout);
         assert_eq!(config.v2_idle_timeout, defaults.v2_idle_timeout);
         assert_eq!(config.frame_stall_timeout, defaults.frame_stall_timeout);
@@ -835,6 +850,16 @@ mod tests {
         assert_eq!(config.ws_listen, Some("127.0.0.1:7000".parse().unwrap()));
         assert_eq!(config.ws_allowed_origins, defaults.ws_allowed_origins);
         assert_eq!(config.ws_ping_interval, defaults.ws_ping_interval);
+    }
+
+    #[test]
+    fn the_hashing_nice_value_is_one_the_kernel_accepts() {
+        assert_eq!(parse(&[]).unwrap().hash_nice, 10);
+        assert_eq!(parse(&["--hash-nice", "0"]).unwrap().hash_nice, 0);
+        for bad in ["--hash-nice=20", "--hash-nice=-1"] {
+            let message = parse(&[bad]).unwrap_err().to_string();
+            assert!(message.contains("hash-nice"), "{message}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::sync::{mpsc, Arc, Mutex};
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{Output, PasswordHash, PasswordHasher as _, SaltString};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -31,8 +31,9 @@ pub struct PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// Starts `threads` hashing threads; they end when the last clone is dropped.
-    pub fn new(cost: HashCost, threads: usize) -> Self {
+    /// Starts `threads` hashing threads at nice value `nice` (see
+    /// [`lower_priority`]); they end when the last clone is dropped.
+    pub fn new(cost: HashCost, threads: usize, nice: i32) -> Self {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for index in 0..threads {
@@ -40,7 +41,7 @@ impl PasswordHasher {
             let spawned = std::thread::Builder::new()
                 .name(format!("hasher-{index}"))
                 .spawn(move || {
-                    lower_priority();
+                    lower_priority(nice);
                     let mut memory = Vec::new();
                     loop {
                         let job = queue.lock().expect("hasher queue lock").recv();
@@ -72,15 +73,36 @@ impl PasswordHasher {
     /// A PHC string (`$argon2id$v=19$m=...`) for a new password.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let cost = self.cost;
-        self.on_pool(move |_memory| {
+        // In the thread's own work area, as verifications: argon2's
+        // `hash_password` allocates its 19 MiB per call, and after a storm
+        // of registrations the allocator kept hundreds of MB of them.
+        self.on_pool(move |memory| {
             let params =
                 Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(hash_error)?;
-            let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
             let salt = SaltString::generate(&mut OsRng);
-            argon
-                .hash_password(password.as_bytes(), &salt)
-                .map(|hash| hash.to_string())
-                .map_err(hash_error)
+            let mut salt_buffer = [0u8; 64];
+            let raw_salt = salt
+                .as_salt()
+                .decode_b64(&mut salt_buffer)
+                .map_err(hash_error)?;
+            memory.resize(params.block_count(), Block::default());
+            let mut output = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+                .hash_password_into_with_memory(
+                    password.as_bytes(),
+                    raw_salt,
+                    &mut output,
+                    &mut memory[..],
+                )
+                .map_err(hash_error)?;
+            let phc = PasswordHash {
+                algorithm: Algorithm::Argon2id.ident(),
+                version: Some(Version::V0x13.into()),
+                params: ParamsString::try_from(&params).map_err(hash_error)?,
+                salt: Some(salt.as_salt()),
+                hash: Some(Output::new(&output).map_err(hash_error)?),
+            };
+            Ok(phc.to_string())
         })
         .await
     }
@@ -132,24 +154,27 @@ impl PasswordHasher {
     }
 }
 
-/// How much less a hashing thread counts for the kernel's scheduler than
-/// a thread serving connections (a nice value: 10 weighs about a tenth of
-/// 0). A login storm then takes the CPU chat leaves idle rather than the
-/// CPU chat needs (measured in docs/BENCHMARKS.md: it helps, but the
-/// storm's own database work still slows chat). Hashing is never starved:
-/// a busy server still gives it its share.
-const HASHING_NICE: i32 = 10;
-
-/// Gives the calling thread [`HASHING_NICE`]. On Linux `setpriority` with
-/// a thread id applies to that thread alone; lowering one's own priority
-/// needs no privilege.
-fn lower_priority() {
+/// Makes the calling (hashing) thread count `nice` less for the kernel's
+/// scheduler than the threads serving connections (10 weighs about a tenth
+/// of 0; `--hash-nice`). A login storm then takes the CPU chat leaves idle
+/// rather than the CPU chat needs (measured in docs/BENCHMARKS.md: it
+/// helps, but the storm's own database work still slows chat). Within the
+/// server hashing is never starved; other busy processes on the host do
+/// come first, hence the option. On Linux `setpriority` with a thread id
+/// applies to that thread alone; lowering one's own priority needs no
+/// privilege.
+fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
-    if let Err(error) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASHING_NICE)
-    {
-        tracing::warn!(%error, "cannot lower the priority of a hashing thread");
+    if nice != 0 {
+        // Relative to the server's own nice value: setpriority sets, not adds.
+        let thread = Some(rustix::thread::gettid());
+        let current = rustix::process::getpriority_process(thread).unwrap_or(0);
+        if let Err(error) = rustix::process::setpriority_process(thread, (current + nice).min(19)) {
+            tracing::warn!(%error, "cannot lower the priority of a hashing thread");
+        }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// Counts a job in the queue gauge while it waits, even if its future is
@@ -208,6 +233,7 @@ fn verify_with(memory: &mut Vec<Block>, password: &[u8], stored: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::PasswordHasher as _;
     use argon2::PasswordVerifier;
 
     #[cfg(target_os = "linux")]
@@ -219,6 +245,7 @@ mod tests {
                 iterations: 1,
             },
             2,
+            10,
         );
         let ours = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
         for _ in 0..4 {
@@ -229,7 +256,7 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            assert_eq!(theirs, (ours + HASHING_NICE).min(19));
+            assert_eq!(theirs, (ours + 10).min(19));
         }
     }
 
@@ -241,9 +268,15 @@ mod tests {
                 iterations: 1,
             },
             1,
+            0,
         );
         let hash = hasher.hash("s3cret".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
+        // Readable by argon2's own verifier, not only ours.
+        let parsed = PasswordHash::new(&hash).unwrap();
+        assert!(Argon2::default()
+            .verify_password(b"s3cret", &parsed)
+            .is_ok());
         assert!(hasher.verify("s3cret".into(), hash.clone()).await.unwrap());
         assert!(!hasher.verify("S3cret".into(), hash.clone()).await.unwrap());
         assert!(!hasher.verify(String::new(), hash).await.unwrap());
@@ -263,7 +296,7 @@ mod tests {
             .to_string();
         let parsed = PasswordHash::new(&reference).unwrap();
         assert!(Argon2::default().verify_password(b"pa55", &parsed).is_ok());
-        let hasher = PasswordHasher::new(HashCost::default(), 2);
+        let hasher = PasswordHasher::new(HashCost::default(), 2, 0);
         assert!(hasher
             .verify("pa55".into(), reference.clone())
             .await

@@ -174,7 +174,7 @@ impl Server {
             token_ttl: config.token_ttl,
             store,
             registry: Registry::default(),
-            hasher: PasswordHasher::new(config.hash_cost, config.hash_threads)
+            hasher: PasswordHasher::new(config.hash_cost, config.hash_threads, config.hash_nice)
                 .observed(metrics.hash.clone()),
             guard: Guard::new(
                 config,
