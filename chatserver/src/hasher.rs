@@ -6,7 +6,7 @@
 use std::sync::{mpsc, Arc, Mutex};
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -79,28 +79,25 @@ impl PasswordHasher {
         self.on_pool(move |memory| {
             let params =
                 Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(hash_error)?;
+            let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
             let salt = SaltString::generate(&mut OsRng);
-            let mut salt_buffer = [0u8; 64];
-            let raw_salt = salt
-                .as_salt()
-                .decode_b64(&mut salt_buffer)
-                .map_err(hash_error)?;
-            memory.resize(params.block_count(), Block::default());
-            let mut output = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
-            Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-                .hash_password_into_with_memory(
-                    password.as_bytes(),
-                    raw_salt,
-                    &mut output,
-                    &mut memory[..],
-                )
-                .map_err(hash_error)?;
+            let output_len = argon
+                .params()
+                .output_len()
+                .unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+            let output = compute(
+                memory,
+                &argon,
+                password.as_bytes(),
+                salt.as_salt(),
+                output_len,
+            )?;
             let phc = PasswordHash {
                 algorithm: Algorithm::Argon2id.ident(),
                 version: Some(Version::V0x13.into()),
-                params: ParamsString::try_from(&params).map_err(hash_error)?,
+                params: ParamsString::try_from(argon.params()).map_err(hash_error)?,
                 salt: Some(salt.as_salt()),
-                hash: Some(Output::new(&output).map_err(hash_error)?),
+                hash: Some(output),
             };
             Ok(phc.to_string())
         })
@@ -215,19 +212,35 @@ fn verify_with(memory: &mut Vec<Block>, password: &[u8], stored: &str) -> Result
     let expected = parsed
         .hash
         .ok_or_else(|| hash_error("stored hash has no output"))?;
-    let mut salt_buffer = [0u8; 64];
     let salt = parsed
         .salt
-        .ok_or_else(|| hash_error("stored hash has no salt"))?
-        .decode_b64(&mut salt_buffer)
-        .map_err(hash_error)?;
-    memory.resize(params.block_count(), Block::default());
-    let mut output = vec![0u8; expected.len()];
-    Argon2::new(algorithm, version, params)
-        .hash_password_into_with_memory(password, salt, &mut output, &mut memory[..])
-        .map_err(hash_error)?;
-    let computed = Output::new(&output).map_err(hash_error)?;
+        .ok_or_else(|| hash_error("stored hash has no salt"))?;
+    let argon = Argon2::new(algorithm, version, params);
+    let computed = compute(memory, &argon, password, salt, expected.len())?;
     Ok(computed == expected)
+}
+
+/// Runs `argon` in the hashing thread's work area `memory`, grown to the
+/// cost's size and kept for the next job: the one place argon2 gets its
+/// memory, for new hashes and verifications alike.
+fn compute(
+    memory: &mut Vec<Block>,
+    argon: &Argon2<'_>,
+    password: &[u8],
+    salt: Salt<'_>,
+    output_len: usize,
+) -> Result<Output, HashError> {
+    let mut salt_buffer = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_buffer).map_err(hash_error)?;
+    memory.resize(argon.params().block_count(), Block::default());
+    let mut output = [0u8; Output::MAX_LENGTH];
+    let output = output
+        .get_mut(..output_len)
+        .ok_or_else(|| hash_error("hash output too long"))?;
+    argon
+        .hash_password_into_with_memory(password, salt, output, &mut memory[..])
+        .map_err(hash_error)?;
+    Output::new(output).map_err(hash_error)
 }
 
 #[cfg(test)]
