@@ -277,11 +277,14 @@ impl Server {
                         peer,
                         next_conn_id,
                         session::Shutdown {
-                            // Clones, not child tokens: nothing cancels
-                            // one session alone, and a child is a 120-byte
-                            // allocation for every connection.
-                            drain: drain.clone(),
-                            stop: stop.clone(),
+                            // Children, not clones, though nothing cancels
+                            // one session alone: a session polls these on
+                            // every wake-up, and each poll locks its token;
+                            // one token shared by all sessions would be a
+                            // lock contended by every worker thread. A
+                            // child costs 120 bytes per connection.
+                            drain: drain.child_token(),
+                            stop: stop.child_token(),
                         },
                         Listener {
                             serves,
