@@ -10,7 +10,8 @@
 #
 # Environment: A_BIN, B_BIN (required; the same path twice measures one
 # build), ROUNDS (3), IDLE_CONNECTIONS (19000: one process may hold 20,000
-# descriptors here), PAIRS (100), DURATION (10s), OUT (bench-idle.jsonl).
+# descriptors here), PAIRS (100), DURATION (in seconds: 10s), OUT
+# (bench-idle.jsonl, appended to; the medians are of this invocation).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -34,7 +35,9 @@ LIFT=(--register-per-address 1000000 --max-connections 1000000
 # ports to spare between runs (TIME_WAIT).
 SOURCES="$(echo 127.0.0.{1..12} | tr ' ' ',')"
 USERS="$BENCH_WORK/idle.users"
-label() { jq -c --arg name "$1" '. + {label: $name}' | tee -a "$OUT"; }
+# This invocation's lines, for its medians ($OUT keeps earlier runs too).
+RUNS_FILE="$BENCH_WORK/runs.jsonl"
+label() { jq -c --arg name "$1" '. + {label: $name}' | tee -a "$OUT" "$RUNS_FILE"; }
 
 echo "# $(date -u +%FT%TZ) $(nproc) cpus, $(uptime)" >&2
 for round in $(seq "$ROUNDS"); do
@@ -69,8 +72,8 @@ done
 
 echo "medians:" >&2
 for label in A-idle B-idle; do
-    jq -s --arg l "$label" '[.[] | select(.label == $l) | .rss_per_conn_kib] | sort | .[length/2|floor] | "\($l): \(.) KiB per idle connection"' "$OUT"
+    jq -s --arg l "$label" '[.[] | select(.label == $l) | .rss_per_conn_kib] | sort | .[length/2|floor] | "\($l): \(.) KiB per idle connection"' "$RUNS_FILE"
 done
 for label in A-chat-beside-idle B-chat-beside-idle; do
-    jq -s --arg l "$label" '[.[] | select(.label == $l)] | sort_by(.per_s) | .[length/2|floor] | "\($l): \(.per_s)/s p99 \(.latency.p99_us/1000) ms"' "$OUT"
+    jq -s --arg l "$label" '[.[] | select(.label == $l)] | sort_by(.per_s) | .[length/2|floor] | "\($l): \(.per_s)/s p99 \(.latency.p99_us/1000) ms"' "$RUNS_FILE"
 done
