@@ -117,7 +117,14 @@ async fn retry_releases(ctx: &Context, cluster: &RedisBus) {
 }
 
 /// Receives frames for this server, reconnecting with backoff.
+///
+/// The subscription is probed with a PING as often as the heartbeat beats:
+/// waiting for frames alone would not notice a connection that died without
+/// a FIN or RST (a paused or partitioned Redis), nor one whose end the
+/// client library reports late, and frames meant for this server would go
+/// unheard until the next login reads the inbox.
 async fn subscriber(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: CancellationToken) {
+    let probe_period = cluster.lease / 3;
     let mut delay = Duration::from_millis(100);
     let mut first = true;
     loop {
@@ -133,6 +140,7 @@ async fn subscriber(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: Cancellatio
         match pubsub {
             Ok(pubsub) => {
                 tracing::info!("subscribed to cluster channels");
+                ctx.metrics.subscribed(true);
                 if !std::mem::take(&mut first) {
                     ctx.metrics.subscription_reset();
                 }
@@ -141,16 +149,31 @@ async fn subscriber(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: Cancellatio
                 // missed, while we were not listening.
                 ctx.directory.clear_groups();
                 catch_up_everyone(&ctx);
-                let mut messages = pubsub.into_on_message();
+                let (mut sink, mut messages) = pubsub.split();
+                let mut probes = tokio::time::interval_at(
+                    tokio::time::Instant::now() + probe_period,
+                    probe_period,
+                );
+                probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    let message = tokio::select! {
+                    tokio::select! {
                         _ = stop.cancelled() => return,
-                        message = messages.next() => message,
-                    };
-                    let Some(message) = message else { break };
-                    handle_frame(&ctx, message.get_payload_bytes());
+                        message = messages.next() => match message {
+                            Some(message) => handle_frame(&ctx, message.get_payload_bytes()),
+                            None => {
+                                tracing::error!("lost the cluster subscription; reconnecting");
+                                break;
+                            }
+                        },
+                        _ = probes.tick() => {
+                            if let Err(error) = bounded(sink.ping::<redis::Value>()).await {
+                                tracing::error!(%error, "the cluster subscription stopped answering; reconnecting");
+                                break;
+                            }
+                        }
+                    }
                 }
-                tracing::error!("lost the cluster subscription; reconnecting");
+                ctx.metrics.subscribed(false);
             }
             Err(error) => {
                 tracing::warn!(%error, ?delay, "cannot subscribe to cluster channels; retrying")

@@ -164,6 +164,7 @@ pub struct Metrics {
     deferrals: Counter,
     closes: Family<ReasonLabel, Counter>,
     subscription_resets: Counter,
+    subscribed: Gauge,
     breaker: Arc<OnceLock<BreakerProbe>>,
     /// Given to the password hasher at start-up.
     pub hash: HashMetrics,
@@ -346,6 +347,12 @@ impl Metrics {
             "Times the cluster subscription was re-established after a loss (every local session then reads its inbox)",
             subscription_resets.clone(),
         );
+        let subscribed = Gauge::default();
+        registry.register(
+            "cluster_subscribed",
+            "1 while the cluster subscription is up (this server hears the others), 0 otherwise and on a single server",
+            subscribed.clone(),
+        );
         let breaker: Arc<OnceLock<BreakerProbe>> = Arc::default();
         registry.register_collector(Box::new(BreakerCollector(breaker.clone())));
         registry.register(
@@ -372,6 +379,7 @@ impl Metrics {
             deferrals,
             closes,
             subscription_resets,
+            subscribed,
             breaker,
             hash,
             admin,
@@ -479,6 +487,11 @@ impl Metrics {
     /// The cluster subscription was lost and is back.
     pub fn subscription_reset(&self) {
         self.subscription_resets.inc();
+    }
+
+    /// The cluster subscription is up (`true`) or lost.
+    pub fn subscribed(&self, up: bool) {
+        self.subscribed.set(i64::from(up));
     }
 
     /// A request failed on a dependency.

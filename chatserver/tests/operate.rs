@@ -406,6 +406,18 @@ async fn wait_for_ready(admin: SocketAddr, code: u16, needle: &str) {
     }
 }
 
+async fn wait_for_metric(admin: SocketAddr, key: &str, value: f64) {
+    let deadline = Deadline::after(WAIT);
+    loop {
+        let got = scrape(admin).await.get(key).copied();
+        if got == Some(value) {
+            return;
+        }
+        assert!(!deadline.passed(), "{key} is {got:?}, not {value}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// In cluster mode `/readyz` also needs Redis: 503 naming it once the
 /// heartbeat finds it gone, 200 again once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,6 +440,9 @@ async fn readyz_follows_redis_in_cluster_mode() {
         ],
     );
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    // Ready needs the heartbeat only: a loss of Redis before the first
+    // subscription would not count as a reset.
+    wait_for_metric(admin, "chatserver_cluster_subscribed", 1.0).await;
     let before = scrape(admin).await;
     assert_eq!(before["chatserver_cluster_breaker_open"], 0.0);
     assert!(before["chatserver_redis_call_seconds_count{op=\"beat\"}"] >= 1.0);
@@ -459,6 +474,53 @@ async fn readyz_follows_redis_in_cluster_mode() {
             break;
         }
         assert!(!deadline.passed(), "subscription never reset");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Redis that goes silent without closing its connections (SIGSTOP, as a
+/// frozen host or a cut network would) is noticed by the subscriber's
+/// probe: once Redis answers again the server has subscribed anew, rather
+/// than waiting on a connection that might never speak again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_makes_the_subscriber_subscribe_again() {
+    let dir = temp_dir("op-silent-redis");
+    let port = free_port();
+    let redis = testkit::redis::RedisServer::start(port);
+    let url = testkit::run::fresh_mariadb_url();
+    let (_child, _addr, admin) = start_with_admin(
+        &dir,
+        &[
+            "--database-url",
+            &url,
+            "--redis-url",
+            &redis.url(),
+            "--redis-prefix",
+            &testkit::run::redis_prefix(),
+            "--presence-lease",
+            "1500ms",
+        ],
+    );
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    wait_for_metric(admin, "chatserver_cluster_subscribed", 1.0).await;
+    let before = scrape(admin).await;
+    redis.pause();
+    // A probe period (500 ms) plus the 2 s call timeout.
+    wait_for_metric(admin, "chatserver_cluster_subscribed", 0.0).await;
+    redis.resume();
+    wait_for_ready(admin, 200, "ready").await;
+    let deadline = Deadline::after(WAIT);
+    loop {
+        let back = scrape(admin).await;
+        if moved(
+            &before,
+            &back,
+            "chatserver_cluster_subscription_resets_total",
+        ) >= 1.0
+        {
+            break;
+        }
+        assert!(!deadline.passed(), "the silent subscription was kept");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

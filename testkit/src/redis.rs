@@ -48,4 +48,15 @@ impl RedisServer {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+
+    /// SIGSTOP: its connections stay open and go silent, as when its host
+    /// freezes or the network between is cut.
+    pub fn pause(&self) {
+        self.process.signal("STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.process.signal("CONT");
+    }
 }
