@@ -379,18 +379,28 @@ async fn a_connection_end_is_one_json_line() {
 }
 
 /// `/readyz` answers 503 naming the database while MariaDB is cut off, and
-/// 200 again once it is back; `/healthz` stays 200 throughout.
+/// 200 again once it is back; `/healthz` stays 200 throughout. The cut
+/// closed every pooled connection: the first requests after it must get
+/// new ones, not fail on the dead ones (the pool checks a connection that
+/// has been idle before handing it out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_database() {
     let dir = temp_dir("op-ready");
     let (relay, url) = mariadb_relay().await;
-    let (_child, _addr, admin) = start_with_admin(&dir, &["--database-url", &url]);
+    let (_child, addr, admin) = start_with_admin(&dir, &["--database-url", &url]);
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    let (mut alice, alice_id) = Client::user(addr, "alice").await;
     relay.cut();
     wait_for_ready(admin, 503, "database").await;
     assert_eq!(http_get(admin, "/healthz").await.0, 200);
     relay.restore();
     wait_for_ready(admin, 200, "ready").await;
+    let (mut bob, bob_id) = Client::user(addr, "bob").await;
+    alice.chat(bob_id, "after the cut").await;
+    assert_eq!(bob.recv_chat().await.msg, "after the cut");
+    let mut carol = Client::connect(addr).await;
+    let refused = carol.call(&req::login(alice_id, "wrong")).await;
+    assert!(matches!(refused, Reply::Error(ref f) if f.errno == Errno::BadCredentials));
 }
 
 /// Polls `/readyz` (within 20 s) until it answers `code` with `needle` in the body.

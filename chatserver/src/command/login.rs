@@ -23,7 +23,7 @@ use crate::mailbox::mailbox;
 use crate::notices;
 use crate::rate_limit::PER_CONNECTION;
 use crate::refusals::Refusal;
-use crate::store::GroupMemberRow;
+use crate::store::{Counters, GroupMemberRow};
 use crate::tokens::{new_token, token_hash};
 
 pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> Outcome {
@@ -98,13 +98,16 @@ pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> O
     }
     let version = session.version;
     let loaded = async {
-        let mut ack = load_login(ctx, id, name.clone()).await?;
+        ctx.writer.presence(id, true).await;
+        let reads = ctx.store.login_reads(id).await?;
+        let mut ack = login_ack(ctx, id, name.clone(), reads.friends, reads.groups).await?;
         let token = match (version, presented_token) {
             (Version::V1, _) => None,
             (Version::V2, Some(token)) => Some(token),
             (Version::V2, None) => Some(issue_token(ctx, id).await?),
         };
-        let cursor = read_inbox_start(ctx, id, version, login.since, &mut ack).await?;
+        let cursor =
+            read_inbox_start(ctx, id, version, login.since, reads.counters, &mut ack).await?;
         ack.token = token;
         Ok::<_, Unavailable>((ack, cursor))
     }
@@ -169,9 +172,9 @@ async fn read_inbox_start(
     id: i64,
     version: Version,
     since: Option<i64>,
+    counters: Counters,
     ack: &mut LoginAck,
 ) -> Result<InboxCursor, Unavailable> {
-    let counters = ctx.store.inbox_counters(id).await?;
     match version {
         Version::V2 => {
             let held = since.unwrap_or(0).clamp(
@@ -260,11 +263,15 @@ pub(super) async fn group_of(
     Ok(group_entries(rows, presence).into_iter().next())
 }
 
-/// Friends and groups with presence; the inbox is read separately.
-async fn load_login(ctx: &Context, id: i64, name: Arc<str>) -> Result<LoginAck, Unavailable> {
-    ctx.writer.presence(id, true).await;
-    let friends = ctx.store.friends(id).await?;
-    let members = ctx.store.groups_of(id).await?;
+/// The LOGIN_ACK's friends and groups, with presence; the inbox part is
+/// filled in by [`read_inbox_start`].
+async fn login_ack(
+    ctx: &Context,
+    id: i64,
+    name: Arc<str>,
+    friends: Vec<(i64, String)>,
+    members: Vec<GroupMemberRow>,
+) -> Result<LoginAck, Unavailable> {
     let mut ids: Vec<i64> = friends.iter().map(|(id, _)| *id).collect();
     ids.extend(members.iter().map(|m| m.user_id));
     ids.retain(|id| !ctx.registry.is_online(*id));

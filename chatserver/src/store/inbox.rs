@@ -15,7 +15,6 @@ use sqlx::{Any, QueryBuilder, Row, Transaction};
 use super::{
     is_unique_violation, long_text, placeholders, update_states, Dialect, Store, INSERT_CHUNK,
 };
-use crate::calls::CallTimer;
 use crate::error::StoreError;
 
 /// A message to store: its body once, whoever receives it.
@@ -78,7 +77,7 @@ pub struct TokenOwner {
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
     dialect: Dialect,
-    calls: CallTimer,
+    calls: super::health::StoreCalls,
 }
 
 impl Store {
@@ -89,22 +88,6 @@ impl Store {
             dialect: self.dialect,
             calls: self.calls.clone(),
         })
-    }
-
-    /// The user's counters (zero for a user who never received anything).
-    pub async fn inbox_counters(&self, user_id: i64) -> Result<Counters, StoreError> {
-        self.calls.time("inbox_counters", async {
-        let row = sqlx::query(
-            "SELECT last_seq, delivered_seq, pending_count, pending_bytes FROM inboxes WHERE user_id = ?",
-        )
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row
-            .map(|row| counters(&row, 0))
-            .transpose()?
-            .unwrap_or_default())
-        }).await
     }
 
     /// Inbox messages after `after_seq`, oldest first, at most `limit`.
@@ -300,6 +283,23 @@ impl Store {
             })
             .await
     }
+}
+
+/// The user's counters (zero for a user who never received anything).
+pub(super) async fn counters_of(
+    conn: &mut sqlx::AnyConnection,
+    user_id: i64,
+) -> Result<Counters, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT last_seq, delivered_seq, pending_count, pending_bytes FROM inboxes WHERE user_id = ?",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row
+        .map(|row| counters(&row, 0))
+        .transpose()?
+        .unwrap_or_default())
 }
 
 fn counters(row: &sqlx::any::AnyRow, first: usize) -> Result<Counters, sqlx::Error> {

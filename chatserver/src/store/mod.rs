@@ -12,7 +12,9 @@ use sqlx::{Any, AnyPool, Row};
 use crate::calls::CallTimer;
 use crate::config::{mask_url, SqliteSync};
 use crate::error::StoreError;
+use health::{Blips, StoreCalls};
 
+mod health;
 mod inbox;
 
 pub use inbox::{Confirmation, Counters, InboxRow, NewMessage, StoredPush, TokenOwner, WriteTx};
@@ -93,8 +95,9 @@ pub struct Store {
     probe: AnyPool,
     dialect: Dialect,
     sync: SqliteSync,
-    /// Times every call below (the metrics' database latency and errors).
-    calls: CallTimer,
+    /// Times every call below (the metrics' database latency and errors)
+    /// and notes connection failures (which pooled connections to check).
+    calls: StoreCalls,
 }
 
 fn now_ms() -> i64 {
@@ -150,7 +153,8 @@ impl Store {
         if dialect == Dialect::MySql && !Any::database_exists(url).await? {
             Any::create_database(url).await?;
         }
-        let pool = Self::pool_options(dialect, sync, 16, 8)
+        let calls = StoreCalls::default();
+        let pool = Self::pool_options(dialect, sync, &calls.blips, 16, 8)
             .connect(url)
             .await?;
         match dialect {
@@ -161,7 +165,8 @@ impl Store {
         // for a pooled one, and on SQLite the one writer's page cache stays
         // warm (a pooled connection's cache is dropped whenever another one
         // wrote).
-        let mut writes = Self::pool_options(dialect, sync, WRITER_SHARDS_MYSQL as u32, 1);
+        let mut writes =
+            Self::pool_options(dialect, sync, &calls.blips, WRITER_SHARDS_MYSQL as u32, 1);
         if dialect == Dialect::MySql {
             // Row locks only: under REPEATABLE READ a confirmation's range
             // DELETE on one user's inbox rows also locked the gap before the
@@ -181,29 +186,45 @@ impl Store {
         let writes = writes.connect(url).await?;
         // Readiness checks' own connection: a pool busy with a login burst
         // is not a database that is away.
-        let probe = Self::pool_options(dialect, sync, 1, 1).connect_lazy(url)?;
+        let probe = Self::pool_options(dialect, sync, &calls.blips, 1, 1).connect_lazy(url)?;
         Ok(Store {
             pool,
             writes,
             probe,
             dialect,
             sync,
-            calls: CallTimer::default(),
+            calls,
         })
     }
 
     /// The same store, reporting each call (by operation) to `calls`.
     pub fn timed(mut self, calls: CallTimer) -> Store {
-        self.calls = calls;
+        self.calls.timer = calls;
         self
     }
 
-    fn pool_options(dialect: Dialect, sync: SqliteSync, mysql: u32, sqlite: u32) -> AnyPoolOptions {
+    fn pool_options(
+        dialect: Dialect,
+        sync: SqliteSync,
+        blips: &Blips,
+        mysql: u32,
+        sqlite: u32,
+    ) -> AnyPoolOptions {
+        let blips = blips.clone();
         let options = AnyPoolOptions::new()
             .acquire_timeout(Duration::from_secs(5))
             .max_connections(match dialect {
                 Dialect::MySql => mysql,
                 Dialect::Sqlite => sqlite,
+            })
+            // See `health` for when a connection is checked before use.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                let trusted = blips.trusts(meta.idle_for);
+                Box::pin(async move {
+                    use sqlx::Connection;
+                    Ok(trusted || conn.ping().await.is_ok())
+                })
             });
         if dialect == Dialect::MySql {
             return options;
@@ -405,23 +426,6 @@ impl Store {
             .await
     }
 
-    pub async fn friends(&self, user_id: i64) -> Result<Vec<(i64, String)>, StoreError> {
-        self.calls
-            .time("friends", async {
-                let rows = sqlx::query(
-                    "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id \
-             WHERE f.user_id = ? ORDER BY u.id",
-                )
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                    .collect()
-            })
-            .await
-    }
-
     /// Creates a group with its creator as first member; `None` when the
     /// name is taken. One transaction: a group never exists without its creator.
     pub async fn create_group(
@@ -515,24 +519,70 @@ impl Store {
     pub async fn groups_of(&self, user_id: i64) -> Result<Vec<GroupMemberRow>, StoreError> {
         self.calls
             .time("groups_of", async {
-                let rows = sqlx::query(
-                    "SELECT g.id, g.name, g.description, u.id, u.name, all_members.role \
-             FROM group_members mine \
-             JOIN chat_groups g ON g.id = mine.group_id \
-             JOIN group_members all_members ON all_members.group_id = g.id \
-             JOIN users u ON u.id = all_members.user_id \
-             WHERE mine.user_id = ? ORDER BY g.id, u.id",
-                )
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(group_member_row)
-                    .collect::<Result<_, _>>()
-                    .map_err(Into::into)
+                let mut conn = self.pool.acquire().await?;
+                Ok(groups_with_members(&mut conn, user_id).await?)
             })
             .await
     }
+
+    /// What a login reads once it holds the user: friends, groups with
+    /// their members, and the inbox counters, on one pooled connection (a
+    /// login wave waits for the pool once per login, not three times).
+    pub async fn login_reads(&self, user_id: i64) -> Result<LoginReads, StoreError> {
+        self.calls
+            .time("login_reads", async {
+                let mut conn = self.pool.acquire().await?;
+                Ok(LoginReads {
+                    friends: friends_of(&mut conn, user_id).await?,
+                    groups: groups_with_members(&mut conn, user_id).await?,
+                    counters: inbox::counters_of(&mut conn, user_id).await?,
+                })
+            })
+            .await
+    }
+}
+
+/// What [`Store::login_reads`] returns.
+pub struct LoginReads {
+    /// (id, name), by id.
+    pub friends: Vec<(i64, String)>,
+    /// One row per (group, member), by group then member.
+    pub groups: Vec<GroupMemberRow>,
+    pub counters: Counters,
+}
+
+async fn friends_of(
+    conn: &mut sqlx::AnyConnection,
+    user_id: i64,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id \
+         WHERE f.user_id = ? ORDER BY u.id",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+async fn groups_with_members(
+    conn: &mut sqlx::AnyConnection,
+    user_id: i64,
+) -> Result<Vec<GroupMemberRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT g.id, g.name, g.description, u.id, u.name, all_members.role \
+         FROM group_members mine \
+         JOIN chat_groups g ON g.id = mine.group_id \
+         JOIN group_members all_members ON all_members.group_id = g.id \
+         JOIN users u ON u.id = all_members.user_id \
+         WHERE mine.user_id = ? ORDER BY g.id, u.id",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(group_member_row).collect()
 }
 
 /// `users.state` of `user_ids`, on `conn` (a pooled connection, or the
