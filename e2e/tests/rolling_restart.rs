@@ -1,5 +1,5 @@
 //! A rolling restart at scale: three `chatserver` processes (MariaDB,
-//! Redis) behind our balancer, 400 (or `ROLLING_CLIENTS`) v2 clients
+//! Redis) behind our balancer, 1,000 (or `ROLLING_CLIENTS`) v2 clients
 //! chatting in pairs, each server in turn sent SIGTERM (it drains: GOAWAY
 //! spread over a 3 s drain period, exit 0) and started again on its port.
 //! The clients resume by token and `since` (testkit's `ResumingClient`,
@@ -28,16 +28,13 @@ use testkit::resume::ResumingClient;
 use testkit::run::{fresh_mariadb_url, redis_prefix, redis_url, temp_dir};
 use tokio::sync::Semaphore;
 
-/// Sender/receiver pairs: 400 clients unless `ROLLING_CLIENTS` says
-/// otherwise. The issue asks for 1,000: `ROLLING_CLIENTS=1000` runs that;
-/// on the shared 2-core test machine (debug build) it loses nothing and
-/// hashes nothing but clients come back later than the drain period + 5 s
-/// (docs/operations.md), so CI runs 400.
+/// Sender/receiver pairs: 1,000 clients (what the operations issue asks
+/// for) unless `ROLLING_CLIENTS` says otherwise.
 fn pairs() -> usize {
     std::env::var("ROLLING_CLIENTS")
         .ok()
         .and_then(|n| n.parse::<usize>().ok())
-        .map_or(200, |n| (n / 10).max(1) * 5)
+        .map_or(500, |n| (n / 10).max(1) * 5)
 }
 const DRAIN: Duration = Duration::from_secs(3);
 /// What the issue allows a client to take to be back, from its server's
