@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Any, QueryBuilder, Row, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, Executor, QueryBuilder, Row};
 
 use super::{
     is_unique_violation, long_text, placeholders, update_states, Dialect, Store, INSERT_CHUNK,
@@ -73,21 +74,45 @@ pub struct TokenOwner {
     pub name: String,
 }
 
-/// One transaction of the writer task.
+/// One transaction of the writer task, on a pooled connection of its own.
+///
+/// It is begun and ended with plain BEGIN and COMMIT rather than through
+/// sqlx's `Transaction`, and a transaction that does not commit takes its
+/// connection with it: the connection is closed, never reused. Through
+/// sqlx's `Transaction`, a COMMIT that failed (SQLite: "database or disk is
+/// full") left the transaction open on the connection, and every later
+/// batch ran inside it (sqlx nests a `begin` in an open transaction as a
+/// SAVEPOINT): the retry found its own uncommitted `cid` and answered
+/// "already stored", and 399 senders got ACKs for messages that were
+/// never committed (chatserver/tests/full_disk.rs).
 pub struct WriteTx {
-    tx: Transaction<'static, Any>,
+    conn: PoolConnection<Any>,
+    committed: bool,
     dialect: Dialect,
     calls: super::health::StoreCalls,
 }
 
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Closing the connection discards whatever the transaction did.
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 impl Store {
     pub async fn begin_writes(&self) -> Result<WriteTx, StoreError> {
-        let tx = self.calls.time("begin", self.writes.begin()).await?;
-        Ok(WriteTx {
-            tx,
+        let conn = self.calls.time("begin", self.writes.acquire()).await?;
+        let mut tx = WriteTx {
+            conn,
+            committed: false,
             dialect: self.dialect,
             calls: self.calls.clone(),
-        })
+        };
+        let calls = tx.calls.clone();
+        calls.time("begin", tx.conn.execute("BEGIN")).await?;
+        Ok(tx)
     }
 
     /// Inbox messages after `after_seq`, oldest first, at most `limit`.
@@ -337,7 +362,7 @@ impl WriteTx {
                         select.push_bind(cid.to_owned());
                         select.push(")");
                     }
-                    for row in select.build().fetch_all(&mut *self.tx).await? {
+                    for row in select.build().fetch_all(&mut *self.conn).await? {
                         found.insert(
                             (row.try_get(0)?, long_text(&row, 1)?),
                             (row.try_get(2)?, long_text(&row, 3)?),
@@ -376,7 +401,7 @@ impl WriteTx {
                         .push_bind(0_i64)
                         .push_bind(0_i64);
                 });
-                insert.build().execute(&mut *self.tx).await?;
+                insert.build().execute(&mut *self.conn).await?;
             }
             found.extend(self.select_counters(&missing).await?);
         }
@@ -403,7 +428,7 @@ impl WriteTx {
             for user in chunk {
                 query = query.bind(*user);
             }
-            for row in query.fetch_all(&mut *self.tx).await? {
+            for row in query.fetch_all(&mut *self.conn).await? {
                 found.insert(row.try_get::<i64, _>(0)?, counters(&row, 1)?);
             }
         }
@@ -436,7 +461,7 @@ impl WriteTx {
                         delete.push(")");
                     }
                     delete.push(" RETURNING user_id, size");
-                    for row in delete.build().fetch_all(&mut *self.tx).await? {
+                    for row in delete.build().fetch_all(&mut *self.conn).await? {
                         let entry = removed.entry(row.try_get(0)?).or_default();
                         entry.0 += 1;
                         entry.1 += row.try_get::<i64, _>(1)?;
@@ -456,7 +481,7 @@ impl WriteTx {
                     sqlx::query("DELETE FROM inbox WHERE user_id = ? AND seq = ?")
                         .bind(row.user_id)
                         .bind(row.seq)
-                        .execute(&mut *self.tx)
+                        .execute(&mut *self.conn)
                         .await?;
                 }
                 Ok(())
@@ -480,7 +505,7 @@ impl WriteTx {
                             .push_bind(message.conversation.clone())
                             .push_bind(message.body.to_string());
                     });
-                    insert.build().execute(&mut *self.tx).await?;
+                    insert.build().execute(&mut *self.conn).await?;
                 }
                 let with_cid: Vec<(&NewMessage, &str)> = messages
                     .iter()
@@ -494,7 +519,7 @@ impl WriteTx {
                             .push_bind(cid.to_string())
                             .push_bind(message.mid);
                     });
-                    match insert.build().execute(&mut *self.tx).await {
+                    match insert.build().execute(&mut *self.conn).await {
                         Ok(_) => {}
                         Err(error) if is_unique_violation(&error) => return Ok(false),
                         Err(error) => return Err(error.into()),
@@ -518,7 +543,7 @@ impl WriteTx {
                             .push_bind(inbox.mid)
                             .push_bind(inbox.size);
                     });
-                    insert.build().execute(&mut *self.tx).await?;
+                    insert.build().execute(&mut *self.conn).await?;
                 }
                 Ok(())
             })
@@ -553,7 +578,7 @@ impl WriteTx {
                     .push_bind(c.pending_bytes);
             });
             insert.push(upsert);
-            insert.build().execute(&mut *self.tx).await?;
+            insert.build().execute(&mut *self.conn).await?;
         }
         Ok(())
         }).await
@@ -564,13 +589,15 @@ impl WriteTx {
         let calls = self.calls.clone();
         calls
             .time("set_online", async {
-                update_states(&mut self.tx, user_ids, online).await
+                update_states(&mut self.conn, user_ids, online).await
             })
             .await
     }
 
-    pub async fn commit(self) -> Result<(), StoreError> {
-        self.calls.time("commit", self.tx.commit()).await?;
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        let calls = self.calls.clone();
+        calls.time("commit", self.conn.execute("COMMIT")).await?;
+        self.committed = true;
         Ok(())
     }
 }

@@ -1,0 +1,152 @@
+//! A full disk under the embedded database: the chat server's SQLite file
+//! on a small tmpfs of the test's own, filled up while a user sends.
+//! Nothing acknowledged may be lost, nothing refused may be half stored,
+//! the server keeps answering, and once space is free again the refused
+//! messages go through when re-sent with their `cid`, each stored once.
+//!
+//! Mounting needs root (CAP_SYS_ADMIN), which the test machines and CI
+//! have; without it the test fails rather than skips.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use protocol::SendChat;
+use testkit::bin::{Process, CHEAP_HASHING, GENEROUS_LIMITS};
+use testkit::prelude::*;
+use testkit::run::temp_dir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_chatserver");
+
+/// A tmpfs of `size` mounted for the test, unmounted when dropped.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CAP_SYS_ADMIN): {status}"
+        );
+        SmallDisk { path }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Fills the file system of `path` until a write fails with ENOSPC.
+fn fill(path: &Path) {
+    let mut filler = File::create(path).unwrap();
+    let chunk = vec![0u8; 16 * 1024];
+    loop {
+        match filler.write_all(&chunk).and_then(|_| filler.sync_all()) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(28) => break,
+            Err(error) => panic!("filling the disk: {error}"),
+        }
+    }
+}
+
+fn send(to: i64, msg: &str, cid: &str) -> Request {
+    Request::Chat(SendChat {
+        id: None,
+        target: ChatTarget::User(to),
+        msg: msg.into(),
+        time: None,
+        cid: Some(cid.into()),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_sends_loses_nothing_and_recovers() {
+    let dir = temp_dir("full-disk");
+    let disk = SmallDisk::mount(dir.join("disk"), "4m");
+    let url = format!("sqlite://{}/chat.db?mode=rwc", disk.path.display());
+    let mut command = Command::new(BIN);
+    command
+        .args(["127.0.0.1", "0", "--database-url", &url])
+        .args(CHEAP_HASHING)
+        .args(GENEROUS_LIMITS)
+        .current_dir(&dir)
+        .env_remove("CHAT_CONFIG")
+        .env(
+            "RUST_LOG",
+            std::env::var("DISK_LOG").unwrap_or("error".into()),
+        );
+    let (mut server, addr) = Process::start_listening(&mut command);
+
+    let (mut alice, _) = Client::user(addr, "alice").await;
+    let bob_id = Client::connect(addr).await.register("bob", "pw").await;
+    let body = "x".repeat(3000);
+    alice
+        .call_ok(&send(bob_id, &format!("0 {body}"), "m0"))
+        .await;
+
+    fill(&disk.path.join("filler"));
+    // Send until the disk refuses; what is acknowledged must be stored.
+    let mut acked = vec![0];
+    let mut refused = Vec::new();
+    for n in 1..400 {
+        let reply = alice
+            .call(&send(bob_id, &format!("{n} {body}"), &format!("m{n}")))
+            .await;
+        match reply.errno() {
+            Errno::Ok => acked.push(n),
+            Errno::ServerError => {
+                refused.push(n);
+                if refused.len() == 5 {
+                    break;
+                }
+            }
+            other => panic!("message {n}: unexpected {other:?}: {reply:?}"),
+        }
+    }
+    assert_eq!(refused.len(), 5, "the full disk never refused a send");
+    // Still answering, to others too.
+    let mut carol = Client::connect(addr).await;
+    assert!(matches!(carol.call(&req::ping()).await, Reply::Pong(_)));
+    assert!(server.is_running(), "the server died of the full disk");
+
+    std::fs::remove_file(disk.path.join("filler")).unwrap();
+    // The refused messages, sent again with their cids, now go through.
+    let deadline = Deadline::after(WAIT);
+    for &n in &refused {
+        loop {
+            let reply = alice
+                .call(&send(bob_id, &format!("{n} {body}"), &format!("m{n}")))
+                .await;
+            if reply.errno() == Errno::Ok {
+                acked.push(n);
+                break;
+            }
+            assert!(!deadline.passed(), "message {n} still refused: {reply:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let mut bob = Client::connect(addr).await;
+    let ack = bob.login(bob_id, "pw").await;
+    let got: Vec<i64> = ack
+        .offline
+        .iter()
+        .map(|chat| chat.msg.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    // In the order they were acknowledged, each once.
+    assert_eq!(got, acked);
+    server.signal("TERM");
+    let status = server.wait_timeout(Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "a clean exit");
+}
