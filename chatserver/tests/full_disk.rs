@@ -1,8 +1,10 @@
 //! A full disk under the embedded database: the chat server's SQLite file
 //! on a small tmpfs of the test's own, filled up while a user sends.
 //! Nothing acknowledged may be lost, nothing refused may be half stored,
-//! the server keeps answering, and once space is free again the refused
-//! messages go through when re-sent with their `cid`, each stored once.
+//! the server keeps answering, no failed transaction lingers on a pooled
+//! connection to swallow later writes, and once space is free again the
+//! refused messages go through when re-sent with their `cid`, each stored
+//! once.
 //!
 //! Mounting needs root (CAP_SYS_ADMIN), which the test machines and CI
 //! have; without it the test fails rather than skips.
@@ -115,6 +117,12 @@ async fn a_full_disk_refuses_sends_loses_nothing_and_recovers() {
         }
     }
     assert_eq!(refused.len(), 5, "the full disk never refused a send");
+    // A transaction on the shared pool fails too, and must not leave its
+    // connection inside it for the requests that come after.
+    for n in 0..3 {
+        let reply = alice.call(&req::create_group(&format!("g{n}"), "")).await;
+        assert_eq!(reply.errno(), Errno::ServerError, "{reply:?}");
+    }
     // Still answering, to others too.
     let mut carol = Client::connect(addr).await;
     assert!(matches!(carol.call(&req::ping()).await, Reply::Pong(_)));
@@ -136,6 +144,15 @@ async fn a_full_disk_refuses_sends_loses_nothing_and_recovers() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    // Registrations after the failures are stored (every pooled connection
+    // is met: there are 8), and so is a group.
+    for n in 0..12 {
+        let name = format!("after{n}");
+        let id = Client::connect(addr).await.register(&name, "pw").await;
+        Client::connect(addr).await.login(id, "pw").await;
+    }
+    alice.create_group("g0", "").await;
 
     let mut bob = Client::connect(addr).await;
     let ack = bob.login(bob_id, "pw").await;

@@ -10,9 +10,9 @@
 
 use std::collections::HashMap;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, Executor, QueryBuilder, Row};
+use sqlx::{Any, QueryBuilder, Row};
 
+use super::tx::OwnedTx;
 use super::{
     is_unique_violation, long_text, placeholders, update_states, Dialect, Store, INSERT_CHUNK,
 };
@@ -74,45 +74,24 @@ pub struct TokenOwner {
     pub name: String,
 }
 
-/// One transaction of the writer task, on a pooled connection of its own.
-///
-/// It is begun and ended with plain BEGIN and COMMIT rather than through
-/// sqlx's `Transaction`, and a transaction that does not commit takes its
-/// connection with it: the connection is closed, never reused. Through
-/// sqlx's `Transaction`, a COMMIT that failed (SQLite: "database or disk is
-/// full") left the transaction open on the connection, and every later
-/// batch ran inside it (sqlx nests a `begin` in an open transaction as a
-/// SAVEPOINT): the retry found its own uncommitted `cid` and answered
-/// "already stored", and 399 senders got ACKs for messages that were
-/// never committed (chatserver/tests/full_disk.rs).
+/// One transaction of the writer task (see `tx` for why it is not sqlx's).
 pub struct WriteTx {
-    conn: PoolConnection<Any>,
-    committed: bool,
+    tx: OwnedTx,
     dialect: Dialect,
     calls: super::health::StoreCalls,
 }
 
-impl Drop for WriteTx {
-    fn drop(&mut self) {
-        if !self.committed {
-            // Closing the connection discards whatever the transaction did.
-            self.conn.close_on_drop();
-        }
-    }
-}
-
 impl Store {
     pub async fn begin_writes(&self) -> Result<WriteTx, StoreError> {
-        let conn = self.calls.time("begin", self.writes.acquire()).await?;
-        let mut tx = WriteTx {
-            conn,
-            committed: false,
+        let tx = self
+            .calls
+            .time("begin", OwnedTx::begin(&self.writes))
+            .await?;
+        Ok(WriteTx {
+            tx,
             dialect: self.dialect,
             calls: self.calls.clone(),
-        };
-        let calls = tx.calls.clone();
-        calls.time("begin", tx.conn.execute("BEGIN")).await?;
-        Ok(tx)
+        })
     }
 
     /// Inbox messages after `after_seq`, oldest first, at most `limit`.
@@ -362,7 +341,7 @@ impl WriteTx {
                         select.push_bind(cid.to_owned());
                         select.push(")");
                     }
-                    for row in select.build().fetch_all(&mut *self.conn).await? {
+                    for row in select.build().fetch_all(&mut *self.tx).await? {
                         found.insert(
                             (row.try_get(0)?, long_text(&row, 1)?),
                             (row.try_get(2)?, long_text(&row, 3)?),
@@ -401,7 +380,7 @@ impl WriteTx {
                         .push_bind(0_i64)
                         .push_bind(0_i64);
                 });
-                insert.build().execute(&mut *self.conn).await?;
+                insert.build().execute(&mut *self.tx).await?;
             }
             found.extend(self.select_counters(&missing).await?);
         }
@@ -428,7 +407,7 @@ impl WriteTx {
             for user in chunk {
                 query = query.bind(*user);
             }
-            for row in query.fetch_all(&mut *self.conn).await? {
+            for row in query.fetch_all(&mut *self.tx).await? {
                 found.insert(row.try_get::<i64, _>(0)?, counters(&row, 1)?);
             }
         }
@@ -461,7 +440,7 @@ impl WriteTx {
                         delete.push(")");
                     }
                     delete.push(" RETURNING user_id, size");
-                    for row in delete.build().fetch_all(&mut *self.conn).await? {
+                    for row in delete.build().fetch_all(&mut *self.tx).await? {
                         let entry = removed.entry(row.try_get(0)?).or_default();
                         entry.0 += 1;
                         entry.1 += row.try_get::<i64, _>(1)?;
@@ -481,7 +460,7 @@ impl WriteTx {
                     sqlx::query("DELETE FROM inbox WHERE user_id = ? AND seq = ?")
                         .bind(row.user_id)
                         .bind(row.seq)
-                        .execute(&mut *self.conn)
+                        .execute(&mut *self.tx)
                         .await?;
                 }
                 Ok(())
@@ -505,7 +484,7 @@ impl WriteTx {
                             .push_bind(message.conversation.clone())
                             .push_bind(message.body.to_string());
                     });
-                    insert.build().execute(&mut *self.conn).await?;
+                    insert.build().execute(&mut *self.tx).await?;
                 }
                 let with_cid: Vec<(&NewMessage, &str)> = messages
                     .iter()
@@ -519,7 +498,7 @@ impl WriteTx {
                             .push_bind(cid.to_string())
                             .push_bind(message.mid);
                     });
-                    match insert.build().execute(&mut *self.conn).await {
+                    match insert.build().execute(&mut *self.tx).await {
                         Ok(_) => {}
                         Err(error) if is_unique_violation(&error) => return Ok(false),
                         Err(error) => return Err(error.into()),
@@ -543,7 +522,7 @@ impl WriteTx {
                             .push_bind(inbox.mid)
                             .push_bind(inbox.size);
                     });
-                    insert.build().execute(&mut *self.conn).await?;
+                    insert.build().execute(&mut *self.tx).await?;
                 }
                 Ok(())
             })
@@ -578,7 +557,7 @@ impl WriteTx {
                     .push_bind(c.pending_bytes);
             });
             insert.push(upsert);
-            insert.build().execute(&mut *self.conn).await?;
+            insert.build().execute(&mut *self.tx).await?;
         }
         Ok(())
         }).await
@@ -589,15 +568,13 @@ impl WriteTx {
         let calls = self.calls.clone();
         calls
             .time("set_online", async {
-                update_states(&mut self.conn, user_ids, online).await
+                update_states(&mut self.tx, user_ids, online).await
             })
             .await
     }
 
-    pub async fn commit(mut self) -> Result<(), StoreError> {
-        let calls = self.calls.clone();
-        calls.time("commit", self.conn.execute("COMMIT")).await?;
-        self.committed = true;
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.calls.time("commit", self.tx.commit()).await?;
         Ok(())
     }
 }

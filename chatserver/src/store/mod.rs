@@ -16,6 +16,7 @@ use health::{Blips, StoreCalls};
 
 mod health;
 mod inbox;
+mod tx;
 
 pub use inbox::{Confirmation, Counters, InboxRow, NewMessage, StoredPush, TokenOwner, WriteTx};
 
@@ -436,7 +437,7 @@ impl Store {
     ) -> Result<Option<i64>, StoreError> {
         self.calls
             .time("create_group", async {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = tx::OwnedTx::begin(&self.pool).await?;
                 let inserted = sqlx::query(
                     "INSERT INTO chat_groups (name, description, created_at) VALUES (?, ?, ?)",
                 )
@@ -447,7 +448,10 @@ impl Store {
                 .await;
                 let group_id = match inserted {
                     Ok(_) => self.inserted_id(&mut tx).await?,
-                    Err(error) if is_unique_violation(&error) => return Ok(None),
+                    Err(error) if is_unique_violation(&error) => {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
                     Err(error) => return Err(error.into()),
                 };
                 sqlx::query(
