@@ -15,7 +15,11 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 : "${A_BIN:?set A_BIN}" "${B_BIN:?set B_BIN}"
+# The servers start in scratch directories: the paths must not be relative.
+A_BIN="$(realpath "$A_BIN")"
+B_BIN="$(realpath "$B_BIN")"
 DB="${DB:-sqlite}"
+[[ $DB == sqlite || $DB == mysql ]] || { echo "DB must be sqlite or mysql, not $DB" >&2; exit 2; }
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5s}"
 USERS="${USERS:-2000}"

@@ -15,6 +15,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 : "${A_BIN:?set A_BIN}" "${B_BIN:?set B_BIN}"
+# The servers start in scratch directories: the paths must not be relative.
+A_BIN="$(realpath "$A_BIN")"
+B_BIN="$(realpath "$B_BIN")"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5s}"
 WARMUP="${WARMUP:-2s}"

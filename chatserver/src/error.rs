@@ -33,6 +33,8 @@ pub enum StoreError {
     BatchFailed(String),
     #[error("a repeated cid was stored by a concurrent batch")]
     CidRace,
+    #[error("the database did not answer within {0:?}")]
+    NoAnswer(std::time::Duration),
 }
 
 /// The password-hashing threads failed or are gone.

@@ -166,7 +166,11 @@ async fn subscriber(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: Cancellatio
                             }
                         },
                         _ = probes.tick() => {
-                            if let Err(error) = bounded(sink.ping::<redis::Value>()).await {
+                            let answered = tokio::select! {
+                                _ = stop.cancelled() => return,
+                                answered = bounded(sink.ping::<redis::Value>()) => answered,
+                            };
+                            if let Err(error) = answered {
                                 tracing::error!(%error, "the cluster subscription stopped answering; reconnecting");
                                 break;
                             }

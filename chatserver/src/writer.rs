@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
-use crate::store::{Confirmation, Counters, InboxRow, NewMessage, Store};
+use crate::store::{Confirmation, Counters, InboxRow, NewMessage, Store, WriteTx};
 
 /// Requests waiting for the writer at most.
 const QUEUE: usize = 4096;
@@ -205,6 +205,28 @@ async fn write_batch(
         return Ok(Vec::new());
     }
     let mut tx = store.begin_writes().await?;
+    match fill_batch(&mut tx, limits, sends, confirms, presence).await {
+        Ok(outcomes) => {
+            tx.commit().await?;
+            Ok(outcomes)
+        }
+        Err(error) => {
+            // Keeps the connection (and SQLite's warm page cache) when the
+            // ROLLBACK goes through; closes it otherwise.
+            let _ = tx.rollback().await;
+            Err(error)
+        }
+    }
+}
+
+/// The statements of [`write_batch`]'s transaction, up to its COMMIT.
+async fn fill_batch(
+    tx: &mut WriteTx,
+    limits: InboxLimits,
+    sends: &[SendJob],
+    confirms: &BTreeMap<i64, i64>,
+    presence: &BTreeMap<i64, bool>,
+) -> Result<Vec<SendOutcome>, StoreError> {
     let (online, offline): (Vec<i64>, Vec<i64>) = presence.keys().partition(|user| presence[user]);
     for (users, state) in [(online, true), (offline, false)] {
         if !users.is_empty() {
@@ -269,7 +291,6 @@ async fn write_batch(
         .filter_map(|user| Some((user, *counters.get(&user)?)))
         .collect();
     tx.save_counters(&changed).await?;
-    tx.commit().await?;
     Ok(plan.outcomes)
 }
 

@@ -577,4 +577,9 @@ impl WriteTx {
         self.calls.time("commit", self.tx.commit()).await?;
         Ok(())
     }
+
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.calls.time("rollback", self.tx.rollback()).await?;
+        Ok(())
+    }
 }

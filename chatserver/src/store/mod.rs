@@ -221,11 +221,8 @@ impl Store {
             // See `health` for when a connection is checked before use.
             .test_before_acquire(false)
             .before_acquire(move |conn, meta| {
-                let trusted = blips.trusts(meta.idle_for);
-                Box::pin(async move {
-                    use sqlx::Connection;
-                    Ok(trusted || conn.ping().await.is_ok())
-                })
+                let blips = blips.clone();
+                Box::pin(async move { Ok(blips.check(conn, meta.idle_for).await) })
             });
         if dialect == Dialect::MySql {
             return options;
@@ -298,11 +295,17 @@ impl Store {
     }
 
     /// One round trip to the database, for readiness checks.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    /// Whether the database answers within `within`. A failure is noted
+    /// (see `health`) even when it is the time that ran out.
+    pub async fn ping(&self, within: Duration) -> Result<(), StoreError> {
         self.calls
             .time("ping", async {
-                sqlx::query("SELECT 1").execute(&self.probe).await?;
-                Ok(())
+                match tokio::time::timeout(within, sqlx::query("SELECT 1").execute(&self.probe))
+                    .await
+                {
+                    Ok(done) => done.map(|_| ()).map_err(Into::into),
+                    Err(_) => Err(StoreError::NoAnswer(within)),
+                }
             })
             .await
     }
