@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use protocol::SendChat;
 use testkit::bin::{Process, CHEAP_HASHING, GENEROUS_LIMITS};
 use testkit::prelude::*;
 use testkit::run::temp_dir;
@@ -62,16 +61,6 @@ fn fill(path: &Path) {
     }
 }
 
-fn send(to: i64, msg: &str, cid: &str) -> Request {
-    Request::Chat(SendChat {
-        id: None,
-        target: ChatTarget::User(to),
-        msg: msg.into(),
-        time: None,
-        cid: Some(cid.into()),
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_sends_loses_nothing_and_recovers() {
     let dir = temp_dir("full-disk");
@@ -94,7 +83,7 @@ async fn a_full_disk_refuses_sends_loses_nothing_and_recovers() {
     let bob_id = Client::connect(addr).await.register("bob", "pw").await;
     let body = "x".repeat(3000);
     alice
-        .call_ok(&send(bob_id, &format!("0 {body}"), "m0"))
+        .call_ok(&req::chat_with_cid(bob_id, &format!("0 {body}"), "m0"))
         .await;
 
     fill(&disk.path.join("filler"));
@@ -103,7 +92,11 @@ async fn a_full_disk_refuses_sends_loses_nothing_and_recovers() {
     let mut refused = Vec::new();
     for n in 1..400 {
         let reply = alice
-            .call(&send(bob_id, &format!("{n} {body}"), &format!("m{n}")))
+            .call(&req::chat_with_cid(
+                bob_id,
+                &format!("{n} {body}"),
+                &format!("m{n}"),
+            ))
             .await;
         match reply.errno() {
             Errno::Ok => acked.push(n),
@@ -134,7 +127,11 @@ async fn a_full_disk_refuses_sends_loses_nothing_and_recovers() {
     for &n in &refused {
         loop {
             let reply = alice
-                .call(&send(bob_id, &format!("{n} {body}"), &format!("m{n}")))
+                .call(&req::chat_with_cid(
+                    bob_id,
+                    &format!("{n} {body}"),
+                    &format!("m{n}"),
+                ))
                 .await;
             if reply.errno() == Errno::Ok {
                 acked.push(n);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use protocol::{Credential, Delivered, History, Login, SendChat};
+use protocol::{Credential, Delivered, History, Login};
 use serde_json::json;
 use testkit::prelude::*;
 use testkit::server::{test_config, ChatServer, Storage};
@@ -19,16 +19,6 @@ testkit::on_both_backends!(
     retention_purges_old_messages_and_their_inbox_rows,
 );
 
-fn send_with_cid(to: i64, msg: &str, cid: &str) -> Request {
-    Request::Chat(SendChat {
-        id: None,
-        target: ChatTarget::User(to),
-        msg: msg.into(),
-        time: None,
-        cid: Some(cid.into()),
-    })
-}
-
 fn token_login(id: i64, token: &str) -> Request {
     Request::Login(Login {
         id,
@@ -41,8 +31,12 @@ async fn a_repeated_cid_is_stored_and_pushed_once(storage: Storage) {
     let server = ChatServer::start(storage).await;
     let (mut alice, _) = server.user("alice").await;
     let (mut bob, bob_id) = server.user("bob").await;
-    let first = alice.call_ok(&send_with_cid(bob_id, "once", "c-1")).await;
-    let again = alice.call_ok(&send_with_cid(bob_id, "once", "c-1")).await;
+    let first = alice
+        .call_ok(&req::chat_with_cid(bob_id, "once", "c-1"))
+        .await;
+    let again = alice
+        .call_ok(&req::chat_with_cid(bob_id, "once", "c-1"))
+        .await;
     assert_eq!(first.mid(), again.mid(), "the first ACK's mid");
     let Reply::Done(first_ack) = &first else {
         panic!("{first:?}")
@@ -56,16 +50,18 @@ async fn a_repeated_cid_is_stored_and_pushed_once(storage: Storage) {
     bob.expect_silence(Duration::from_millis(200)).await;
     assert_eq!(server.count("SELECT COUNT(*) FROM messages").await, 1);
     // Another cid is another message; another sender may reuse the cid.
-    alice.call_ok(&send_with_cid(bob_id, "twice", "c-2")).await;
+    alice
+        .call_ok(&req::chat_with_cid(bob_id, "twice", "c-2"))
+        .await;
     assert_eq!(bob.recv_chat().await.msg, "twice");
     let (mut carol, _) = server.user("carol").await;
     carol
-        .call_ok(&send_with_cid(bob_id, "carol's", "c-1"))
+        .call_ok(&req::chat_with_cid(bob_id, "carol's", "c-1"))
         .await;
     assert_eq!(bob.recv_chat().await.msg, "carol's");
     // A cid longer than 64 bytes is refused.
     let refused = alice
-        .call(&send_with_cid(bob_id, "x", &"c".repeat(65)))
+        .call(&req::chat_with_cid(bob_id, "x", &"c".repeat(65)))
         .await;
     assert_eq!(refused.errno(), Errno::BadRequest);
     server.stop().await;

@@ -428,16 +428,17 @@ async fn wait_for_metric(admin: SocketAddr, key: &str, value: f64) {
     }
 }
 
-/// In cluster mode `/readyz` also needs Redis: 503 naming it once the
-/// heartbeat finds it gone, 200 again once it is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_follows_redis_in_cluster_mode() {
-    let dir = temp_dir("op-ready-redis");
-    let port = free_port();
-    let mut redis = testkit::redis::RedisServer::start(port);
+/// A server in cluster mode on `redis` (MariaDB, a 1.5 s presence lease:
+/// heartbeats and subscription probes every 500 ms), ready and subscribed.
+/// Ready needs the heartbeat only: a loss of Redis before the first
+/// subscription would not count as a reset. Returns (process, admin address).
+async fn start_in_cluster(
+    dir: &Path,
+    redis: &testkit::redis::RedisServer,
+) -> (Process, SocketAddr) {
     let url = testkit::run::fresh_mariadb_url();
-    let (_child, _addr, admin) = start_with_admin(
-        &dir,
+    let (child, _addr, admin) = start_with_admin(
+        dir,
         &[
             "--database-url",
             &url,
@@ -450,9 +451,43 @@ async fn readyz_follows_redis_in_cluster_mode() {
         ],
     );
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
-    // Ready needs the heartbeat only: a loss of Redis before the first
-    // subscription would not count as a reset.
     wait_for_metric(admin, "chatserver_cluster_subscribed", 1.0).await;
+    (child, admin)
+}
+
+/// Waits until the subscription was re-established since `before`;
+/// returns that scrape.
+async fn wait_for_subscription_reset(
+    admin: SocketAddr,
+    before: &HashMap<String, f64>,
+) -> HashMap<String, f64> {
+    let deadline = Deadline::after(WAIT);
+    loop {
+        let back = scrape(admin).await;
+        if moved(
+            before,
+            &back,
+            "chatserver_cluster_subscription_resets_total",
+        ) >= 1.0
+        {
+            return back;
+        }
+        assert!(
+            !deadline.passed(),
+            "the subscription was never re-established"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// In cluster mode `/readyz` also needs Redis: 503 naming it once the
+/// heartbeat finds it gone, 200 again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_redis_in_cluster_mode() {
+    let dir = temp_dir("op-ready-redis");
+    let port = free_port();
+    let mut redis = testkit::redis::RedisServer::start(port);
+    let (_child, admin) = start_in_cluster(&dir, &redis).await;
     let before = scrape(admin).await;
     assert_eq!(before["chatserver_cluster_breaker_open"], 0.0);
     assert!(before["chatserver_redis_call_seconds_count{op=\"beat\"}"] >= 1.0);
@@ -471,21 +506,8 @@ async fn readyz_follows_redis_in_cluster_mode() {
     wait_for_ready(admin, 200, "ready").await;
     // The subscriber is cut off with Redis and comes back (more than once
     // when a first attempt meets Redis still starting: each counts).
-    let deadline = Deadline::after(WAIT);
-    loop {
-        let back = scrape(admin).await;
-        if moved(
-            &before,
-            &back,
-            "chatserver_cluster_subscription_resets_total",
-        ) >= 1.0
-        {
-            assert_eq!(back["chatserver_cluster_breaker_open"], 0.0);
-            break;
-        }
-        assert!(!deadline.passed(), "subscription never reset");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = wait_for_subscription_reset(admin, &before).await;
+    assert_eq!(back["chatserver_cluster_breaker_open"], 0.0);
 }
 
 /// A Redis that goes silent without closing its connections (SIGSTOP, as a
@@ -495,42 +517,13 @@ async fn readyz_follows_redis_in_cluster_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_redis_makes_the_subscriber_subscribe_again() {
     let dir = temp_dir("op-silent-redis");
-    let port = free_port();
-    let redis = testkit::redis::RedisServer::start(port);
-    let url = testkit::run::fresh_mariadb_url();
-    let (_child, _addr, admin) = start_with_admin(
-        &dir,
-        &[
-            "--database-url",
-            &url,
-            "--redis-url",
-            &redis.url(),
-            "--redis-prefix",
-            &testkit::run::redis_prefix(),
-            "--presence-lease",
-            "1500ms",
-        ],
-    );
-    assert_eq!(http_get(admin, "/readyz").await.0, 200);
-    wait_for_metric(admin, "chatserver_cluster_subscribed", 1.0).await;
+    let redis = testkit::redis::RedisServer::start(free_port());
+    let (_child, admin) = start_in_cluster(&dir, &redis).await;
     let before = scrape(admin).await;
     redis.pause();
     // A probe period (500 ms) plus the 2 s call timeout.
     wait_for_metric(admin, "chatserver_cluster_subscribed", 0.0).await;
     redis.resume();
     wait_for_ready(admin, 200, "ready").await;
-    let deadline = Deadline::after(WAIT);
-    loop {
-        let back = scrape(admin).await;
-        if moved(
-            &before,
-            &back,
-            "chatserver_cluster_subscription_resets_total",
-        ) >= 1.0
-        {
-            break;
-        }
-        assert!(!deadline.passed(), "the silent subscription was kept");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_subscription_reset(admin, &before).await;
 }

@@ -48,6 +48,14 @@ pub mod req {
         send(ChatTarget::User(to), msg, None)
     }
 
+    /// ONE_CHAT with a client message id: re-sent, it is stored once.
+    pub fn chat_with_cid(to: i64, msg: &str, cid: &str) -> Request {
+        Request::Chat(SendChat {
+            cid: Some(cid.into()),
+            ..chat_request(ChatTarget::User(to), msg, None)
+        })
+    }
+
     /// ONE_CHAT with the sender's `time` text.
     pub fn chat_at(to: i64, msg: &str, time: &str) -> Request {
         send(ChatTarget::User(to), msg, Some(time))
@@ -58,13 +66,17 @@ pub mod req {
     }
 
     fn send(target: ChatTarget, msg: &str, time: Option<&str>) -> Request {
-        Request::Chat(SendChat {
+        Request::Chat(chat_request(target, msg, time))
+    }
+
+    fn chat_request(target: ChatTarget, msg: &str, time: Option<&str>) -> SendChat {
+        SendChat {
             id: None,
             target,
             msg: msg.into(),
             time: time.map(Into::into),
             cid: None,
-        })
+        }
     }
 
     pub fn add_friend(friend: i64) -> Request {
