@@ -157,6 +157,12 @@ pub struct Args {
     /// How long to keep retrying the database at start-up [default 30s]
     #[arg(long, env = "CHAT_DB_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub db_connect_timeout: Option<String>,
+    /// Connections of the pool that serves requests (logins, history...);
+    /// the writer's (4 on MySQL, 1 on SQLite) and the readiness probe's (1)
+    /// come on top. In a cluster, servers × (this + 5) must stay under
+    /// MySQL's max_connections [default 16 on MySQL, 8 on SQLite]
+    #[arg(long, env = "CHAT_DB_POOL_SIZE", value_name = "N")]
+    pub db_pool_size: Option<u32>,
     /// Cluster mode: redis://HOST:PORT for presence and delivery between
     /// servers sharing one MySQL database [default: single server, no Redis]
     #[arg(long, env = "CHAT_REDIS_URL", value_name = "URL")]
@@ -384,6 +390,8 @@ pub struct Config {
     pub sqlite_synchronous: SqliteSync,
     pub v1_write_gap: Duration,
     pub db_connect_timeout: Duration,
+    /// `None`: the engine's default.
+    pub db_pool_size: Option<u32>,
     /// `Some` turns on cluster mode.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
@@ -447,6 +455,7 @@ impl std::fmt::Debug for Config {
             .field("sqlite_synchronous", &self.sqlite_synchronous)
             .field("v1_write_gap", &self.v1_write_gap)
             .field("db_connect_timeout", &self.db_connect_timeout)
+            .field("db_pool_size", &self.db_pool_size)
             .field("redis_url", &self.redis_url.as_deref().map(mask_url))
             .field("redis_prefix", &self.redis_prefix)
             .field("presence_lease", &self.presence_lease)
@@ -487,6 +496,7 @@ impl Default for Config {
             sqlite_synchronous: SqliteSync::default(),
             v1_write_gap: DEFAULT_V1_WRITE_GAP,
             db_connect_timeout: DEFAULT_DB_CONNECT_TIMEOUT,
+            db_pool_size: None,
             redis_url: None,
             redis_prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             presence_lease: DEFAULT_PRESENCE_LEASE,
@@ -574,6 +584,7 @@ impl Config {
                 args.db_connect_timeout,
                 defaults.db_connect_timeout,
             )?,
+            db_pool_size: args.db_pool_size,
             redis_url: args.redis_url,
             redis_prefix: args.redis_prefix.unwrap_or(defaults.redis_prefix),
             presence_lease: duration(
@@ -688,6 +699,12 @@ impl Config {
         }
         if self.worker_threads == 0 {
             return invalid("worker-threads", "must be at least 1");
+        }
+        if self
+            .db_pool_size
+            .is_some_and(|size| !(1..=1000).contains(&size))
+        {
+            return invalid("db-pool-size", "must be between 1 and 1000");
         }
         if self.abuse.max_connections == 0 || self.abuse.max_connections_per_ip == 0 {
             return invalid(

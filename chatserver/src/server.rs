@@ -100,6 +100,7 @@ impl Server {
             &config.database_url,
             config.db_connect_timeout,
             config.sqlite_synchronous,
+            config.db_pool_size,
         )
         .await
         .map_err(StartError::Database)?

@@ -527,3 +527,52 @@ async fn a_silent_redis_makes_the_subscriber_subscribe_again() {
     wait_for_ready(admin, 200, "ready").await;
     wait_for_subscription_reset(admin, &before).await;
 }
+
+/// `--db-pool-size` bounds what one server holds of MariaDB's connections
+/// (a cluster of many servers must stay under its max_connections): 30
+/// clients registering and logging in at once are all served, by at most
+/// the pool's 2 plus the writer's 4 and the readiness probe's 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_pool_size_bounds_the_connections_to_mariadb() {
+    let dir = temp_dir("op-pool-size");
+    let url = testkit::run::fresh_mariadb_url();
+    let (_child, addr, _admin) =
+        start_with_admin(&dir, &["--database-url", &url, "--db-pool-size", "2"]);
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    sqlx::any::install_default_drivers();
+    let watcher = sqlx::AnyPool::connect(&url).await.unwrap();
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let sampling = {
+        let most = most.clone();
+        tokio::spawn(async move {
+            loop {
+                let held: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM information_schema.processlist WHERE db = ?",
+                )
+                .bind(&database)
+                .fetch_one(&watcher)
+                .await
+                .unwrap();
+                // The watcher's own connection is one of them.
+                most.fetch_max(held - 1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let clients: Vec<_> = (0..30)
+        .map(|n| tokio::spawn(async move { Client::user(addr, &format!("u{n}")).await }))
+        .collect();
+    for client in clients {
+        client.await.expect("every client served");
+    }
+    sampling.abort();
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=7).contains(&most), "{most} connections held");
+
+    let exit = run_to_exit(
+        chatserver(&dir, &["--check", "--db-pool-size", "0"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(exit.code, 1, "{}", exit.stdout);
+    assert!(exit.stderr.contains("db-pool-size"), "{}", exit.stderr);
+}

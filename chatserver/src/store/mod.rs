@@ -119,10 +119,13 @@ impl Store {
     /// Connects (retrying until `patience` runs out, since the database may
     /// still be starting), creates a missing MySQL database when allowed, and
     /// applies the migrations of the engine.
+    /// `pool_size`: the request pool's connections (`None`: 16 on MySQL, 8
+    /// on SQLite).
     pub async fn connect(
         url: &str,
         patience: Duration,
         sync: SqliteSync,
+        pool_size: Option<u32>,
     ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("mysql:") {
@@ -133,7 +136,7 @@ impl Store {
         let deadline = Instant::now() + patience;
         let mut backoff = Duration::from_millis(100);
         loop {
-            match Self::try_connect(url, dialect, sync).await {
+            match Self::try_connect(url, dialect, sync, pool_size).await {
                 Ok(store) => return Ok(store),
                 Err(error) if Instant::now() < deadline => {
                     tracing::warn!(url = %mask_url(url), %error, "database not ready, retrying");
@@ -150,14 +153,21 @@ impl Store {
         url: &str,
         dialect: Dialect,
         sync: SqliteSync,
+        pool_size: Option<u32>,
     ) -> Result<Store, StoreError> {
         if dialect == Dialect::MySql && !Any::database_exists(url).await? {
             Any::create_database(url).await?;
         }
         let calls = StoreCalls::default();
-        let pool = Self::pool_options(dialect, sync, &calls.blips, 16, 8)
-            .connect(url)
-            .await?;
+        let pool = Self::pool_options(
+            dialect,
+            sync,
+            &calls.blips,
+            pool_size.unwrap_or(16),
+            pool_size.unwrap_or(8),
+        )
+        .connect(url)
+        .await?;
         match dialect {
             Dialect::MySql => MYSQL_MIGRATIONS.run(&pool).await?,
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
