@@ -159,7 +159,15 @@ async fn subscriber(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: Cancellatio
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         message = messages.next() => match message {
-                            Some(message) => handle_frame(&ctx, message.get_payload_bytes()),
+                            Some(message) => {
+                                let bytes = message.get_payload_bytes();
+                                if let Some(strays) = handle_frame(&ctx, bytes) {
+                                    tokio::select! {
+                                        _ = stop.cancelled() => return,
+                                        _ = pass_on(&cluster, strays) => {}
+                                    }
+                                }
+                            }
                             None => {
                                 tracing::error!("lost the cluster subscription; reconnecting");
                                 break;
@@ -200,7 +208,27 @@ fn catch_up_everyone(ctx: &Context) {
     }
 }
 
-fn handle_frame(ctx: &Context, bytes: &[u8]) {
+/// A push for receivers this server does not hold: its id, body and
+/// those receivers with their seqs.
+struct Strays {
+    mid: i64,
+    payload: String,
+    deliveries: Vec<(i64, i64)>,
+}
+
+/// Sends strays on to the servers that hold their receivers now (in the
+/// subscriber's loop: frames wait meanwhile, in order, and the call is
+/// bounded).
+async fn pass_on(cluster: &RedisBus, strays: Strays) {
+    cluster
+        .reroute(&strays.deliveries, strays.mid, &strays.payload)
+        .await;
+}
+
+/// Hands a frame to the local sessions it is for; returns the receivers of
+/// a push that are not here (they moved since the sender's server looked
+/// them up).
+fn handle_frame(ctx: &Context, bytes: &[u8]) -> Option<Strays> {
     match parse_bus_frame(bytes) {
         Some(BusFrame::Push {
             mid,
@@ -208,17 +236,26 @@ fn handle_frame(ctx: &Context, bytes: &[u8]) {
             payload,
         }) => {
             let pushed = Pushed::from_json(mid, payload.into());
+            let mut strays = Vec::new();
             for (user, seq) in deliveries {
-                // A receiver who left meanwhile finds it in its inbox.
-                if let Some(handle) = ctx.registry.get(user) {
-                    let offer = handle.offer(Outbound::Push {
-                        pushed: pushed.clone(),
-                        seq,
-                    });
-                    if offer == Offer::Deferred {
-                        ctx.metrics.deferred();
-                    }
+                let Some(handle) = ctx.registry.get(user) else {
+                    strays.push((user, seq));
+                    continue;
+                };
+                let offer = handle.offer(Outbound::Push {
+                    pushed: pushed.clone(),
+                    seq,
+                });
+                if offer == Offer::Deferred {
+                    ctx.metrics.deferred();
                 }
+            }
+            if !strays.is_empty() {
+                return Some(Strays {
+                    mid,
+                    payload: payload.to_owned(),
+                    deliveries: strays,
+                });
             }
         }
         Some(BusFrame::GroupChanged { group }) => ctx.directory.invalidate_group(group),
@@ -241,4 +278,5 @@ fn handle_frame(ctx: &Context, bytes: &[u8]) {
             tracing::warn!(frame = %String::from_utf8_lossy(bytes), "unreadable cluster frame ignored")
         }
     }
+    None
 }

@@ -332,3 +332,38 @@ async fn users_of_a_killed_server_log_in_elsewhere_within_the_lease() {
     assert_eq!(ack.friends[0].state, Presence::Offline);
     survivor.stop().await;
 }
+
+/// A receiver who moves to another server while the sender's server still
+/// has it in its location cache (5 s) gets the next message at once: the
+/// server it left, which still hears its channel, passes the push on to
+/// the one that holds the receiver now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_follows_a_receiver_who_moved_servers() {
+    let cluster = Cluster::new();
+    let a = cluster.start_node().await;
+    let b = cluster.start_node().await;
+    let c = cluster.start_node().await;
+    let (mut sender, _) = a.user("sender").await;
+    let (mut receiver, mover) = b.user("mover").await;
+    // Server a learns that the mover is on b.
+    sender.chat(mover, "first").await;
+    assert_eq!(receiver.recv_chat().await.msg, "first");
+    drop(receiver);
+    let mut moved = c.client().await;
+    let deadline = Deadline::after(WAIT);
+    loop {
+        match moved.call(&req::login(mover, "pw")).await {
+            Reply::LoginOk(_) => break,
+            reply if reply.errno() == Errno::AlreadyLoggedIn => {
+                assert!(!deadline.passed(), "b never let the mover go");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("login on c: {other:?}"),
+        }
+    }
+    // The replay of the unconfirmed "first", then the new message.
+    assert_eq!(moved.recv_chat().await.msg, "first");
+    sender.chat(mover, "second").await;
+    assert_eq!(moved.recv_chat().await.msg, "second");
+    stop_all(vec![a, b, c]).await;
+}

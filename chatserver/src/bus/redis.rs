@@ -35,9 +35,10 @@ use crate::mid::MAX_NODE;
 /// Every Redis call is bounded: a hung Redis must not hang a request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a user's server, learned from a hand-off, is trusted without a
-/// new lookup. A stale entry costs nothing: the message is in the user's
-/// inbox, and a server that no longer holds the user ignores the
-/// notification.
+/// new lookup. A stale entry costs a hop: the message is in the user's
+/// inbox, and a server that no longer holds the user passes the
+/// notification on (`reroute`), or, when it is gone, nobody takes the
+/// PUBLISH and the sender looks the user up again.
 const LOCATION_TTL: Duration = Duration::from_secs(5);
 /// Known locations kept before the cache is emptied and refilled.
 const LOCATION_CACHE_MAX: usize = 200_000;
@@ -77,15 +78,16 @@ return result
 "#;
 
 /// Groups receivers by the server that holds them and publishes one frame
-/// per server; returns, per receiver, the server that took the frame, or
-/// an empty string when none did.
+/// per server, except to server `except` (ARGV[4], '' for none); returns,
+/// per receiver, the server that took the frame, or an empty string when
+/// none did.
 const FAN_OUT: &str = r#"
-local prefix, head, body = ARGV[1], ARGV[2], ARGV[3]
+local prefix, head, body, except = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local by_owner, owners, result = {}, {}, {}
 for i, key in ipairs(KEYS) do
   result[i] = ''
   local owner = redis.call('GET', key)
-  if owner and redis.call('EXISTS', prefix .. 'alive:' .. owner) == 1 then
+  if owner and owner ~= except and redis.call('EXISTS', prefix .. 'alive:' .. owner) == 1 then
     if not by_owner[owner] then
       by_owner[owner] = {}
       table.insert(owners, owner)
@@ -95,7 +97,7 @@ for i, key in ipairs(KEYS) do
 end
 for _, owner in ipairs(owners) do
   local ids = {}
-  for j, i in ipairs(by_owner[owner]) do ids[j] = ARGV[3 + i] end
+  for j, i in ipairs(by_owner[owner]) do ids[j] = ARGV[4 + i] end
   local frame = head .. ' ' .. table.concat(ids, ',')
   if body ~= '' then frame = frame .. '\n' .. body end
   if redis.call('PUBLISH', prefix .. 'server:' .. owner, frame) > 0 then
@@ -380,7 +382,10 @@ impl RedisBus {
             return;
         }
         let labels: Vec<String> = unknown.iter().map(|user| label(*user, &seqs)).collect();
-        match self.fan_out_frame(&unknown, &labels, &head, payload).await {
+        match self
+            .fan_out_frame(&unknown, &labels, &head, payload, "")
+            .await
+        {
             Ok(servers) => {
                 let mut locations = self.locations.lock().expect("locations lock");
                 if locations.len() > LOCATION_CACHE_MAX {
@@ -427,17 +432,37 @@ impl RedisBus {
 
     /// Per user, the server that took the frame ("" when none did).
     /// `labels` are what the frame lists for each user.
+    /// Sends a push this server got for receivers it does not hold on to
+    /// the servers that hold them now, looked up afresh and never this one.
+    /// A sender's server that had them here in its location cache published
+    /// to this server after they had moved (a GOAWAY during a rolling
+    /// restart moves every user within seconds); without this, the receiver
+    /// would find the message only at its next login or next push.
+    pub async fn reroute(&self, deliveries: &[(i64, i64)], mid: i64, payload: &str) {
+        let seqs: HashMap<i64, i64> = deliveries.iter().copied().collect();
+        let users: Vec<i64> = deliveries.iter().map(|(user, _)| *user).collect();
+        let labels: Vec<String> = users.iter().map(|user| label(*user, &seqs)).collect();
+        let head = format!("P {mid}");
+        if let Err(error) = self
+            .fan_out_frame(&users, &labels, &head, payload, &self.token)
+            .await
+        {
+            tracing::debug!(%error, "cannot pass on a push for users who moved; they read their inboxes later");
+        }
+    }
+
     async fn fan_out_frame(
         &self,
         users: &[i64],
         labels: &[String],
         head: &str,
         body: &str,
+        except: &str,
     ) -> Result<Vec<String>, BusError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        self.guarded(self.fan_out_now(users, labels, head, body))
+        self.guarded(self.fan_out_now(users, labels, head, body, except))
             .await
     }
 
@@ -447,12 +472,13 @@ impl RedisBus {
         labels: &[String],
         head: &str,
         body: &str,
+        except: &str,
     ) -> Result<Vec<String>, BusError> {
         let mut invocation = self.fan_out.prepare_invoke();
         for user in users {
             invocation.key(self.user_key(*user));
         }
-        invocation.arg(&self.prefix).arg(head).arg(body);
+        invocation.arg(&self.prefix).arg(head).arg(body).arg(except);
         for label in labels {
             invocation.arg(label);
         }
