@@ -430,8 +430,6 @@ impl RedisBus {
         }
     }
 
-    /// Per user, the server that took the frame ("" when none did).
-    /// `labels` are what the frame lists for each user.
     /// Sends a push this server got for receivers it does not hold on to
     /// the servers that hold them now, looked up afresh and never this one.
     /// A sender's server that had them here in its location cache published
@@ -451,6 +449,9 @@ impl RedisBus {
         }
     }
 
+    /// Per user, the server that took the frame ("" when none did).
+    /// `labels` are what the frame lists for each user; `except` is a
+    /// server not to publish to.
     async fn fan_out_frame(
         &self,
         users: &[i64],
