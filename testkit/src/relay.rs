@@ -2,8 +2,9 @@
 //! going away and coming back without touching the real service.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,8 @@ pub struct Relay {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
     cut: Arc<std::sync::Mutex<CancellationToken>>,
+    /// Relayed connections not yet closed.
+    open: Arc<AtomicUsize>,
 }
 
 impl Relay {
@@ -24,7 +27,8 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
-        let (task_up, task_cut) = (up.clone(), cut.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let (task_up, task_cut, task_open) = (up.clone(), cut.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -34,25 +38,43 @@ impl Relay {
                     continue; // dropped: the connection is closed at once
                 }
                 let token = task_cut.lock().unwrap().clone();
+                task_open.fetch_add(1, Ordering::SeqCst);
+                let open = task_open.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = token.cancelled() => {}
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = token.cancelled() => {}
+                        }
                     }
+                    drop(client);
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Relay { addr, up, cut }
+        Relay {
+            addr,
+            up,
+            cut,
+            open,
+        }
     }
 
+    /// Returns once every relayed connection is closed, as when the
+    /// service itself goes away: all at once, not one by one while the
+    /// test goes on.
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
-        let mut token = self.cut.lock().unwrap();
-        token.cancel();
-        *token = CancellationToken::new();
+        {
+            let mut token = self.cut.lock().unwrap();
+            token.cancel();
+            *token = CancellationToken::new();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.open.load(Ordering::SeqCst) > 0 {
+            assert!(Instant::now() < deadline, "relayed connections still open");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     pub fn restore(&self) {
