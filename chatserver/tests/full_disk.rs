@@ -61,6 +61,11 @@ fn fill(path: &Path) {
     }
 }
 
+/// Message `n` to `to`: its number first, then `body`; its cid names it.
+fn numbered(to: i64, n: i64, body: &str) -> Request {
+    req::chat_with_cid(to, &format!("{n} {body}"), &format!("m{n}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_sends_loses_nothing_and_recovers() {
     let dir = temp_dir("full-disk");
@@ -82,22 +87,14 @@ async fn a_full_disk_refuses_sends_loses_nothing_and_recovers() {
     let (mut alice, _) = Client::user(addr, "alice").await;
     let bob_id = Client::connect(addr).await.register("bob", "pw").await;
     let body = "x".repeat(3000);
-    alice
-        .call_ok(&req::chat_with_cid(bob_id, &format!("0 {body}"), "m0"))
-        .await;
+    alice.call_ok(&numbered(bob_id, 0, &body)).await;
 
     fill(&disk.path.join("filler"));
     // Send until the disk refuses; what is acknowledged must be stored.
     let mut acked = vec![0];
     let mut refused = Vec::new();
     for n in 1..400 {
-        let reply = alice
-            .call(&req::chat_with_cid(
-                bob_id,
-                &format!("{n} {body}"),
-                &format!("m{n}"),
-            ))
-            .await;
+        let reply = alice.call(&numbered(bob_id, n, &body)).await;
         match reply.errno() {
             Errno::Ok => acked.push(n),
             Errno::ServerError => {
@@ -126,13 +123,7 @@ async fn a_full_disk_refuses_sends_loses_nothing_and_recovers() {
     let deadline = Deadline::after(WAIT);
     for &n in &refused {
         loop {
-            let reply = alice
-                .call(&req::chat_with_cid(
-                    bob_id,
-                    &format!("{n} {body}"),
-                    &format!("m{n}"),
-                ))
-                .await;
+            let reply = alice.call(&numbered(bob_id, n, &body)).await;
             if reply.errno() == Errno::Ok {
                 acked.push(n);
                 break;
