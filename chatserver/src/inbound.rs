@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use redis::aio::PubSub;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -149,41 +150,9 @@ async fn subscriber(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: Cancellatio
                 // missed, while we were not listening.
                 ctx.directory.clear_groups();
                 catch_up_everyone(&ctx);
-                let (mut sink, mut messages) = pubsub.split();
-                let mut probes = tokio::time::interval_at(
-                    tokio::time::Instant::now() + probe_period,
-                    probe_period,
-                );
-                probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        message = messages.next() => match message {
-                            Some(message) => {
-                                let bytes = message.get_payload_bytes();
-                                if let Some(strays) = handle_frame(&ctx, bytes) {
-                                    tokio::select! {
-                                        _ = stop.cancelled() => return,
-                                        _ = pass_on(&cluster, strays) => {}
-                                    }
-                                }
-                            }
-                            None => {
-                                tracing::error!("lost the cluster subscription; reconnecting");
-                                break;
-                            }
-                        },
-                        _ = probes.tick() => {
-                            let answered = tokio::select! {
-                                _ = stop.cancelled() => return,
-                                answered = bounded(sink.ping::<redis::Value>()) => answered,
-                            };
-                            if let Err(error) = answered {
-                                tracing::error!(%error, "the cluster subscription stopped answering; reconnecting");
-                                break;
-                            }
-                        }
-                    }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = listen(&ctx, &cluster, pubsub, probe_period) => {}
                 }
                 ctx.metrics.subscribed(false);
             }
@@ -196,6 +165,36 @@ async fn subscriber(ctx: Arc<Context>, cluster: Arc<RedisBus>, stop: Cancellatio
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+    }
+}
+
+/// Hands the subscription's frames to the local sessions (passing on the
+/// pushes for receivers who moved) until it ends or stops answering the
+/// PING sent every `probe_period`.
+async fn listen(ctx: &Context, cluster: &RedisBus, pubsub: PubSub, probe_period: Duration) {
+    let (mut sink, mut messages) = pubsub.split();
+    let mut probes =
+        tokio::time::interval_at(tokio::time::Instant::now() + probe_period, probe_period);
+    probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            message = messages.next() => {
+                let Some(message) = message else {
+                    tracing::error!("lost the cluster subscription; reconnecting");
+                    return;
+                };
+                // Frames wait meanwhile, in order; the call is bounded.
+                if let Some(strays) = handle_frame(ctx, message.get_payload_bytes()) {
+                    cluster.reroute(&strays.deliveries, strays.mid, &strays.payload).await;
+                }
+            }
+            _ = probes.tick() => {
+                if let Err(error) = bounded(sink.ping::<redis::Value>()).await {
+                    tracing::error!(%error, "the cluster subscription stopped answering; reconnecting");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -214,15 +213,6 @@ struct Strays {
     mid: i64,
     payload: String,
     deliveries: Vec<(i64, i64)>,
-}
-
-/// Sends strays on to the servers that hold their receivers now (in the
-/// subscriber's loop: frames wait meanwhile, in order, and the call is
-/// bounded).
-async fn pass_on(cluster: &RedisBus, strays: Strays) {
-    cluster
-        .reroute(&strays.deliveries, strays.mid, &strays.payload)
-        .await;
 }
 
 /// Hands a frame to the local sessions it is for; returns the receivers of

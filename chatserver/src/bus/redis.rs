@@ -437,9 +437,10 @@ impl RedisBus {
     /// restart moves every user within seconds); without this, the receiver
     /// would find the message only at its next login or next push.
     pub async fn reroute(&self, deliveries: &[(i64, i64)], mid: i64, payload: &str) {
-        let seqs: HashMap<i64, i64> = deliveries.iter().copied().collect();
-        let users: Vec<i64> = deliveries.iter().map(|(user, _)| *user).collect();
-        let labels: Vec<String> = users.iter().map(|user| label(*user, &seqs)).collect();
+        let (users, labels): (Vec<i64>, Vec<String>) = deliveries
+            .iter()
+            .map(|&(user, seq)| (user, delivery_label(user, seq)))
+            .unzip();
         let head = format!("P {mid}");
         if let Err(error) = self
             .fan_out_frame(&users, &labels, &head, payload, &self.token)
@@ -570,7 +571,12 @@ pub(crate) enum BusFrame<'a> {
 
 /// How a notification frame names a receiver: `user:seq`.
 fn label(user: i64, seqs: &HashMap<i64, i64>) -> String {
-    format!("{user}:{}", seqs.get(&user).copied().unwrap_or(0))
+    delivery_label(user, seqs.get(&user).copied().unwrap_or(0))
+}
+
+/// How a push frame lists one receiver: `user:seq`.
+fn delivery_label(user: i64, seq: i64) -> String {
+    format!("{user}:{seq}")
 }
 
 fn join_deliveries(users: &[i64], seqs: &HashMap<i64, i64>) -> String {
