@@ -4,11 +4,13 @@
 # on SQLite and on MariaDB, rounds interleaved (A, B, A, B ...) so that load
 # from elsewhere hits both alike. Prints one JSON line per run (to $OUT
 # too) and the medians per label: deliveries/s and server CPU per delivery.
+# On SQLite it also prints the largest size the WAL file reached in each run.
 #
 #   A_BIN=/tmp/before-chatserver B_BIN=target/release/chatserver scripts/bench-writer.sh
 #
 # Environment: A_BIN, B_BIN (required), ROUNDS (3), DURATION (5s),
-# WARMUP (2s), PAIRS (100), ENGINES ("sqlite mariadb"),
+# WARMUP (2s), PAIRS (100), ENGINES ("sqlite mariadb"), RECEIPTS (1: the
+# receivers confirm every push; 0: they never do, so the inboxes only grow),
 # MYSQL_URL (mysql://root@127.0.0.1:3306; a fresh database per server),
 # OUT (bench-writer.jsonl).
 set -euo pipefail
@@ -33,6 +35,18 @@ BENCH_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/chatbench"
 bench_begin bench-writer
 LIFT=(--register-per-address 1000000 --login-failures-per-address 1000000
       --max-connections-per-ip 1000000 --drain-period 0s)
+RECEIPTS="${RECEIPTS:-1}"
+DELIVERED=()
+[[ $RECEIPTS == 1 ]] && DELIVERED=(--delivered)
+# watch_wal FILE: until killed, keeps the largest size FILE had in FILE.max.
+watch_wal() {
+    local largest=0 size
+    while true; do
+        size="$(stat -c %s "$1" 2>/dev/null || echo 0)"
+        (( size > largest )) && { largest=$size; echo "$largest" > "$1.max"; }
+        sleep 0.2
+    done
+}
 url_for() {
     if [[ $1 == sqlite ]]; then sqlite_url "$2"; else mysql_url "$2"; fi
 }
@@ -44,10 +58,13 @@ for round in $(seq "$ROUNDS"); do
             bin="$A_BIN"; [[ $side == B ]] && bin="$B_BIN"
             name="$side-$engine-$round"
             start "$bin" "$name" "$(url_for "$engine" "$name")" "${LIFT[@]}"
-            "$BENCH_BIN" --server "$ADDR" --server-pid "$PID" --json --delivered \
+            watch_wal "$BENCH_WORK/$name.db-wal" & watcher=$!
+            "$BENCH_BIN" --server "$ADDR" --server-pid "$PID" --json "${DELIVERED[@]}" \
                 --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs "$PAIRS" \
                 | { grep '^{' || echo "# $name: no result" >&2; } \
                 | sed "s/^{/{\"label\":\"$side-$engine\",/" | tee -a "$OUT" || true
+            kill "$watcher"; wait "$watcher" 2>/dev/null || true
+            [[ $engine == sqlite ]] && echo "# $name: largest WAL $(( $(cat "$BENCH_WORK/$name.db-wal.max" 2>/dev/null || echo 0) >> 20 )) MiB" >&2
             stop_server
         done
     done

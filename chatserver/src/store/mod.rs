@@ -29,6 +29,56 @@ const WRITER_SHARDS_MYSQL: usize = 4;
 /// Rows per multi-row INSERT: far below both engines' bind-variable limits.
 const INSERT_CHUNK: usize = 500;
 
+/// SQLite: the WAL frames after which the writer's commit finishes the
+/// checkpoint itself (about 64 MiB of 4 KiB pages); see
+/// `PoolRole::wal_autocheckpoint`.
+const WRITER_CHECKPOINT_FRAMES: u32 = 16_384;
+
+/// SQLite: bytes the WAL file is cut back to when it restarts.
+const WAL_SIZE_LIMIT: u64 = 64 << 20;
+
+/// The store's three pools, which differ in size and session settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolRole {
+    /// Requests of sessions and background tasks; `None`: 16 connections
+    /// on MySQL, 8 on SQLite.
+    Requests(Option<u32>),
+    /// The writer tasks' own connections: their transactions never wait
+    /// for a pooled one, and on SQLite the one writer's page cache stays
+    /// warm (a pooled connection's cache is dropped whenever another one
+    /// wrote).
+    Writer,
+    /// Readiness checks' own connection: a pool busy with a login burst is
+    /// not a database that is away.
+    Probe,
+}
+
+impl PoolRole {
+    fn connections(self, dialect: Dialect) -> u32 {
+        match (self, dialect) {
+            (PoolRole::Requests(size), Dialect::MySql) => size.unwrap_or(16),
+            (PoolRole::Requests(size), Dialect::Sqlite) => size.unwrap_or(8),
+            (PoolRole::Writer, Dialect::MySql) => WRITER_SHARDS_MYSQL as u32,
+            (PoolRole::Writer, Dialect::Sqlite) | (PoolRole::Probe, _) => 1,
+        }
+    }
+
+    /// SQLite's WAL never restarts while a checkpoint is behind the last
+    /// commit, so under steady writes a background checkpoint alone let it
+    /// grow without end (1.5 GB in 7 s of ping-pong, until the disk was
+    /// full). `Store::checkpoint` does most of the copying every 100 ms on
+    /// another connection; past `WRITER_CHECKPOINT_FRAMES` the writer's
+    /// commit copies what is left, and its next batch restarts the WAL.
+    /// Other connections never checkpoint inside a commit: a checkpoint of
+    /// the whole WAL there made a login or a batch wait for it.
+    fn wal_autocheckpoint(self) -> u32 {
+        match self {
+            PoolRole::Writer => WRITER_CHECKPOINT_FRAMES,
+            PoolRole::Requests(_) | PoolRole::Probe => 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
     MySql,
@@ -159,45 +209,18 @@ impl Store {
             Any::create_database(url).await?;
         }
         let calls = StoreCalls::default();
-        let pool = Self::pool_options(
-            dialect,
-            sync,
-            &calls.blips,
-            pool_size.unwrap_or(16),
-            pool_size.unwrap_or(8),
-        )
-        .connect(url)
-        .await?;
+        let pool = Self::pool_options(dialect, sync, &calls.blips, PoolRole::Requests(pool_size))
+            .connect(url)
+            .await?;
         match dialect {
             Dialect::MySql => MYSQL_MIGRATIONS.run(&pool).await?,
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
         }
-        // The writer tasks' own connections: their transactions never wait
-        // for a pooled one, and on SQLite the one writer's page cache stays
-        // warm (a pooled connection's cache is dropped whenever another one
-        // wrote).
-        let mut writes =
-            Self::pool_options(dialect, sync, &calls.blips, WRITER_SHARDS_MYSQL as u32, 1);
-        if dialect == Dialect::MySql {
-            // Row locks only: under REPEATABLE READ a confirmation's range
-            // DELETE on one user's inbox rows also locked the gap before the
-            // next user's, and deadlocked with a batch inserting that
-            // user's rows on another server (errno 10 to senders, under
-            // steady traffic with receipts). Seq assignment is serialized
-            // by the `FOR UPDATE` row locks on `inboxes`, which stay.
-            writes = writes.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    use sqlx::Executor;
-                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        let writes = writes.connect(url).await?;
-        // Readiness checks' own connection: a pool busy with a login burst
-        // is not a database that is away.
-        let probe = Self::pool_options(dialect, sync, &calls.blips, 1, 1).connect_lazy(url)?;
+        let writes = Self::pool_options(dialect, sync, &calls.blips, PoolRole::Writer)
+            .connect(url)
+            .await?;
+        let probe =
+            Self::pool_options(dialect, sync, &calls.blips, PoolRole::Probe).connect_lazy(url)?;
         Ok(Store {
             pool,
             writes,
@@ -218,16 +241,12 @@ impl Store {
         dialect: Dialect,
         sync: SqliteSync,
         blips: &Blips,
-        mysql: u32,
-        sqlite: u32,
+        role: PoolRole,
     ) -> AnyPoolOptions {
         let blips = blips.clone();
         let options = AnyPoolOptions::new()
             .acquire_timeout(Duration::from_secs(5))
-            .max_connections(match dialect {
-                Dialect::MySql => mysql,
-                Dialect::Sqlite => sqlite,
-            })
+            .max_connections(role.connections(dialect))
             // See `health` for when a connection is checked before use.
             .test_before_acquire(false)
             .before_acquire(move |conn, meta| {
@@ -235,8 +254,25 @@ impl Store {
                 Box::pin(async move { Ok(blips.check(conn, meta.idle_for).await) })
             });
         if dialect == Dialect::MySql {
-            return options;
+            if role != PoolRole::Writer {
+                return options;
+            }
+            // Row locks only: under REPEATABLE READ a confirmation's range
+            // DELETE on one user's inbox rows also locked the gap before the
+            // next user's, and deadlocked with a batch inserting that
+            // user's rows on another server (errno 10 to senders, under
+            // steady traffic with receipts). Seq assignment is serialized
+            // by the `FOR UPDATE` row locks on `inboxes`, which stay.
+            return options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            });
         }
+        let autocheckpoint = role.wal_autocheckpoint();
         options.after_connect(move |conn, _meta| {
             Box::pin(async move {
                 use sqlx::Executor;
@@ -250,10 +286,13 @@ impl Store {
                 conn.execute("PRAGMA busy_timeout = 5000").await?;
                 // 16 MiB of page cache (the default is 2 MiB).
                 conn.execute("PRAGMA cache_size = -16384").await?;
-                // No checkpoint inside a commit (it made every hundredth
-                // batch of the writer ten times slower): `checkpoint`
-                // runs them in the background.
-                conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+                // See `PoolRole::wal_autocheckpoint`.
+                conn.execute(format!("PRAGMA wal_autocheckpoint = {autocheckpoint}").as_str())
+                    .await?;
+                // A WAL that grew while checkpoints could not finish (a
+                // long read) shrinks back to this size once it restarts.
+                conn.execute(format!("PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}").as_str())
+                    .await?;
                 // Statement journals (a multi-row INSERT inside the writer's
                 // transaction needs one to undo itself alone) in memory
                 // rather than in temporary files: a file per statement
@@ -289,16 +328,18 @@ impl Store {
     }
 
     /// SQLite: copies the WAL into the database file without blocking
-    /// writers (`PASSIVE`); called every second by a background task, since
-    /// commits do not checkpoint. Nothing to do on MySQL.
+    /// writers (`PASSIVE`); called every 100 ms by a background task, since
+    /// only the writer's commits checkpoint, and only once the WAL is large
+    /// (see `PoolRole::wal_autocheckpoint`). Nothing to do on MySQL.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.dialect != Dialect::Sqlite {
+            return Ok(());
+        }
         self.calls
             .time("checkpoint", async {
-                if self.dialect == Dialect::Sqlite {
-                    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                        .execute(&self.pool)
-                        .await?;
-                }
+                sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&self.pool)
+                    .await?;
                 Ok(())
             })
             .await
