@@ -3,6 +3,8 @@
 //! see (errno, close, RSS growth, bystanders' latency) and that every
 //! refusal is logged. Limits are set by flags, small where a test would
 //! otherwise take minutes; the figures asserted are those of the issue.
+//! Each server logs to `stderr.log` in its test directory at `HOSTILE_LOG`
+//! (a `RUST_LOG` filter; `info` when unset).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -57,7 +59,10 @@ impl Server {
         }
         command
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("HOSTILE_LOG").unwrap_or("info".into()),
+            )
             .env("NO_COLOR", "1")
             .stderr(Stdio::from(stderr));
         let (process, addr) = Process::start_listening(&mut command);
