@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
-use crate::store::{Confirmation, Counters, InboxRow, NewMessage, Store, WriteTx};
+use crate::store::{Confirmation, Counters, InboxRow, NewMessage, NewToken, Store, WriteTx};
 
 /// Requests waiting for the writer at most.
 const QUEUE: usize = 4096;
@@ -66,6 +66,13 @@ enum Job {
         user: i64,
         online: bool,
     },
+    /// A login token, answered once committed. Through the writer rather
+    /// than a pooled connection: on SQLite a second writing connection
+    /// contends for the one write lock, and the loser sleeps in SQLite's
+    /// busy handler (1, 2, 5, 10 ms ...). During a storm of 1,000 logins
+    /// that held chat messages back: their p99 rose 4-5 × instead of 1.6-3 ×
+    /// without the token writes.
+    Token(NewToken, oneshot::Sender<Result<(), StoreError>>),
     /// Answered once every job queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -112,6 +119,16 @@ impl Writer {
         let _ = self.shard(user).send(Job::Confirm { user, upto }).await;
     }
 
+    /// Stores a login token with the next batch.
+    pub async fn insert_token(&self, token: NewToken) -> Result<(), StoreError> {
+        let (reply, stored) = oneshot::channel();
+        self.shard(token.user_id)
+            .send(Job::Token(token, reply))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        stored.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
     /// Records a user online or offline, in the next batch.
     pub async fn presence(&self, user: i64, online: bool) {
         let _ = self.shard(user).send(Job::Presence { user, online }).await;
@@ -136,6 +153,8 @@ async fn run(store: Store, limits: InboxLimits, mut rx: mpsc::Receiver<Job>) {
         let mut confirms: BTreeMap<i64, i64> = BTreeMap::new();
         let mut presence: BTreeMap<i64, bool> = BTreeMap::new();
         let mut flushes = Vec::new();
+        let mut tokens = Vec::new();
+        let mut token_replies = Vec::new();
         for job in batch.drain(..) {
             match job {
                 Job::Send(send, reply) => {
@@ -149,13 +168,23 @@ async fn run(store: Store, limits: InboxLimits, mut rx: mpsc::Receiver<Job>) {
                 Job::Presence { user, online } => {
                     presence.insert(user, online);
                 }
+                Job::Token(token, reply) => {
+                    tokens.push(token);
+                    token_replies.push(reply);
+                }
                 Job::Flush(done) => flushes.push(done),
             }
         }
         let started = std::time::Instant::now();
         let mut result = Err(StoreError::WriterStopped);
         for attempt in 1..=ATTEMPTS {
-            result = write_batch(&store, limits, &sends, &confirms, &presence).await;
+            let writes = Writes {
+                sends: &sends,
+                confirms: &confirms,
+                presence: &presence,
+                tokens: &tokens,
+            };
+            result = write_batch(&store, limits, writes).await;
             match &result {
                 Ok(_) => break,
                 Err(error) if attempt < ATTEMPTS => {
@@ -178,11 +207,18 @@ async fn run(store: Store, limits: InboxLimits, mut rx: mpsc::Receiver<Job>) {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
+                for reply in token_replies {
+                    let _ = reply.send(Ok(()));
+                }
             }
             Err(error) => {
                 let message = error.to_string();
+                let failed = || StoreError::BatchFailed(message.clone());
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::BatchFailed(message.clone())));
+                    let _ = reply.send(Err(failed()));
+                }
+                for reply in token_replies {
+                    let _ = reply.send(Err(failed()));
                 }
             }
         }
@@ -192,20 +228,36 @@ async fn run(store: Store, limits: InboxLimits, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// One transaction: presence and confirmations first (they make room),
-/// then the sends.
+/// What one batch writes.
+#[derive(Clone, Copy)]
+struct Writes<'a> {
+    sends: &'a [SendJob],
+    confirms: &'a BTreeMap<i64, i64>,
+    presence: &'a BTreeMap<i64, bool>,
+    tokens: &'a [NewToken],
+}
+
+impl Writes<'_> {
+    fn is_empty(&self) -> bool {
+        self.sends.is_empty()
+            && self.confirms.is_empty()
+            && self.presence.is_empty()
+            && self.tokens.is_empty()
+    }
+}
+
+/// One transaction: presence, tokens and confirmations first (they make
+/// room), then the sends.
 async fn write_batch(
     store: &Store,
     limits: InboxLimits,
-    sends: &[SendJob],
-    confirms: &BTreeMap<i64, i64>,
-    presence: &BTreeMap<i64, bool>,
+    writes: Writes<'_>,
 ) -> Result<Vec<SendOutcome>, StoreError> {
-    if sends.is_empty() && confirms.is_empty() && presence.is_empty() {
+    if writes.is_empty() {
         return Ok(Vec::new());
     }
     let mut tx = store.begin_writes().await?;
-    match fill_batch(&mut tx, limits, sends, confirms, presence).await {
+    match fill_batch(&mut tx, limits, writes).await {
         Ok(outcomes) => {
             tx.commit().await?;
             Ok(outcomes)
@@ -223,15 +275,22 @@ async fn write_batch(
 async fn fill_batch(
     tx: &mut WriteTx,
     limits: InboxLimits,
-    sends: &[SendJob],
-    confirms: &BTreeMap<i64, i64>,
-    presence: &BTreeMap<i64, bool>,
+    writes: Writes<'_>,
 ) -> Result<Vec<SendOutcome>, StoreError> {
+    let Writes {
+        sends,
+        confirms,
+        presence,
+        tokens,
+    } = writes;
     let (online, offline): (Vec<i64>, Vec<i64>) = presence.keys().partition(|user| presence[user]);
     for (users, state) in [(online, true), (offline, false)] {
         if !users.is_empty() {
             tx.set_online(&users, state).await?;
         }
+    }
+    if !tokens.is_empty() {
+        tx.insert_tokens(tokens).await?;
     }
     let cids: Vec<(i64, &str)> = sends
         .iter()

@@ -23,7 +23,7 @@ use crate::mailbox::mailbox;
 use crate::notices;
 use crate::rate_limit::PER_CONNECTION;
 use crate::refusals::Refusal;
-use crate::store::{Counters, GroupMemberRow};
+use crate::store::{Counters, GroupMemberRow, NewToken};
 use crate::tokens::{new_token, token_hash};
 
 pub async fn apply(ctx: &Context, session: &mut SessionState, login: Login) -> Outcome {
@@ -224,8 +224,12 @@ async fn read_inbox_start(
 async fn issue_token(ctx: &Context, id: i64) -> Result<String, Unavailable> {
     let token = new_token();
     let expires_at = chrono::Utc::now().timestamp_millis() + ctx.token_ttl.as_millis() as i64;
-    ctx.store
-        .insert_token(&token_hash(&token), id, expires_at)
+    ctx.writer
+        .insert_token(NewToken {
+            hash: token_hash(&token),
+            user_id: id,
+            expires_at,
+        })
         .await?;
     Ok(token)
 }

@@ -65,6 +65,15 @@ pub struct Confirmation {
     pub upto: i64,
 }
 
+/// A login token to store, by its hash (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    pub hash: String,
+    pub user_id: i64,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at: i64,
+}
+
 /// Whose a login token is.
 #[derive(Debug, Clone)]
 pub struct TokenOwner {
@@ -145,25 +154,6 @@ impl Store {
             .map(|row| long_text(row, 0).map_err(Into::into))
             .collect()
         }).await
-    }
-
-    pub async fn insert_token(
-        &self,
-        hash: &str,
-        user_id: i64,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        self.calls
-            .time("insert_token", async {
-                sqlx::query("INSERT INTO tokens (hash, user_id, expires_at) VALUES (?, ?, ?)")
-                    .bind(hash)
-                    .bind(user_id)
-                    .bind(expires_at)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            })
-            .await
     }
 
     /// The user a token hash belongs to, when it expires, and the user's
@@ -505,6 +495,25 @@ impl WriteTx {
                     }
                 }
                 Ok(true)
+            })
+            .await
+    }
+
+    pub async fn insert_tokens(&mut self, tokens: &[NewToken]) -> Result<(), StoreError> {
+        let calls = self.calls.clone();
+        calls
+            .time("insert_tokens", async {
+                for chunk in tokens.chunks(INSERT_CHUNK) {
+                    let mut insert =
+                        QueryBuilder::<Any>::new("INSERT INTO tokens (hash, user_id, expires_at) ");
+                    insert.push_values(chunk, |mut row, token| {
+                        row.push_bind(token.hash.clone())
+                            .push_bind(token.user_id)
+                            .push_bind(token.expires_at);
+                    });
+                    insert.build().execute(&mut *self.tx).await?;
+                }
+                Ok(())
             })
             .await
     }

@@ -18,7 +18,9 @@ mod health;
 mod inbox;
 mod tx;
 
-pub use inbox::{Confirmation, Counters, InboxRow, NewMessage, StoredPush, TokenOwner, WriteTx};
+pub use inbox::{
+    Confirmation, Counters, InboxRow, NewMessage, NewToken, StoredPush, TokenOwner, WriteTx,
+};
 
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
