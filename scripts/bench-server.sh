@@ -11,6 +11,9 @@
 # Environment: MYSQL_URL (mysql://root@127.0.0.1:3306).
 
 MYSQL_URL="${MYSQL_URL:-mysql://root@127.0.0.1:3306}"
+# The hashing flags `start` gives each server: cheap, unless a script sets
+# BENCH_HASHING=() for the server's default cost.
+BENCH_HASHING=(--hash-memory-kib 64 --hash-iterations 1)
 PID=""
 ADDR=""
 WEB=""
@@ -46,13 +49,13 @@ bench_cleanup() {
 sqlite_url() { echo "sqlite://$BENCH_WORK/$1.db?mode=rwc"; }
 mysql_url() { echo "$MYSQL_URL/${BENCH_DB_PREFIX}_${1//-/_}"; }
 
-# start BIN DIR DATABASE_URL [options...]: cheap hashing, warnings only.
+# start BIN DIR DATABASE_URL [options...]: BENCH_HASHING, warnings only.
 start() {
     local bin="$1" name="$2" url="$3"; shift 3
     local dir="$BENCH_WORK/$name"
     mkdir -p "$dir"
     (cd "$dir" && exec env RUST_LOG=warn "$bin" 127.0.0.1 0 --database-url "$url" \
-        --hash-memory-kib 64 --hash-iterations 1 "$@" >stdout 2>stderr) &
+        "${BENCH_HASHING[@]}" "$@" >stdout 2>stderr) &
     PID=$!
     local wants_web=""
     [[ " $* " == *" --ws-listen "* ]] && wants_web=1
