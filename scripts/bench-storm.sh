@@ -45,7 +45,8 @@ for round in $(seq "$ROUNDS"); do
         start "${!bin}" "storm-$round-$side" "$(sqlite_url "storm-$round-$side")" "${LIFT[@]}"
         "$BENCH_BIN" --json --no-progress --server "$ADDR" --server-pid "$PID" \
             login --users "$USERS" --chat-pairs "$CHAT_PAIRS" \
-            | grep '^{' | jq -c --arg l "$side" '. + {label: $l}' | tee -a "$OUT" "$RUNS_FILE"
+            | { grep '^{' || echo "# storm-$round-$side: no result" >&2; } \
+            | jq -c --arg l "$side" '. + {label: $l}' | tee -a "$OUT" "$RUNS_FILE" || true
         stop_server
     done
 done

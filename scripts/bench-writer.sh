@@ -36,14 +36,18 @@ bench_begin bench-writer
 LIFT=(--register-per-address 1000000 --login-failures-per-address 1000000
       --max-connections-per-ip 1000000 --drain-period 0s)
 RECEIPTS="${RECEIPTS:-1}"
-DELIVERED=()
-[[ $RECEIPTS == 1 ]] && DELIVERED=(--delivered)
-# watch_wal FILE: until killed, keeps the largest size FILE had in FILE.max.
+# Runs without receipts are labelled apart, so that $OUT's medians never mix
+# the two.
+DELIVERED=(--delivered)
+MODE=""
+[[ $RECEIPTS == 1 ]] || { DELIVERED=(); MODE="-noreceipts"; }
+# watch_wal FILE SERVER_PID: while the server runs, keeps the largest size
+# FILE had in FILE.max.
 watch_wal() {
     local largest=0 size
-    while true; do
+    while kill -0 "$2" 2>/dev/null; do
         size="$(stat -c %s "$1" 2>/dev/null || echo 0)"
-        (( size > largest )) && { largest=$size; echo "$largest" > "$1.max"; }
+        (( size > largest )) && { largest=$size; echo "$largest" > "$1.max.new"; mv "$1.max.new" "$1.max"; }
         sleep 0.2
     done
 }
@@ -58,14 +62,17 @@ for round in $(seq "$ROUNDS"); do
             bin="$A_BIN"; [[ $side == B ]] && bin="$B_BIN"
             name="$side-$engine-$round"
             start "$bin" "$name" "$(url_for "$engine" "$name")" "${LIFT[@]}"
-            watch_wal "$BENCH_WORK/$name.db-wal" & watcher=$!
+            watch_wal "$BENCH_WORK/$name.db-wal" "$PID" & watcher=$!
             "$BENCH_BIN" --server "$ADDR" --server-pid "$PID" --json "${DELIVERED[@]}" \
                 --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs "$PAIRS" \
                 | { grep '^{' || echo "# $name: no result" >&2; } \
-                | sed "s/^{/{\"label\":\"$side-$engine\",/" | tee -a "$OUT" || true
-            kill "$watcher"; wait "$watcher" 2>/dev/null || true
-            [[ $engine == sqlite ]] && echo "# $name: largest WAL $(( $(cat "$BENCH_WORK/$name.db-wal.max" 2>/dev/null || echo 0) >> 20 )) MiB" >&2
+                | sed "s/^{/{\"label\":\"$side-$engine$MODE\",/" | tee -a "$OUT" || true
             stop_server
+            wait "$watcher" 2>/dev/null || true
+            if [[ $engine == sqlite ]]; then
+                largest="$(cat "$BENCH_WORK/$name.db-wal.max" 2>/dev/null || true)"
+                echo "# $name: largest WAL $(( ${largest:-0} >> 20 )) MiB" >&2
+            fi
         done
     done
 done

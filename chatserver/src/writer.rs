@@ -191,13 +191,19 @@ async fn run(store: Store, limits: InboxLimits, mut rx: mpsc::Receiver<Job>) {
                     tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
                 }
                 Err(error) => {
-                    tracing::error!(%error, messages = sends.len(), "message batch failed; senders get errno 10")
+                    tracing::error!(
+                        %error,
+                        messages = sends.len(),
+                        tokens = tokens.len(),
+                        "message batch failed; senders and logins get errno 10"
+                    )
                 }
             }
         }
         tracing::debug!(
             sends = sends.len(),
             confirms = confirms.len(),
+            tokens = tokens.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
             "batch written"
         );
