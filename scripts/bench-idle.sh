@@ -15,21 +15,15 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-: "${A_BIN:?set A_BIN}" "${B_BIN:?set B_BIN}"
-# The servers start in scratch directories: the paths must not be relative.
-A_BIN="$(realpath "$A_BIN")"
-B_BIN="$(realpath "$B_BIN")"
+# shellcheck source=scripts/bench-server.sh
+. "$ROOT/scripts/bench-server.sh"
+ab_builds
 ROUNDS="${ROUNDS:-3}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-19000}"
 PAIRS="${PAIRS:-100}"
 DURATION="${DURATION:-10s}"
 OUT="${OUT:-$PWD/bench-idle.jsonl}"
 
-(cd "$ROOT" && cargo build --release -p chatbench)
-BENCH_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/chatbench"
-
-# shellcheck source=scripts/bench-server.sh
-. "$ROOT/scripts/bench-server.sh"
 bench_begin bench-idle
 ulimit -Sn "$(ulimit -Hn)"
 LIFT=(--register-per-address 1000000 --max-connections 1000000

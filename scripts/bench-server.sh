@@ -18,6 +18,17 @@ PID=""
 ADDR=""
 WEB=""
 
+# ab_builds: for the A/B scripts. Checks A_BIN and B_BIN and makes them
+# absolute (the servers start in scratch directories), and builds chatbench
+# (BENCH_BIN). Needs ROOT.
+ab_builds() {
+    : "${A_BIN:?set A_BIN}" "${B_BIN:?set B_BIN}"
+    A_BIN="$(realpath "$A_BIN")"
+    B_BIN="$(realpath "$B_BIN")"
+    (cd "$ROOT" && cargo build --release -p chatbench)
+    BENCH_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/chatbench"
+}
+
 bench_begin() {
     BENCH_WORK="$(mktemp -d -t "$1.XXXXXX")"
     # Databases are named after the scratch directory, so that cleanup finds

@@ -15,21 +15,15 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-: "${A_BIN:?set A_BIN}" "${B_BIN:?set B_BIN}"
-# The servers start in scratch directories: the paths must not be relative.
-A_BIN="$(realpath "$A_BIN")"
-B_BIN="$(realpath "$B_BIN")"
+# shellcheck source=scripts/bench-server.sh
+. "$ROOT/scripts/bench-server.sh"
+ab_builds
 ROUNDS="${ROUNDS:-3}"
 USERS="${USERS:-1000}"
 CHAT_PAIRS="${CHAT_PAIRS:-10}"
 HASHING="${HASHING:-default}"
 OUT="${OUT:-$PWD/bench-storm.jsonl}"
 
-(cd "$ROOT" && cargo build --release -p chatbench)
-BENCH_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/chatbench"
-
-# shellcheck source=scripts/bench-server.sh
-. "$ROOT/scripts/bench-server.sh"
 bench_begin bench-storm
 LIFT=(--register-per-address 1000000 --login-failures-per-address 1000000
       --login-failures-per-account-address 1000000 --login-failures-per-account 1000000

@@ -14,10 +14,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-: "${A_BIN:?set A_BIN}" "${B_BIN:?set B_BIN}"
-# The servers start in scratch directories: the paths must not be relative.
-A_BIN="$(realpath "$A_BIN")"
-B_BIN="$(realpath "$B_BIN")"
+# shellcheck source=scripts/bench-server.sh
+. "$ROOT/scripts/bench-server.sh"
+ab_builds
 DB="${DB:-sqlite}"
 [[ $DB == sqlite || $DB == mysql ]] || { echo "DB must be sqlite or mysql, not $DB" >&2; exit 2; }
 ROUNDS="${ROUNDS:-3}"
@@ -26,11 +25,6 @@ USERS="${USERS:-2000}"
 WORKERS="${WORKERS:-32}"
 OUT="${OUT:-$PWD/bench-tokens.jsonl}"
 
-(cd "$ROOT" && cargo build --release -p chatbench)
-BENCH_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/chatbench"
-
-# shellcheck source=scripts/bench-server.sh
-. "$ROOT/scripts/bench-server.sh"
 bench_begin bench-tokens
 LIFT=(--register-per-address 1000000 --login-failures-per-address 1000000
       --login-failures-per-account-address 1000000 --login-failures-per-account 1000000

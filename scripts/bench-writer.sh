@@ -16,10 +16,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-: "${A_BIN:?set A_BIN}" "${B_BIN:?set B_BIN}"
-# The servers start in scratch directories: the paths must not be relative.
-A_BIN="$(realpath "$A_BIN")"
-B_BIN="$(realpath "$B_BIN")"
+# shellcheck source=scripts/bench-server.sh
+. "$ROOT/scripts/bench-server.sh"
+ab_builds
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5s}"
 WARMUP="${WARMUP:-2s}"
@@ -27,11 +26,6 @@ PAIRS="${PAIRS:-100}"
 ENGINES="${ENGINES:-sqlite mariadb}"
 OUT="${OUT:-$PWD/bench-writer.jsonl}"
 
-(cd "$ROOT" && cargo build --release -p chatbench)
-BENCH_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/chatbench"
-
-# shellcheck source=scripts/bench-server.sh
-. "$ROOT/scripts/bench-server.sh"
 bench_begin bench-writer
 LIFT=(--register-per-address 1000000 --login-failures-per-address 1000000
       --max-connections-per-ip 1000000 --drain-period 0s)
