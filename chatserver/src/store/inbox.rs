@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use sqlx::query_builder::Separated;
 use sqlx::{Any, QueryBuilder, Row};
 
 use super::tx::OwnedTx;
@@ -296,6 +297,24 @@ pub(super) async fn counters_of(
         .unwrap_or_default())
 }
 
+/// `head VALUES (...), (...) tail` for `rows`, one statement per
+/// `INSERT_CHUNK` of them; `bind` pushes one row's values.
+async fn insert_rows<T>(
+    tx: &mut OwnedTx,
+    head: &str,
+    rows: &[T],
+    tail: &str,
+    mut bind: impl FnMut(Separated<'_, 'static, Any, &'static str>, &T),
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut insert = QueryBuilder::<'static, Any>::new(head);
+        insert.push_values(chunk, &mut bind);
+        insert.push(tail);
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 fn counters(row: &sqlx::any::AnyRow, first: usize) -> Result<Counters, sqlx::Error> {
     Ok(Counters {
         last_seq: row.try_get(first)?,
@@ -350,32 +369,32 @@ impl WriteTx {
         users: &[i64],
     ) -> Result<HashMap<i64, Counters>, StoreError> {
         let calls = self.calls.clone();
-        calls.time("lock_inboxes", async {
-        let mut found = self.select_counters(users).await?;
-        let missing: Vec<i64> = users
-            .iter()
-            .copied()
-            .filter(|user| !found.contains_key(user))
-            .collect();
-        if !missing.is_empty() {
-            for chunk in missing.chunks(INSERT_CHUNK) {
-                let mut insert = QueryBuilder::<Any>::new(format!(
-                    "{} INTO inboxes (user_id, last_seq, delivered_seq, pending_count, pending_bytes) ",
-                    self.dialect.insert_ignore()
-                ));
-                insert.push_values(chunk, |mut row, user| {
-                    row.push_bind(*user)
-                        .push_bind(0_i64)
-                        .push_bind(0_i64)
-                        .push_bind(0_i64)
-                        .push_bind(0_i64);
-                });
-                insert.build().execute(&mut *self.tx).await?;
-            }
-            found.extend(self.select_counters(&missing).await?);
-        }
-        Ok(found)
-        }).await
+        calls
+            .time("lock_inboxes", async {
+                let mut found = self.select_counters(users).await?;
+                let missing: Vec<i64> = users
+                    .iter()
+                    .copied()
+                    .filter(|user| !found.contains_key(user))
+                    .collect();
+                if !missing.is_empty() {
+                    let head = format!(
+                "{} INTO inboxes (user_id, last_seq, delivered_seq, pending_count, pending_bytes) ",
+                self.dialect.insert_ignore()
+            );
+                    insert_rows(&mut self.tx, &head, &missing, "", |mut row, user| {
+                        row.push_bind(*user)
+                            .push_bind(0_i64)
+                            .push_bind(0_i64)
+                            .push_bind(0_i64)
+                            .push_bind(0_i64);
+                    })
+                    .await?;
+                    found.extend(self.select_counters(&missing).await?);
+                }
+                Ok(found)
+            })
+            .await
     }
 
     async fn select_counters(
@@ -464,37 +483,36 @@ impl WriteTx {
         let calls = self.calls.clone();
         calls
             .time("insert_messages", async {
-                for chunk in messages.chunks(INSERT_CHUNK) {
-                    let mut insert = QueryBuilder::<Any>::new(
-                        "INSERT INTO messages (mid, sender_id, conversation, body) ",
-                    );
-                    insert.push_values(chunk, |mut row, message| {
-                        row.push_bind(message.mid)
-                            .push_bind(message.sender_id)
-                            .push_bind(message.conversation.clone())
-                            .push_bind(message.body.to_string());
-                    });
-                    insert.build().execute(&mut *self.tx).await?;
-                }
+                let head = "INSERT INTO messages (mid, sender_id, conversation, body) ";
+                insert_rows(&mut self.tx, head, messages, "", |mut row, message| {
+                    row.push_bind(message.mid)
+                        .push_bind(message.sender_id)
+                        .push_bind(message.conversation.clone())
+                        .push_bind(message.body.to_string());
+                })
+                .await?;
                 let with_cid: Vec<(&NewMessage, &str)> = messages
                     .iter()
                     .filter_map(|m| Some((m, m.cid.as_deref()?)))
                     .collect();
-                for chunk in with_cid.chunks(INSERT_CHUNK) {
-                    let mut insert =
-                        QueryBuilder::<Any>::new("INSERT INTO message_cids (sender_id, cid, mid) ");
-                    insert.push_values(chunk, |mut row, (message, cid)| {
+                let head = "INSERT INTO message_cids (sender_id, cid, mid) ";
+                let inserted = insert_rows(
+                    &mut self.tx,
+                    head,
+                    &with_cid,
+                    "",
+                    |mut row, (message, cid)| {
                         row.push_bind(message.sender_id)
                             .push_bind(cid.to_string())
                             .push_bind(message.mid);
-                    });
-                    match insert.build().execute(&mut *self.tx).await {
-                        Ok(_) => {}
-                        Err(error) if is_unique_violation(&error) => return Ok(false),
-                        Err(error) => return Err(error.into()),
-                    }
+                    },
+                )
+                .await;
+                match inserted {
+                    Ok(()) => Ok(true),
+                    Err(error) if is_unique_violation(&error) => Ok(false),
+                    Err(error) => Err(error.into()),
                 }
-                Ok(true)
             })
             .await
     }
@@ -503,16 +521,13 @@ impl WriteTx {
         let calls = self.calls.clone();
         calls
             .time("insert_tokens", async {
-                for chunk in tokens.chunks(INSERT_CHUNK) {
-                    let mut insert =
-                        QueryBuilder::<Any>::new("INSERT INTO tokens (hash, user_id, expires_at) ");
-                    insert.push_values(chunk, |mut row, token| {
-                        row.push_bind(token.hash.clone())
-                            .push_bind(token.user_id)
-                            .push_bind(token.expires_at);
-                    });
-                    insert.build().execute(&mut *self.tx).await?;
-                }
+                let head = "INSERT INTO tokens (hash, user_id, expires_at) ";
+                insert_rows(&mut self.tx, head, tokens, "", |mut row, token| {
+                    row.push_bind(token.hash.clone())
+                        .push_bind(token.user_id)
+                        .push_bind(token.expires_at);
+                })
+                .await?;
                 Ok(())
             })
             .await
@@ -522,17 +537,14 @@ impl WriteTx {
         let calls = self.calls.clone();
         calls
             .time("insert_inbox", async {
-                for chunk in rows.chunks(INSERT_CHUNK) {
-                    let mut insert =
-                        QueryBuilder::<Any>::new("INSERT INTO inbox (user_id, seq, mid, size) ");
-                    insert.push_values(chunk, |mut row, inbox| {
-                        row.push_bind(inbox.user_id)
-                            .push_bind(inbox.seq)
-                            .push_bind(inbox.mid)
-                            .push_bind(inbox.size);
-                    });
-                    insert.build().execute(&mut *self.tx).await?;
-                }
+                let head = "INSERT INTO inbox (user_id, seq, mid, size) ";
+                insert_rows(&mut self.tx, head, rows, "", |mut row, inbox| {
+                    row.push_bind(inbox.user_id)
+                        .push_bind(inbox.seq)
+                        .push_bind(inbox.mid)
+                        .push_bind(inbox.size);
+                })
+                .await?;
                 Ok(())
             })
             .await
@@ -541,35 +553,33 @@ impl WriteTx {
     /// Writes counters back (rows exist: `lock_inboxes` made them).
     pub async fn save_counters(&mut self, changed: &[(i64, Counters)]) -> Result<(), StoreError> {
         let calls = self.calls.clone();
-        calls.time("save_counters", async {
-        let upsert = match self.dialect {
-            Dialect::MySql => {
-                " ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq), \
+        calls
+            .time("save_counters", async {
+                let upsert = match self.dialect {
+                    Dialect::MySql => {
+                        " ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq), \
                  delivered_seq = VALUES(delivered_seq), pending_count = VALUES(pending_count), \
                  pending_bytes = VALUES(pending_bytes)"
-            }
-            Dialect::Sqlite => {
-                " ON CONFLICT (user_id) DO UPDATE SET last_seq = excluded.last_seq, \
+                    }
+                    Dialect::Sqlite => {
+                        " ON CONFLICT (user_id) DO UPDATE SET last_seq = excluded.last_seq, \
                  delivered_seq = excluded.delivered_seq, pending_count = excluded.pending_count, \
                  pending_bytes = excluded.pending_bytes"
-            }
-        };
-        for chunk in changed.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::<Any>::new(
-                "INSERT INTO inboxes (user_id, last_seq, delivered_seq, pending_count, pending_bytes) ",
-            );
-            insert.push_values(chunk, |mut row, (user, c)| {
-                row.push_bind(*user)
-                    .push_bind(c.last_seq)
-                    .push_bind(c.delivered_seq)
-                    .push_bind(c.pending_count)
-                    .push_bind(c.pending_bytes);
-            });
-            insert.push(upsert);
-            insert.build().execute(&mut *self.tx).await?;
-        }
-        Ok(())
-        }).await
+                    }
+                };
+                let head =
+            "INSERT INTO inboxes (user_id, last_seq, delivered_seq, pending_count, pending_bytes) ";
+                insert_rows(&mut self.tx, head, changed, upsert, |mut row, (user, c)| {
+                    row.push_bind(*user)
+                        .push_bind(c.last_seq)
+                        .push_bind(c.delivered_seq)
+                        .push_bind(c.pending_count)
+                        .push_bind(c.pending_bytes);
+                })
+                .await?;
+                Ok(())
+            })
+            .await
     }
 
     /// `users.state` of `user_ids`, in this transaction.
