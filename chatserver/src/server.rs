@@ -246,7 +246,9 @@ impl Server {
             self.retention,
             stop.clone(),
         ));
-        background.spawn(retention::checkpoints(self.ctx.store.clone(), stop.clone()));
+        if self.ctx.store.has_wal() {
+            background.spawn(retention::checkpoints(self.ctx.store.clone(), stop.clone()));
+        }
         if let Some(tls) = &self.tls {
             background.spawn(tls.clone().watch(stop.clone()));
         }

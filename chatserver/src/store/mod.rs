@@ -331,6 +331,12 @@ impl Store {
         }
     }
 
+    /// Whether the engine keeps a WAL that [`Store::checkpoint`] copies
+    /// (SQLite; MySQL checkpoints by itself).
+    pub fn has_wal(&self) -> bool {
+        self.dialect == Dialect::Sqlite
+    }
+
     /// SQLite: copies the WAL into the database file without blocking
     /// writers (`PASSIVE`); called every 100 ms by a background task, since
     /// only the writer's commits checkpoint, and only once the WAL is large
