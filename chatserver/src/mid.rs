@@ -1,15 +1,26 @@
 //! Message ids: unique per server number, roughly time-ordered, below 2^53.
 //!
 //! Layout (53 bits): 40 bits of milliseconds since 2024-01-01 (about 34
-//! years), 5 bits of server number, 8 bits of sequence. More than 256 ids in
-//! one millisecond borrow from the next millisecond, so ids never repeat and
-//! never go backwards on one server.
+//! years), 7 bits of server number (128 servers in a cluster), 6 bits of
+//! sequence. More than 64 ids in one millisecond borrow from the next
+//! millisecond, so ids never repeat and never go backwards on one server;
+//! a server stores well under 64 messages per millisecond, so borrowing
+//! stays short.
+//!
+//! Until 2026-12 the low 13 bits were 5 of server number and 8 of
+//! sequence, which capped a cluster at 32 servers (the 33rd could not
+//! lease a number and did not start). The milliseconds kept their place,
+//! so ids of either layout compare by time alike; only during a rolling
+//! upgrade across that change could an old and a new server issue the
+//! same id in the same millisecond; the writer's batch holding the second
+//! one then fails on the duplicate key and its senders get errno 10 (a
+//! refusal they can retry with their cid, not a silent loss).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const EPOCH_MS: u64 = 1_704_067_200_000;
-const SEQ_BITS: u32 = 8;
-const NODE_BITS: u32 = 5;
+const SEQ_BITS: u32 = 6;
+const NODE_BITS: u32 = 7;
 pub const MAX_NODE: u64 = (1 << NODE_BITS) - 1;
 
 #[derive(Debug)]
@@ -76,13 +87,13 @@ mod tests {
 
     #[test]
     fn ids_increase_stay_below_2_pow_53_and_carry_the_node() {
-        let generator = MidGenerator::new(3);
+        let generator = MidGenerator::new(100);
         let mut previous = 0;
         for _ in 0..10_000 {
             let mid = generator.next();
             assert!(mid > previous);
             assert!(mid < 1 << 53);
-            assert_eq!((mid >> SEQ_BITS) & MAX_NODE as i64, 3);
+            assert_eq!((mid >> SEQ_BITS) & MAX_NODE as i64, 100);
             previous = mid;
         }
     }

@@ -367,3 +367,44 @@ async fn a_push_follows_a_receiver_who_moved_servers() {
     assert_eq!(moved.recv_chat().await.msg, "second");
     stop_all(vec![a, b, c]).await;
 }
+
+/// A cluster may grow past 32 servers (the old limit of the server number
+/// in message ids). The first 40 numbers are held here as 40 other live
+/// servers would hold them; two more servers start, lease numbers above
+/// them, and the messages each stores carry its own number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_past_the_thirty_second_lease_their_own_numbers() {
+    const HELD: u64 = 40;
+    let cluster = Cluster::new();
+    let redis = redis::Client::open(cluster.redis_url.as_str()).expect("redis url");
+    let mut conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis reachable");
+    for node in 0..HELD {
+        let key = format!("{}node:{node}", cluster.prefix);
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(format!("another-server-{node}"))
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .expect("SET node key");
+    }
+    let servers = cluster.start(2).await;
+    let (mut alice, alice_id) = servers[0].user("alice").await;
+    let (mut bob, bob_id) = servers[1].user("bob").await;
+    let to_bob = alice.chat(bob_id, "from the 41st").await;
+    assert_eq!(bob.recv_chat().await.mid, to_bob);
+    let to_alice = bob.chat(alice_id, "from the 42nd").await;
+    assert_eq!(alice.recv_chat().await.mid, to_alice);
+
+    // mid: milliseconds, then 7 bits of server number, then 6 of sequence.
+    let number = |mid: i64| (mid >> 6) & 0x7f;
+    let numbers = [to_bob, to_alice].map(|mid| number(mid.expect("v2 ACKs carry the mid")));
+    println!("server numbers in the message ids: {numbers:?}");
+    assert!(numbers.iter().all(|&n| n >= HELD as i64), "{numbers:?}");
+    assert_ne!(numbers[0], numbers[1], "two servers, one number");
+    stop_all(servers).await;
+}
