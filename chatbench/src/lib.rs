@@ -359,9 +359,25 @@ impl Bench {
         server_of: impl Fn(usize) -> SocketAddr,
         what: &str,
     ) -> anyhow::Result<Vec<Conn>> {
+        self.login_all_keeping(users, server_of, what, |conn| conn)
+            .await
+    }
+
+    /// [`Self::login_all`], keeping of each connection what `keep` makes
+    /// of it as soon as it is logged in: what it drops is freed before the
+    /// next connection allocates, so that holding many connections does
+    /// not hold the heap of their logins.
+    pub async fn login_all_keeping<T>(
+        &self,
+        users: &[User],
+        server_of: impl Fn(usize) -> SocketAddr,
+        what: &str,
+        keep: impl Fn(Conn) -> T,
+    ) -> anyhow::Result<Vec<T>> {
         let bar = self.bar(users.len() as u64, what);
         let server_of = &server_of;
-        let results: Vec<Result<Conn, BenchError>> = stream::iter(users.iter().enumerate())
+        let keep = &keep;
+        let results: Vec<Result<T, BenchError>> = stream::iter(users.iter().enumerate())
             .map(|(i, user)| {
                 let bar = bar.clone();
                 async move {
@@ -378,7 +394,7 @@ impl Bench {
                     )
                     .await?;
                     bar.inc(1);
-                    Ok(conn)
+                    Ok(keep(conn))
                 }
             })
             .buffered(self.common.setup_concurrency.max(1))
