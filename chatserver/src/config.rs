@@ -158,9 +158,10 @@ pub struct Args {
     #[arg(long, env = "CHAT_DB_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub db_connect_timeout: Option<String>,
     /// Connections of the pool that serves requests (logins, history...);
-    /// the writer's (4 on MySQL, 1 on SQLite) and the readiness probe's (1)
-    /// come on top. In a cluster, servers × (this + 5) must stay under
-    /// MySQL's max_connections [default 16 on MySQL, 8 on SQLite]
+    /// the writers' (on MySQL a quarter of this, 1 to 4; 1 on SQLite) and
+    /// the readiness probe's (1) come on top. In a cluster, servers × (this
+    /// + writers + 1) must stay under MySQL's max_connections [default 16 on
+    /// MySQL, 8 on SQLite]
     #[arg(long, env = "CHAT_DB_POOL_SIZE", value_name = "N")]
     pub db_pool_size: Option<u32>,
     /// Cluster mode: redis://HOST:PORT for presence and delivery between

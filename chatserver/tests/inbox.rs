@@ -350,3 +350,55 @@ async fn retention_purges_old_messages_and_their_inbox_rows(storage: Storage) {
     assert_eq!(texts, ["recent"]);
     server.stop().await;
 }
+
+/// On MariaDB a receiver's DELIVERED is not held up by another user's
+/// inbox row that some writer (another server's, in a cluster) has not
+/// committed yet. Deleting the confirmed rows as a range made InnoDB lock
+/// the first row past the range, the next user's, and wait for that
+/// transaction: on 55 servers sharing one database such waits chained
+/// writers together and deletes took 1-4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_a_confirmation_does_not_wait_for_the_next_users_uncommitted_row() {
+    let server = ChatServer::start(Storage::MariaDb).await;
+    let (mut sender, _) = server.user("sender").await;
+    let (mut receiver, receiver_id) = server.user("receiver").await;
+    let (_neighbour, neighbour_id) = server.user("neighbour").await;
+    assert_eq!(neighbour_id, receiver_id + 1, "ids in registration order");
+    let mid = sender.chat(receiver_id, "one").await.expect("v2 ACKs carry the mid");
+    let seq = receiver.recv_chat().await.seq.expect("v2 pushes carry seq");
+
+    // Another writer's transaction stays open with the neighbour's next row,
+    // the row right after the receiver's in the inbox's key order.
+    let db = server.db().await;
+    let mut other_writer = db.begin().await.expect("BEGIN");
+    sqlx::query("INSERT INTO inbox (user_id, seq, mid, size) VALUES (?, ?, ?, ?)")
+        .bind(neighbour_id)
+        .bind(1_i64)
+        .bind(mid)
+        .bind(3_i64)
+        .execute(&mut *other_writer)
+        .await
+        .expect("the other writer's insert");
+
+    let confirmed = std::time::Instant::now();
+    receiver.delivered(seq).await;
+    server
+        .count_becomes(
+            &format!("SELECT COUNT(*) FROM inbox WHERE user_id = {receiver_id}"),
+            0,
+        )
+        .await;
+    println!("confirmed row deleted after {:?}", confirmed.elapsed());
+    assert_eq!(
+        server
+            .count(&format!(
+                "SELECT delivered_seq FROM inboxes WHERE user_id = {receiver_id}"
+            ))
+            .await,
+        seq
+    );
+    other_writer.rollback().await.expect("ROLLBACK");
+    sender.chat(receiver_id, "two").await;
+    assert_eq!(receiver.recv_chat().await.msg, "two");
+    server.stop().await;
+}
