@@ -364,7 +364,10 @@ async fn mariadb_a_confirmation_does_not_wait_for_the_next_users_uncommitted_row
     let (mut receiver, receiver_id) = server.user("receiver").await;
     let (_neighbour, neighbour_id) = server.user("neighbour").await;
     assert_eq!(neighbour_id, receiver_id + 1, "ids in registration order");
-    let mid = sender.chat(receiver_id, "one").await.expect("v2 ACKs carry the mid");
+    let mid = sender
+        .chat(receiver_id, "one")
+        .await
+        .expect("v2 ACKs carry the mid");
     let seq = receiver.recv_chat().await.seq.expect("v2 pushes carry seq");
 
     // Another writer's transaction stays open with the neighbour's next row,
