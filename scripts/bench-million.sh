@@ -22,9 +22,11 @@
 # nothing once logged in (a real client pings; see docs/BENCHMARKS.md).
 #
 # It changes these and restores them at exit: fs.file-max (two descriptors
-# per connection on one box), MariaDB's max_connections (each server holds
-# its pool, its writer's connections and a probe), and
-# net.netfilter.nf_conntrack_max when connection tracking is active.
+# per connection on one box), net.core.netdev_max_backlog (see below),
+# MariaDB's max_connections (each server holds its pool, its writer's
+# connection and a probe), innodb_buffer_pool_size (2 GiB) and
+# innodb_log_file_size (1 GiB), and net.netfilter.nf_conntrack_max when
+# connection tracking is active.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -76,6 +78,8 @@ rss_sum() { local sum=0 pid; for pid in "$@"; do
     sum=$((sum + $(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0))); done
     echo "$sum"; }
 tcp_inuse() { awk '/^TCP:/ {print $3}' /proc/net/sockstat; }
+# Connections the kernel gave up on (keepalive or retransmissions), since boot.
+timeouts() { nstat -az TcpExtTCPAbortOnTimeout | awk '/TCPAbortOnTimeout/ {print $2}'; }
 
 echo "# $(date -u +%FT%TZ) $(nproc) cpus, $(uptime); $SERVERS servers × $PER_SERVER = $TOTAL" >&2
 
@@ -93,13 +97,39 @@ if [[ -r /proc/sys/net/netfilter/nf_conntrack_count ]] \
     RESTORE+=("sysctl -qw net.netfilter.nf_conntrack_max=$conntrack_max")
 fi
 max_connections="$(mysql_q 'SELECT @@global.max_connections')"
+# Per server: the request pool, one writer (a pool under 8 gets one) and
+# the readiness probe.
 POOL=2
-want_db=$((SERVERS * (POOL + 5) + 100))
+want_db=$((SERVERS * (POOL + 2) + 100))
 if ((max_connections < want_db)); then
     mysql_q "SET GLOBAL max_connections = $want_db"
     RESTORE+=("mysql_q 'SET GLOBAL max_connections = $max_connections'")
 fi
-echo "# fs.file-max $(sysctl -n fs.file-max), MariaDB max_connections $(mysql_q 'SELECT @@global.max_connections')" >&2
+# Loopback carries both ends' packets through one per-CPU backlog of
+# netdev_max_backlog packets (1,000 here). The kernel fires keepalive
+# timers in batches, and a batch of probes from hundreds of thousands of
+# idle sockets overflowed it: the probes were dropped, and after three
+# dropped probes the servers closed the connections as timed out (973,962
+# of them in a first try, which then looked like logins slowing down).
+backlog="$(sysctl -n net.core.netdev_max_backlog)"
+if ((backlog < 262144)); then
+    sysctl -qw net.core.netdev_max_backlog=262144
+    RESTORE+=("sysctl -qw net.core.netdev_max_backlog=$backlog")
+fi
+# A million users' rows and tokens do not fit MariaDB's default 128 MiB
+# buffer pool, nor its writes a 96 MiB redo log: evicting and flushing
+# pages slowed commits as the tables grew.
+mysql_raise() { # variable, wanted value
+    local was
+    was="$(mysql_q "SELECT @@global.$1")"
+    if ((was < $2)); then
+        mysql_q "SET GLOBAL $1 = $2"
+        RESTORE+=("mysql_q 'SET GLOBAL $1 = $was'")
+    fi
+}
+mysql_raise innodb_buffer_pool_size $((2 << 30))
+mysql_raise innodb_log_file_size $((1 << 30))
+echo "# fs.file-max $(sysctl -n fs.file-max), netdev_max_backlog $(sysctl -n net.core.netdev_max_backlog), MariaDB max_connections $(mysql_q 'SELECT @@global.max_connections'), buffer pool $(mysql_q 'SELECT @@global.innodb_buffer_pool_size'), redo log $(mysql_q 'SELECT @@global.innodb_log_file_size')" >&2
 
 # --- the cluster
 SERVER_FLAGS=(--redis-url "$REDIS_URL" --redis-prefix "$PREFIX" --db-pool-size "$POOL"
@@ -134,6 +164,7 @@ figure users_inserted_s $((SECONDS - started)) s
 
 # --- a million logins: one load generator per server, its own source addresses
 inuse_before="$(tcp_inuse)"
+timeouts_before="$(timeouts)"
 started=$SECONDS
 for i in $(seq 0 $((SERVERS - 1))); do
     file="$BENCH_WORK/users.$(printf %03d "$i")"
@@ -162,6 +193,7 @@ while :; do
 done
 login_s=$((SECONDS - started))
 figure connections "$held" connections
+figure timed_out_connections "$(($(timeouts) - timeouts_before))" connections
 figure login_s "$login_s" s
 figure logins_per_s "$((TOTAL / (login_s > 0 ? login_s : 1)))" logins/s
 sleep 10 # the last logins' writes settle
@@ -191,3 +223,4 @@ alive=0
 for pid in "${LOADER_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=$((alive + 1)); done
 figure connections_after_chat $(( ($(tcp_inuse) - inuse_before) / 2 )) connections
 figure loaders_alive_after_chat "$alive" processes
+figure timed_out_connections_after_chat "$(($(timeouts) - timeouts_before))" connections
