@@ -44,7 +44,7 @@ TOTAL=$((SERVERS * PER_SERVER))
 CHATSERVER_BIN="$(realpath "${CHATSERVER_BIN:-$ROOT/target/release/chatserver}")"
 BENCH_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/chatbench"
 mysql_q() { mysql -uroot -h127.0.0.1 -N -e "$1"; }
-# Two Redis ports of the URL's form redis://host:port.
+# Host and port of REDIS_URL (redis://host:port).
 REDIS_HOSTPORT="${REDIS_URL#redis://}"
 redis_q() { redis-cli -h "${REDIS_HOSTPORT%:*}" -p "${REDIS_HOSTPORT##*:}" "$@"; }
 
@@ -162,7 +162,7 @@ seed_id="$(awk '{print $1; exit}' "$BENCH_WORK/seed.users")"
 started=$SECONDS
 mysql_q "INSERT INTO \`$DB_NAME\`.users (name, password_hash, created_at)
     SELECT CONCAT('m', seq), (SELECT password_hash FROM \`$DB_NAME\`.users WHERE id = $seed_id), 0
-    FROM test.seq_1_to_$TOTAL"
+    FROM \`$DB_NAME\`.seq_1_to_$TOTAL"
 mysql_q "SELECT id, name FROM \`$DB_NAME\`.users WHERE name LIKE 'm%' ORDER BY id" \
     | tr '\t' ' ' | split -d -a 3 -l "$PER_SERVER" - "$BENCH_WORK/users."
 figure users_inserted_s $((SECONDS - started)) s

@@ -26,9 +26,9 @@ const ATTEMPTS: u32 = 3;
 /// to share their transaction. Nobody waits for either, and each usually
 /// has company coming: a client confirms a push and often answers it at
 /// once, and a login records its presence just before it stores its
-/// token. Written apart they took two transactions each, and commits are
-/// what a shared MariaDB runs out of first (55 servers logging users in
-/// had 196 threads waiting in COMMIT). A late confirmation only means
+/// token. Written apart, each took a transaction of its own, and commits
+/// are what a shared MariaDB runs out of first (55 servers logging users
+/// in had 196 threads waiting in COMMIT). A late confirmation only means
 /// messages offered again after a crash, which seq lets the client drop;
 /// a session's end flushes both before the user may log in again.
 const COMPANY_DELAY: Duration = Duration::from_millis(20);

@@ -431,12 +431,13 @@ impl WriteTx {
     /// Removes each user's inbox rows with `after < seq <= upto` (one
     /// `DELETE ... RETURNING` per chunk of users, SQLite and MariaDB alike);
     /// returns the count and bytes removed per user.
-    /// Deletes the confirmed rows. Short ranges name each row by its key:
-    /// InnoDB scanning a range locks the first row past its end too, which
-    /// is the next user's newest inbox row, often not yet committed by
-    /// another server's writer. Waiting for it chained writers together: on
-    /// 55 servers sharing MariaDB these deletes took 1-4 s and chat stalled.
-    /// Keys named one by one lock only those rows.
+    ///
+    /// Short ranges name each row by its key. InnoDB deleting a range locks
+    /// the first row past its end too: the next user's newest inbox row,
+    /// often not yet committed by another server's writer. Waiting for it
+    /// chained writers together: on 55 servers sharing MariaDB these
+    /// deletes took 1-4 s and chat stalled. Keys named one by one lock only
+    /// those rows.
     pub async fn confirm(
         &mut self,
         ranges: &[Confirmation],

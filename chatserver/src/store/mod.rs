@@ -160,9 +160,10 @@ pub struct Store {
 /// On MySQL concurrent transactions share the redo log's fsync (InnoDB
 /// group commit): a quarter of the request pool, 1 to 4. A server told to
 /// keep its pool small (`--db-pool-size`, for a large cluster sharing one
-/// database) keeps one writer: on 55 servers sharing MariaDB, four writers
-/// each spun on InnoDB's latches and chat across them reached 1,240-1,478
-/// messages/s at a p99 of 180-230 ms; with one, 1,693/s at 135 ms.
+/// database) keeps one writer: on 55 servers sharing MariaDB with four
+/// writers each, a tenth of MariaDB's CPU went to what looked like latch
+/// waits, and chat across them reached 1,240-1,478 messages/s at a p99 of
+/// 180-230 ms; with one writer each, 1,693/s at 135 ms.
 fn writer_shards(dialect: Dialect, pool_size: Option<u32>) -> u32 {
     match dialect {
         Dialect::Sqlite => 1,
