@@ -115,7 +115,7 @@ fi
 # timers in batches, and a batch of probes from hundreds of thousands of
 # idle sockets overflowed it: the probes were dropped, and after three
 # dropped probes the servers closed the connections as timed out (973,962
-# of them in a first try, which then looked like logins slowing down).
+# of them over two first tries, which looked like logins slowing down).
 backlog="$(sysctl -n net.core.netdev_max_backlog)"
 if ((backlog < 262144)); then
     sysctl -qw net.core.netdev_max_backlog=262144
