@@ -36,10 +36,6 @@ bench_begin bench-delivery
 
 # The limits this build has against abusive clients would refuse a load
 # generator that registers and logs in everyone from 127.0.0.1.
-LIFT=(--register-per-address 1000000 --create-group-per-user 1000000 --max-groups-per-user 1000000
-      --login-failures-per-address 1000000 --login-failures-per-account-address 1000000
-      --login-failures-per-account 1000000 --max-connections 1000000 --max-connections-per-ip 1000000
-      --drain-period 0s)
 # The reference has no such limits; both run one runtime thread.
 ONE=(--worker-threads 1)
 bench() {
@@ -55,17 +51,17 @@ for round in $(seq "$ROUNDS"); do
     bench base-sqlite --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs 100
     bench base-fanout --runs 1 --warmup "$WARMUP" --duration "$DURATION" fanout --members 50
     stop_server
-    start "$HEAD_BIN" "head-$round" "$(sqlite_url "head-$round")" "${LIFT[@]}" "${ONE[@]}"
+    start "$HEAD_BIN" "head-$round" "$(sqlite_url "head-$round")" "${BENCH_LIMITS[@]}" "${ONE[@]}"
     bench head-sqlite --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs 100
     bench head-fanout --runs 1 --warmup "$WARMUP" --duration "$DURATION" fanout --members 50
     stop_server
-    start "$HEAD_BIN" "head-mysql-$round" "$(mysql_url "$round")" "${LIFT[@]}" "${ONE[@]}"
+    start "$HEAD_BIN" "head-mysql-$round" "$(mysql_url "$round")" "${BENCH_LIMITS[@]}" "${ONE[@]}"
     bench head-mariadb --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs 100
     stop_server
 done
 
 # Token logins (no password hashing), SQLite.
-start "$HEAD_BIN" tokens "$(sqlite_url tokens)" "${LIFT[@]}" "${ONE[@]}"
+start "$HEAD_BIN" tokens "$(sqlite_url tokens)" "${BENCH_LIMITS[@]}" "${ONE[@]}"
 bench head-tokens --runs "$ROUNDS" --duration "$DURATION" tokens --users 2000 --workers 32
 stop_server
 
@@ -74,7 +70,7 @@ stop_server
 # the server's exit, then truncated with the sqlite3 shell).
 for build in base head; do
     bin="$BASE_BIN"; extra=("${ONE[@]}")
-    [[ $build == head ]] && { bin="$HEAD_BIN"; extra=("${LIFT[@]}" "${ONE[@]}"); }
+    [[ $build == head ]] && { bin="$HEAD_BIN"; extra=("${BENCH_LIMITS[@]}" "${ONE[@]}"); }
     name="groupstore-$build"
     start "$bin" "$name" "$(sqlite_url "$name")" "${extra[@]}"
     # Registers the members once (kept in a users file), so that the

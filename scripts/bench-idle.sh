@@ -26,8 +26,6 @@ OUT="${OUT:-$PWD/bench-idle.jsonl}"
 
 bench_begin bench-idle
 ulimit -Sn "$(ulimit -Hn)"
-LIFT=(--register-per-address 1000000 --max-connections 1000000
-      --max-connections-per-ip 1000000 --drain-period 0s)
 # Loopback source addresses, so that 19,000 connections leave ephemeral
 # ports to spare between runs (TIME_WAIT).
 SOURCES="$(echo 127.0.0.{1..12} | tr ' ' ',')"
@@ -40,7 +38,7 @@ echo "# $(date -u +%FT%TZ) $(nproc) cpus, $(uptime)" >&2
 for round in $(seq "$ROUNDS"); do
     for side in A B; do
         bin="A_BIN"; [[ $side == B ]] && bin="B_BIN"
-        start "${!bin}" "idle-$round-$side" "$(sqlite_url idle)" "${LIFT[@]}"
+        start "${!bin}" "idle-$round-$side" "$(sqlite_url idle)" "${BENCH_LIMITS[@]}"
         # Memory first, nothing else on the server...
         "$BENCH_BIN" --json --server "$ADDR" --server-pid "$PID" --runs 1 \
             --users-file "$USERS" --setup-concurrency 128 --source-ips "$SOURCES" \

@@ -138,8 +138,7 @@ echo "# fs.file-max $(sysctl -n fs.file-max), netdev_max_backlog $(sysctl -n net
 
 # --- the cluster
 SERVER_FLAGS=(--redis-url "$REDIS_URL" --redis-prefix "$PREFIX" --db-pool-size "$POOL"
-    --register-per-address 1000000 --max-connections 1000000
-    --max-connections-per-ip 1000000 --v2-idle-timeout 2h --drain-period 0s)
+    "${BENCH_LIMITS[@]}" --v2-idle-timeout 2h)
 redis_before="$(redis_q INFO memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')"
 mem_before="$(kib MemAvailable)"
 slab_before="$(kib Slab)"

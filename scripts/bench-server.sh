@@ -2,6 +2,7 @@
 # directory of its own under a scratch directory, and at exit stops it,
 # drops the MariaDB databases it made and removes the scratch directory.
 #
+#   BENCH_LIMITS              the limits lifted for benchmarks
 #   bench_begin NAME          scratch directory, exit trap
 #   start BIN DIR URL [args]  a server in $BENCH_WORK/DIR; sets PID, ADDR
 #                             (and WEB, its --ws-listen address, if given)
@@ -14,6 +15,14 @@ MYSQL_URL="${MYSQL_URL:-mysql://root@127.0.0.1:3306}"
 # The hashing flags `start` gives each server: cheap, unless a script sets
 # BENCH_HASHING=() for the server's default cost.
 BENCH_HASHING=(--hash-memory-kib 64 --hash-iterations 1)
+# Limits every benchmark server runs with, so that the load generator's
+# registrations, logins and connections from one address are not refused
+# (scripts add their own flags after these).
+BENCH_LIMITS=(--register-per-address 1000000 --create-group-per-user 1000000
+              --max-groups-per-user 1000000 --login-failures-per-address 1000000
+              --login-failures-per-account-address 1000000
+              --login-failures-per-account 1000000 --max-connections 1000000
+              --max-connections-per-ip 1000000 --drain-period 0s)
 PID=""
 ADDR=""
 WEB=""

@@ -25,9 +25,6 @@ HASHING="${HASHING:-default}"
 OUT="${OUT:-$PWD/bench-storm.jsonl}"
 
 bench_begin bench-storm
-LIFT=(--register-per-address 1000000 --login-failures-per-address 1000000
-      --login-failures-per-account-address 1000000 --login-failures-per-account 1000000
-      --max-connections-per-ip 1000000 --drain-period 0s)
 # The default cost is what users run.
 [[ $HASHING == default ]] && BENCH_HASHING=()
 RUNS_FILE="$BENCH_WORK/runs.jsonl"
@@ -36,7 +33,7 @@ echo "# $(date -u +%FT%TZ) $(nproc) cpus, $(uptime), hashing $HASHING" >&2
 for round in $(seq "$ROUNDS"); do
     for side in A B; do
         bin="A_BIN"; [[ $side == B ]] && bin="B_BIN"
-        start "${!bin}" "storm-$round-$side" "$(sqlite_url "storm-$round-$side")" "${LIFT[@]}"
+        start "${!bin}" "storm-$round-$side" "$(sqlite_url "storm-$round-$side")" "${BENCH_LIMITS[@]}"
         "$BENCH_BIN" --json --no-progress --server "$ADDR" --server-pid "$PID" \
             login --users "$USERS" --chat-pairs "$CHAT_PAIRS" \
             | { grep '^{' || echo "# storm-$round-$side: no result" >&2; } \

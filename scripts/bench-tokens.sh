@@ -26,10 +26,7 @@ WORKERS="${WORKERS:-32}"
 OUT="${OUT:-$PWD/bench-tokens.jsonl}"
 
 bench_begin bench-tokens
-LIFT=(--register-per-address 1000000 --login-failures-per-address 1000000
-      --login-failures-per-account-address 1000000 --login-failures-per-account 1000000
-      --max-connections 1000000 --max-connections-per-ip 1000000 --drain-period 0s
-      --worker-threads 1)
+LIFT=("${BENCH_LIMITS[@]}" --worker-threads 1)
 RUNS_FILE="$BENCH_WORK/runs.jsonl"
 
 echo "# $(date -u +%FT%TZ) $(nproc) cpus, $(uptime)" >&2

@@ -27,8 +27,6 @@ ENGINES="${ENGINES:-sqlite mariadb}"
 OUT="${OUT:-$PWD/bench-writer.jsonl}"
 
 bench_begin bench-writer
-LIFT=(--register-per-address 1000000 --login-failures-per-address 1000000
-      --max-connections-per-ip 1000000 --drain-period 0s)
 RECEIPTS="${RECEIPTS:-1}"
 # Runs without receipts are labelled apart, so that $OUT's medians never mix
 # the two.
@@ -55,7 +53,7 @@ for round in $(seq "$ROUNDS"); do
         for side in A B; do
             bin="$A_BIN"; [[ $side == B ]] && bin="$B_BIN"
             name="$side-$engine-$round"
-            start "$bin" "$name" "$(url_for "$engine" "$name")" "${LIFT[@]}"
+            start "$bin" "$name" "$(url_for "$engine" "$name")" "${BENCH_LIMITS[@]}"
             watch_wal "$BENCH_WORK/$name.db-wal" "$PID" & watcher=$!
             "$BENCH_BIN" --server "$ADDR" --server-pid "$PID" --json "${DELIVERED[@]}" \
                 --runs 1 --warmup "$WARMUP" --duration "$DURATION" pingpong --pairs "$PAIRS" \
