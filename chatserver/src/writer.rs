@@ -111,14 +111,25 @@ impl Writer {
         &self.shards[user.unsigned_abs() as usize % self.shards.len()]
     }
 
-    /// Stores a message; the outcome says what was committed.
-    pub async fn send(&self, job: SendJob) -> Result<SendOutcome, StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        self.shard(job.message.sender_id)
-            .send(Job::Send(job, reply))
+    /// Queues the job `make` builds around a reply channel on `user`'s
+    /// shard, and waits for the reply (sent once the batch committed).
+    async fn ask<T>(
+        &self,
+        user: i64,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.shard(user)
+            .send(make(reply))
             .await
             .map_err(|_| StoreError::WriterStopped)?;
-        outcome.await.map_err(|_| StoreError::WriterStopped)?
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Stores a message; the outcome says what was committed.
+    pub async fn send(&self, job: SendJob) -> Result<SendOutcome, StoreError> {
+        self.ask(job.message.sender_id, |reply| Job::Send(job, reply))
+            .await
     }
 
     /// Moves a receiver's cursor (not waited for: a confirmation lost in a
@@ -130,12 +141,8 @@ impl Writer {
 
     /// Stores a login token with the next batch.
     pub async fn insert_token(&self, token: NewToken) -> Result<(), StoreError> {
-        let (reply, stored) = oneshot::channel();
-        self.shard(token.user_id)
-            .send(Job::Token(token, reply))
+        self.ask(token.user_id, |reply| Job::Token(token, reply))
             .await
-            .map_err(|_| StoreError::WriterStopped)?;
-        stored.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     /// Records a user online or offline, in the next batch.
