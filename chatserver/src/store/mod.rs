@@ -150,7 +150,6 @@ pub struct Store {
     probe: AnyPool,
     dialect: Dialect,
     sync: SqliteSync,
-    writer_shards: u32,
     /// Times every call below (the metrics' database latency and errors)
     /// and notes connection failures (which pooled connections to check).
     calls: StoreCalls,
@@ -238,13 +237,12 @@ impl Store {
             Dialect::MySql => MYSQL_MIGRATIONS.run(&pool).await?,
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
         }
-        let writer_shards = writer_shards(dialect, pool_size);
         let writes = Self::pool_options(
             dialect,
             sync,
             &calls.blips,
             PoolRole::Writer {
-                shards: writer_shards,
+                shards: writer_shards(dialect, pool_size),
             },
         )
         .connect(url)
@@ -257,7 +255,6 @@ impl Store {
             probe,
             dialect,
             sync,
-            writer_shards,
             calls,
         })
     }
@@ -398,9 +395,10 @@ impl Store {
             .await
     }
 
-    /// How many writer tasks may commit at once (see `writer_shards`).
+    /// How many writer tasks may commit at once (see `writer_shards`):
+    /// one per connection of the writers' pool.
     pub fn writer_shards(&self) -> usize {
-        self.writer_shards as usize
+        self.writes.options().get_max_connections() as usize
     }
 
     pub async fn close(&self) {
