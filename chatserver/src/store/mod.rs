@@ -735,3 +735,20 @@ impl Store {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mysql_gets_a_writer_per_four_pooled_connections_between_one_and_four() {
+        let mysql = |pool| writer_shards(Dialect::MySql, pool);
+        assert_eq!(mysql(None), 4, "the default pool of 16");
+        assert_eq!(mysql(Some(2)), 1, "a large cluster's small pool");
+        assert_eq!(mysql(Some(1)), 1);
+        assert_eq!(mysql(Some(8)), 2);
+        assert_eq!(mysql(Some(100)), 4);
+        assert_eq!(writer_shards(Dialect::Sqlite, Some(100)), 1);
+        assert_eq!(writer_shards(Dialect::Sqlite, None), 1);
+    }
+}
