@@ -539,65 +539,71 @@ impl WriteTx {
     }
 
     pub async fn insert_tokens(&mut self, tokens: &[NewToken]) -> Result<(), StoreError> {
-        let calls = self.calls.clone();
-        calls
-            .time("insert_tokens", async {
-                let head = "INSERT INTO tokens (hash, user_id, expires_at) ";
-                insert_rows(&mut self.tx, head, tokens, "", |mut row, token| {
-                    row.push_bind(token.hash.clone())
-                        .push_bind(token.user_id)
-                        .push_bind(token.expires_at);
-                })
-                .await?;
-                Ok(())
-            })
-            .await
+        let head = "INSERT INTO tokens (hash, user_id, expires_at) ";
+        self.insert_all("insert_tokens", head, tokens, "", |mut row, token| {
+            row.push_bind(token.hash.clone())
+                .push_bind(token.user_id)
+                .push_bind(token.expires_at);
+        })
+        .await
     }
 
     pub async fn insert_inbox(&mut self, rows: &[InboxRow]) -> Result<(), StoreError> {
-        let calls = self.calls.clone();
-        calls
-            .time("insert_inbox", async {
-                let head = "INSERT INTO inbox (user_id, seq, mid, size) ";
-                insert_rows(&mut self.tx, head, rows, "", |mut row, inbox| {
-                    row.push_bind(inbox.user_id)
-                        .push_bind(inbox.seq)
-                        .push_bind(inbox.mid)
-                        .push_bind(inbox.size);
-                })
-                .await?;
-                Ok(())
-            })
-            .await
+        let head = "INSERT INTO inbox (user_id, seq, mid, size) ";
+        self.insert_all("insert_inbox", head, rows, "", |mut row, inbox| {
+            row.push_bind(inbox.user_id)
+                .push_bind(inbox.seq)
+                .push_bind(inbox.mid)
+                .push_bind(inbox.size);
+        })
+        .await
     }
 
     /// Writes counters back (rows exist: `lock_inboxes` made them).
     pub async fn save_counters(&mut self, changed: &[(i64, Counters)]) -> Result<(), StoreError> {
-        let calls = self.calls.clone();
-        calls
-            .time("save_counters", async {
-                let upsert = match self.dialect {
-                    Dialect::MySql => {
-                        " ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq), \
+        let upsert = match self.dialect {
+            Dialect::MySql => {
+                " ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq), \
                  delivered_seq = VALUES(delivered_seq), pending_count = VALUES(pending_count), \
                  pending_bytes = VALUES(pending_bytes)"
-                    }
-                    Dialect::Sqlite => {
-                        " ON CONFLICT (user_id) DO UPDATE SET last_seq = excluded.last_seq, \
+            }
+            Dialect::Sqlite => {
+                " ON CONFLICT (user_id) DO UPDATE SET last_seq = excluded.last_seq, \
                  delivered_seq = excluded.delivered_seq, pending_count = excluded.pending_count, \
                  pending_bytes = excluded.pending_bytes"
-                    }
-                };
-                let head =
+            }
+        };
+        let head =
             "INSERT INTO inboxes (user_id, last_seq, delivered_seq, pending_count, pending_bytes) ";
-                insert_rows(&mut self.tx, head, changed, upsert, |mut row, (user, c)| {
-                    row.push_bind(*user)
-                        .push_bind(c.last_seq)
-                        .push_bind(c.delivered_seq)
-                        .push_bind(c.pending_count)
-                        .push_bind(c.pending_bytes);
-                })
-                .await?;
+        self.insert_all(
+            "save_counters",
+            head,
+            changed,
+            upsert,
+            |mut row, (user, c)| {
+                row.push_bind(*user)
+                    .push_bind(c.last_seq)
+                    .push_bind(c.delivered_seq)
+                    .push_bind(c.pending_count)
+                    .push_bind(c.pending_bytes);
+            },
+        )
+        .await
+    }
+
+    /// [`insert_rows`] in this transaction, timed as `op`.
+    async fn insert_all<T>(
+        &mut self,
+        op: &'static str,
+        head: &str,
+        rows: &[T],
+        tail: &str,
+        bind: impl FnMut(Separated<'_, 'static, Any, &'static str>, &T),
+    ) -> Result<(), StoreError> {
+        let calls = self.calls.clone();
+        calls
+            .time(op, async {
+                insert_rows(&mut self.tx, head, rows, tail, bind).await?;
                 Ok(())
             })
             .await
