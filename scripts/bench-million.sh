@@ -24,7 +24,7 @@
 # It changes these and restores them at exit: fs.file-max (two descriptors
 # per connection on one box), net.core.netdev_max_backlog (see below),
 # MariaDB's max_connections (each server holds its pool, its writer's
-# connection and a probe), innodb_buffer_pool_size (2 GiB) and
+# connection, a probe and the inbox sweeper's), innodb_buffer_pool_size (2 GiB) and
 # innodb_log_file_size (1 GiB), and net.netfilter.nf_conntrack_max when
 # connection tracking is active.
 set -euo pipefail
@@ -105,7 +105,7 @@ max_connections="$(mysql_q 'SELECT @@global.max_connections')"
 # Per server: the request pool, one writer (a pool under 8 gets one) and
 # the readiness probe.
 POOL=2
-want_db=$((SERVERS * (POOL + 2) + 100))
+want_db=$((SERVERS * (POOL + 3) + 100))
 if ((max_connections < want_db)); then
     mysql_q "SET GLOBAL max_connections = $want_db"
     RESTORE+=("mysql_q 'SET GLOBAL max_connections = $max_connections'")

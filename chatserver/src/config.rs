@@ -159,8 +159,9 @@ pub struct Args {
     pub db_connect_timeout: Option<String>,
     /// Connections of the pool that serves requests (logins, history...);
     /// the writers' (on MySQL a quarter of this, 1 to 4; 1 on SQLite) and
-    /// the readiness probe's (1) come on top. In a cluster, servers times
-    /// (this plus writers plus 1) must stay under MySQL's max_connections
+    /// the readiness probe's (1) and on MySQL the inbox sweeper's (1) come on
+    /// top. In a cluster, servers times (this plus writers plus 2) must stay
+    /// under MySQL's max_connections
     /// [default 16 on MySQL, 8 on SQLite]
     #[arg(long, env = "CHAT_DB_POOL_SIZE", value_name = "N")]
     pub db_pool_size: Option<u32>,

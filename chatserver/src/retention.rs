@@ -83,16 +83,25 @@ pub async fn purge(
         if rows.is_empty() {
             break;
         }
-        let mut freed: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
-        for row in &rows {
-            let entry = freed.entry(row.user_id).or_default();
-            entry.0 += 1;
-            entry.1 += row.size;
-        }
-        let users: Vec<i64> = freed.keys().copied().collect();
+        let mut users: Vec<i64> = rows.iter().map(|row| row.user_id).collect();
+        users.sort_unstable();
+        users.dedup();
         let mut tx = store.begin_writes().await?;
         let mut counters = tx.lock_inboxes(&users).await?;
         tx.delete_inbox_rows(&rows).await?;
+        // Rows at or below the confirmed cursor were counted out when they
+        // were confirmed (on MySQL the sweeper may not have reached them).
+        let mut freed: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        for row in &rows {
+            if counters
+                .get(&row.user_id)
+                .is_some_and(|c| row.seq > c.delivered_seq)
+            {
+                let entry = freed.entry(row.user_id).or_default();
+                entry.0 += 1;
+                entry.1 += row.size;
+            }
+        }
         let changed: Vec<_> = freed
             .iter()
             .filter_map(|(user, (count, bytes))| {

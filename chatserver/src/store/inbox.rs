@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use sqlx::query_builder::Separated;
 use sqlx::{Any, QueryBuilder, Row};
 
+use super::sweeper::{push_ranges, Sweeper};
 use super::tx::OwnedTx;
 use super::{
     is_unique_violation, long_text, placeholders, update_states, Dialect, Store, INSERT_CHUNK,
@@ -89,6 +90,9 @@ pub struct WriteTx {
     tx: OwnedTx,
     dialect: Dialect,
     calls: super::health::StoreCalls,
+    sweeper: Option<Sweeper>,
+    /// Ranges confirmed in this transaction whose rows the sweeper deletes.
+    confirmed: Vec<Confirmation>,
 }
 
 impl Store {
@@ -101,6 +105,8 @@ impl Store {
             tx,
             dialect: self.dialect,
             calls: self.calls.clone(),
+            sweeper: self.sweeper.clone(),
+            confirmed: Vec::new(),
         })
     }
 
@@ -324,11 +330,6 @@ fn counters(row: &sqlx::any::AnyRow, first: usize) -> Result<Counters, sqlx::Err
     })
 }
 
-/// Longest confirmed range deleted by naming its rows one by one (see
-/// [`WriteTx::confirm`]); a longer one (a backlog confirmed at once) is
-/// deleted as a range.
-const POINT_DELETE_MAX: i64 = 32;
-
 impl WriteTx {
     /// The `mid` and body already stored under each (sender, cid): one
     /// query per chunk of keys, not one per key.
@@ -428,16 +429,11 @@ impl WriteTx {
         Ok(found)
     }
 
-    /// Removes each user's inbox rows with `after < seq <= upto` (one
-    /// `DELETE ... RETURNING` per chunk of users, SQLite and MariaDB alike);
-    /// returns the count and bytes removed per user.
-    ///
-    /// Short ranges name each row by its key. InnoDB deleting a range locks
-    /// the first row past its end too: the next user's newest inbox row,
-    /// often not yet committed by another server's writer. Waiting for it
-    /// chained writers together: on 55 servers sharing MariaDB these
-    /// deletes took 1-4 s and chat stalled. Keys named one by one lock only
-    /// those rows.
+    /// Counts what each user's confirmed range `after < seq <= upto` holds
+    /// (rows and bytes), for the counters. SQLite deletes the rows here, in
+    /// one `DELETE ... RETURNING` per chunk of users. MySQL only reads them
+    /// (a plain read takes no locks) and the sweeper deletes them once this
+    /// transaction has committed (see `sweeper` for why).
     pub async fn confirm(
         &mut self,
         ranges: &[Confirmation],
@@ -447,34 +443,22 @@ impl WriteTx {
             .time("confirm", async {
                 let mut removed: HashMap<i64, (i64, i64)> = HashMap::with_capacity(ranges.len());
                 for chunk in ranges.chunks(INSERT_CHUNK) {
-                    let mut delete = QueryBuilder::<Any>::new("DELETE FROM inbox WHERE ");
-                    for (i, range) in chunk.iter().enumerate() {
-                        if i > 0 {
-                            delete.push(" OR ");
-                        }
-                        delete.push("(user_id = ");
-                        delete.push_bind(range.user_id);
-                        if range.upto - range.after <= POINT_DELETE_MAX {
-                            let mut seqs = delete.separated(", ");
-                            seqs.push_unseparated(" AND seq IN (");
-                            for seq in range.after + 1..=range.upto {
-                                seqs.push_bind(seq);
-                            }
-                            seqs.push_unseparated("))");
-                        } else {
-                            delete.push(" AND seq > ");
-                            delete.push_bind(range.after);
-                            delete.push(" AND seq <= ");
-                            delete.push_bind(range.upto);
-                            delete.push(")");
-                        }
+                    let mut query = QueryBuilder::<Any>::new(match self.dialect {
+                        Dialect::MySql => "SELECT user_id, size FROM inbox WHERE ",
+                        Dialect::Sqlite => "DELETE FROM inbox WHERE ",
+                    });
+                    push_ranges(&mut query, chunk);
+                    if self.dialect == Dialect::Sqlite {
+                        query.push(" RETURNING user_id, size");
                     }
-                    delete.push(" RETURNING user_id, size");
-                    for row in delete.build().fetch_all(&mut *self.tx).await? {
+                    for row in query.build().fetch_all(&mut *self.tx).await? {
                         let entry = removed.entry(row.try_get(0)?).or_default();
                         entry.0 += 1;
                         entry.1 += row.try_get::<i64, _>(1)?;
                     }
+                }
+                if self.dialect == Dialect::MySql {
+                    self.confirmed.extend_from_slice(ranges);
                 }
                 Ok(removed)
             })
@@ -619,8 +603,12 @@ impl WriteTx {
             .await
     }
 
+    /// Commits, then hands the confirmed ranges to the sweeper (MySQL).
     pub async fn commit(self) -> Result<(), StoreError> {
         self.calls.time("commit", self.tx.commit()).await?;
+        if let (Some(sweeper), false) = (&self.sweeper, self.confirmed.is_empty()) {
+            sweeper.hand_over(self.confirmed);
+        }
         Ok(())
     }
 

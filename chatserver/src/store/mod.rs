@@ -16,6 +16,7 @@ use health::{Blips, StoreCalls};
 
 mod health;
 mod inbox;
+mod sweeper;
 mod tx;
 
 pub use inbox::{
@@ -53,6 +54,9 @@ enum PoolRole {
     /// Readiness checks' own connection: a pool busy with a login burst is
     /// not a database that is away.
     Probe,
+    /// MySQL: the sweeper's own connection (see `sweeper`), so that its
+    /// short lock waits never hold one that requests need.
+    Sweeper,
 }
 
 impl PoolRole {
@@ -61,7 +65,7 @@ impl PoolRole {
             (PoolRole::Requests(size), Dialect::MySql) => size.unwrap_or(16),
             (PoolRole::Requests(size), Dialect::Sqlite) => size.unwrap_or(8),
             (PoolRole::Writer { shards }, _) => shards,
-            (PoolRole::Probe, _) => 1,
+            (PoolRole::Probe | PoolRole::Sweeper, _) => 1,
         }
     }
 
@@ -78,7 +82,7 @@ impl PoolRole {
     fn wal_autocheckpoint(self) -> u32 {
         match self {
             PoolRole::Writer { .. } => WRITER_CHECKPOINT_FRAMES,
-            PoolRole::Requests(_) | PoolRole::Probe => 0,
+            PoolRole::Requests(_) | PoolRole::Probe | PoolRole::Sweeper => 0,
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct Store {
     /// One connection for readiness checks, so they measure the database
     /// and not how busy the main pool is.
     probe: AnyPool,
+    /// MySQL: deletes confirmed inbox rows after their commit.
+    sweeper: Option<sweeper::Sweeper>,
     dialect: Dialect,
     sync: SqliteSync,
     /// Times every call below (the metrics' database latency and errors)
@@ -249,10 +255,19 @@ impl Store {
         .await?;
         let probe =
             Self::pool_options(dialect, sync, &calls.blips, PoolRole::Probe).connect_lazy(url)?;
+        let sweeper = match dialect {
+            Dialect::MySql => Some(sweeper::Sweeper::spawn(
+                Self::pool_options(dialect, sync, &calls.blips, PoolRole::Sweeper)
+                    .connect_lazy(url)?,
+                calls.clone(),
+            )),
+            Dialect::Sqlite => None,
+        };
         Ok(Store {
             pool,
             writes,
             probe,
+            sweeper,
             dialect,
             sync,
             calls,
@@ -282,20 +297,28 @@ impl Store {
                 Box::pin(async move { Ok(blips.check(conn, meta.idle_for).await) })
             });
         if dialect == Dialect::MySql {
-            if !matches!(role, PoolRole::Writer { .. }) {
-                return options;
-            }
-            // Row locks only: under REPEATABLE READ a confirmation's range
-            // DELETE on one user's inbox rows also locked the gap before the
-            // next user's, and deadlocked with a batch inserting that
-            // user's rows on another server (errno 10 to senders, under
-            // steady traffic with receipts). Seq assignment is serialized
-            // by the `FOR UPDATE` row locks on `inboxes`, which stay.
-            return options.after_connect(|conn, _meta| {
+            // Writers and the sweeper read and lock rows only, not gaps:
+            // under REPEATABLE READ a range DELETE on one user's inbox rows
+            // also locked the gap before the next user's, and deadlocked
+            // with a batch inserting that user's rows on another server.
+            // Seq assignment is serialized by the `FOR UPDATE` row locks on
+            // `inboxes`, which stay. A writer's read of the rows a receiver
+            // confirmed sees every commit made before it (a fresh snapshot
+            // per statement).
+            const READ_COMMITTED: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED";
+            let session: &'static [&'static str] = match role {
+                PoolRole::Writer { .. } => &[READ_COMMITTED],
+                // A paused server's open transaction must not hold the
+                // sweeper for the default 50 s; it retries later.
+                PoolRole::Sweeper => &[READ_COMMITTED, "SET SESSION innodb_lock_wait_timeout = 1"],
+                PoolRole::Requests(_) | PoolRole::Probe => return options,
+            };
+            return options.after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     use sqlx::Executor;
-                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                        .await?;
+                    for statement in session {
+                        conn.execute(*statement).await?;
+                    }
                     Ok(())
                 })
             });
@@ -401,7 +424,11 @@ impl Store {
         self.writes.options().get_max_connections() as usize
     }
 
+    /// Sweeps what is confirmed (see `sweeper`), then closes every pool.
     pub async fn close(&self) {
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.flush().await;
+        }
         self.writes.close().await;
         self.probe.close().await;
         self.pool.close().await;
