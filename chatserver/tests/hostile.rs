@@ -837,6 +837,47 @@ async fn the_account_ceiling_is_shared_through_redis() {
     assert!(wrong <= 20, "{wrong} checked: the ceiling is not shared");
 }
 
+/// An address that logged into an account on one server is known on all
+/// of them (through Redis): with the account's ceiling used up by guesses
+/// on another server, a stranger holding the password is refused there,
+/// and the owner, from their usual address, is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_address_is_known_across_the_cluster() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = testkit::server::Cluster::new();
+    let args = [
+        "--database-url",
+        &cluster.database_url,
+        "--redis-url",
+        &cluster.redis_url,
+        "--redis-prefix",
+        &cluster.prefix,
+        "--proxy-protocol-from",
+        "127.0.0.1",
+    ];
+    let a = Server::start(&args);
+    let b = Server::start(&args);
+    let home: SocketAddr = "198.51.100.7:1000".parse().unwrap();
+    let mut owner = proxied(a.addr, home, true).await;
+    let id = owner.register("travelling-owner", "right").await;
+    owner.login(id, "right").await;
+    owner.logout().await;
+    for i in 0..40u8 {
+        let guesser = SocketAddr::from(([203, 0, 113, i + 1], 4000));
+        let mut c = proxied(b.addr, guesser, false).await;
+        c.call(&req::login(id, "guess")).await;
+    }
+    let stranger = SocketAddr::from(([203, 0, 113, 200], 4000));
+    let mut stranger = proxied(b.addr, stranger, false).await;
+    assert_eq!(
+        stranger.call(&req::login(id, "right")).await.errno(),
+        Errno::RateLimited,
+        "the account's ceiling is used up on server b"
+    );
+    let mut owner = proxied(b.addr, home, false).await;
+    owner.login(id, "right").await;
+}
+
 /// A LOGIN for a missing id costs what a wrong password does: medians
 /// within 20 %, at the default (production) hashing cost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
