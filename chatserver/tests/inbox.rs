@@ -505,3 +505,30 @@ async fn mariadb_many_confirmations_do_not_wait_for_another_writers_rows() {
         .await;
     server.stop().await;
 }
+
+/// On MariaDB a clean stop sweeps what receivers confirmed: no confirmed
+/// row outlives the server (rows a crash leaves go with retention).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_a_clean_stop_leaves_no_confirmed_rows() {
+    let server = ChatServer::start(Storage::MariaDb).await;
+    let (mut sender, _) = server.user("sender").await;
+    let (mut receiver, receiver_id) = server.user("receiver").await;
+    sender.chat(receiver_id, "one").await;
+    let seq = receiver.recv_chat().await.seq.expect("v2 pushes carry seq");
+    receiver.delivered(seq).await;
+    server
+        .count_becomes(
+            &format!("SELECT delivered_seq FROM inboxes WHERE user_id = {receiver_id}"),
+            seq,
+        )
+        .await;
+    let db = server.db().await;
+    server.stop().await;
+    let left: i64 = sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM inbox WHERE user_id = {receiver_id}"
+    ))
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "confirmed rows left after a clean stop");
+}
