@@ -410,20 +410,13 @@ async fn mariadb_a_confirmation_does_not_wait_for_the_next_users_uncommitted_row
     // Nothing the receiver does waits for that transaction: the cursor
     // moves and the next message arrives while it stays open.
     let confirmed = std::time::Instant::now();
-    receiver.delivered(seq).await;
-    server
-        .count_becomes(
-            &format!("SELECT delivered_seq FROM inboxes WHERE user_id = {receiver_id}"),
-            seq,
-        )
-        .await;
+    confirm(&server, &mut receiver, receiver_id, seq).await;
     sender.chat(receiver_id, "two").await;
     assert_eq!(receiver.recv_chat().await.msg, "two");
-    let waited = confirmed.elapsed();
-    println!("confirmed and answered after {waited:?}");
-    assert!(
-        waited < std::time::Duration::from_secs(1),
-        "the confirmation waited {waited:?} for another writer's transaction"
+    not_held_up(
+        confirmed,
+        Duration::from_secs(1),
+        "the confirmation and the answer",
     );
 
     // The confirmed row leaves the inbox once nothing holds its neighbour.
@@ -487,12 +480,7 @@ async fn mariadb_many_confirmations_do_not_wait_for_another_writers_rows() {
             RECEIVERS as i64,
         )
         .await;
-    let waited = confirmed.elapsed();
-    println!("{RECEIVERS} confirmations written after {waited:?}");
-    assert!(
-        waited < std::time::Duration::from_secs(2),
-        "the confirmations waited {waited:?} for another writer's transaction"
-    );
+    not_held_up(confirmed, Duration::from_secs(2), "the confirmations");
     other_writer.rollback().await.expect("ROLLBACK");
     server
         .count_becomes(
@@ -515,13 +503,7 @@ async fn mariadb_a_clean_stop_leaves_no_confirmed_rows() {
     let (mut receiver, receiver_id) = server.user("receiver").await;
     sender.chat(receiver_id, "one").await;
     let seq = receiver.recv_chat().await.seq.expect("v2 pushes carry seq");
-    receiver.delivered(seq).await;
-    server
-        .count_becomes(
-            &format!("SELECT delivered_seq FROM inboxes WHERE user_id = {receiver_id}"),
-            seq,
-        )
-        .await;
+    confirm(&server, &mut receiver, receiver_id, seq).await;
     let db = server.db().await;
     server.stop().await;
     let left: i64 = sqlx::query_scalar(&format!(
@@ -531,4 +513,26 @@ async fn mariadb_a_clean_stop_leaves_no_confirmed_rows() {
     .await
     .unwrap();
     assert_eq!(left, 0, "confirmed rows left after a clean stop");
+}
+
+/// Fails when what began at `started` took `within` or more: it waited for
+/// another writer's open transaction.
+fn not_held_up(started: std::time::Instant, within: Duration, what: &str) {
+    let waited = started.elapsed();
+    println!("{what}: written after {waited:?}");
+    assert!(
+        waited < within,
+        "{what} waited {waited:?} for another writer's transaction"
+    );
+}
+
+/// Sends DELIVERED `seq` and waits until the receiver's cursor is there.
+async fn confirm(server: &ChatServer, receiver: &mut Client, receiver_id: i64, seq: i64) {
+    receiver.delivered(seq).await;
+    server
+        .count_becomes(
+            &format!("SELECT delivered_seq FROM inboxes WHERE user_id = {receiver_id}"),
+            seq,
+        )
+        .await;
 }

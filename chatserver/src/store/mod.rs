@@ -427,7 +427,7 @@ impl Store {
     /// Sweeps what is confirmed (see `sweeper`), then closes every pool.
     pub async fn close(&self) {
         if let Some(sweeper) = &self.sweeper {
-            sweeper.flush().await;
+            sweeper.close().await;
         }
         self.writes.close().await;
         self.probe.close().await;

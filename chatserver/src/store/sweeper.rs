@@ -12,9 +12,10 @@
 //! rows go here. Nothing reads them meanwhile: every inbox read starts
 //! past the confirmed cursor.
 //!
-//! Rows still queued when the server stops or crashes stay behind, unread
-//! and uncounted, until retention removes them with the messages of their
-//! age. Queue policy: bounded; when full, ranges are left the same way.
+//! A clean stop sweeps what is queued (`Store::close`). Rows a crash leaves
+//! behind stay unread and uncounted until retention removes them with the
+//! messages of their age. Queue policy: bounded; when full, ranges are
+//! left the same way.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,14 +47,16 @@ enum Sweep {
 #[derive(Clone)]
 pub(super) struct Sweeper {
     queue: mpsc::Sender<Sweep>,
+    /// The task's own connection, closed by [`Sweeper::close`].
+    pool: AnyPool,
 }
 
 impl Sweeper {
     /// Starts the task; it ends when every handle is dropped.
     pub(super) fn spawn(pool: AnyPool, calls: StoreCalls) -> Sweeper {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, calls, rx));
-        Sweeper { queue }
+        tokio::spawn(run(pool.clone(), calls, rx));
+        Sweeper { queue, pool }
     }
 
     /// Queues committed confirmations; never waits (see the queue policy).
@@ -63,12 +66,14 @@ impl Sweeper {
         }
     }
 
-    /// Waits until everything queued so far is swept.
-    pub(super) async fn flush(&self) {
+    /// Sweeps everything queued so far (within a second: a sweep that has
+    /// begun gathering finishes first), then closes the connection.
+    pub(super) async fn close(&self) {
         let (done, wait) = oneshot::channel();
         if self.queue.send(Sweep::Flush(done)).await.is_ok() {
             let _ = wait.await;
         }
+        self.pool.close().await;
     }
 }
 
