@@ -102,8 +102,8 @@ if [[ -r /proc/sys/net/netfilter/nf_conntrack_count ]] \
     RESTORE+=("sysctl -qw net.netfilter.nf_conntrack_max=$conntrack_max")
 fi
 max_connections="$(mysql_q 'SELECT @@global.max_connections')"
-# Per server: the request pool, one writer (a pool under 8 gets one) and
-# the readiness probe.
+# Per server: the request pool, one writer (a pool under 8 gets one), the
+# readiness probe and the inbox sweeper.
 POOL=2
 want_db=$((SERVERS * (POOL + 3) + 100))
 if ((max_connections < want_db)); then
