@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use sqlx::query_builder::Separated;
 use sqlx::{Any, QueryBuilder, Row};
 
-use super::sweeper::{push_ranges, Sweeper};
+use super::sweeper::Sweeper;
 use super::tx::OwnedTx;
 use super::{
     is_unique_violation, long_text, placeholders, update_states, Dialect, Store, INSERT_CHUNK,
@@ -65,6 +65,22 @@ pub struct Confirmation {
     pub user_id: i64,
     pub after: i64,
     pub upto: i64,
+}
+
+/// `(user_id = ? AND seq > ? AND seq <= ?) OR ...` for `ranges`.
+pub(super) fn push_ranges(query: &mut QueryBuilder<'_, Any>, ranges: &[Confirmation]) {
+    for (i, range) in ranges.iter().enumerate() {
+        if i > 0 {
+            query.push(" OR ");
+        }
+        query.push("(user_id = ");
+        query.push_bind(range.user_id);
+        query.push(" AND seq > ");
+        query.push_bind(range.after);
+        query.push(" AND seq <= ");
+        query.push_bind(range.upto);
+        query.push(")");
+    }
 }
 
 /// A login token to store, by its hash (the token itself is never stored).

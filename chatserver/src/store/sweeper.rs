@@ -24,6 +24,7 @@ use sqlx::{Any, AnyPool, QueryBuilder};
 use tokio::sync::{mpsc, oneshot};
 
 use super::health::StoreCalls;
+use super::inbox::push_ranges;
 use super::{Confirmation, INSERT_CHUNK};
 
 /// Batches of ranges waiting for the sweeper at most.
@@ -135,20 +136,4 @@ async fn delete(pool: &AnyPool, ranges: &[Confirmation]) -> Result<(), sqlx::Err
         delete.build().execute(pool).await?;
     }
     Ok(())
-}
-
-/// `(user_id = ? AND seq > ? AND seq <= ?) OR ...` for `ranges`.
-pub(super) fn push_ranges(query: &mut QueryBuilder<'_, Any>, ranges: &[Confirmation]) {
-    for (i, range) in ranges.iter().enumerate() {
-        if i > 0 {
-            query.push(" OR ");
-        }
-        query.push("(user_id = ");
-        query.push_bind(range.user_id);
-        query.push(" AND seq > ");
-        query.push_bind(range.after);
-        query.push(" AND seq <= ");
-        query.push_bind(range.upto);
-        query.push(")");
-    }
 }
